@@ -1,0 +1,34 @@
+# distinv: `make demo` and `make test` work on a fresh machine (they run `make setup` first).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test lint demo bench clean
+
+setup: $(STAMP)
+
+# Re-installs only when the project's dependencies change; a second `make setup` is instant.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks examples
+	$(VENV)/bin/ruff format --check src tests benchmarks examples
+
+test: lint
+	$(PY) -m pytest
+
+# Until the benchmark runner exists: the engine on 2 CPU ranks (gloo), checked against one process.
+demo: setup
+	$(PY) examples/engine_demo.py --nproc 2
+
+# Engine timings side by side with deepinv's distributed module (see benchmarks/README.md).
+bench: setup
+	$(PY) benchmarks/physics_normal_op.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
