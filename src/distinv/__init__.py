@@ -1,0 +1,26 @@
+"""distinv: distributed physics, data fidelity and (soon) tiled denoisers for very large inverse problems.
+
+The two-call API, as in deepinv's ``deepinv.distributed`` module::
+
+    from distinv import DistributedContext, distribute
+
+    with DistributedContext(seed=0) as ctx:
+        dphys = distribute(stacked_physics, ctx)
+        x_adj = dphys.A_adjoint(dphys(x))
+"""
+
+from .context import DistributedContext
+from .discovery import LaunchError
+from .distribute import distribute
+from .fidelity import DistributedDataFidelity
+from .physics import DistributedStackedLinearPhysics, DistributedStackedPhysics
+
+__all__ = [
+    "DistributedContext",
+    "DistributedDataFidelity",
+    "DistributedStackedLinearPhysics",
+    "DistributedStackedPhysics",
+    "LaunchError",
+    "distribute",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,139 @@
+"""distribute(): recognise a deepinv object and wrap it in the distributed class that serves it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from deepinv.optim.data_fidelity import DataFidelity, StackedPhysicsDataFidelity
+from deepinv.physics import LinearPhysics, Physics, StackedPhysics
+
+from .context import DistributedContext
+from .fidelity import DistributedDataFidelity
+from .physics import DistributedStackedLinearPhysics, DistributedStackedPhysics
+
+TYPE_OBJECTS = ("auto", "physics", "linear_physics", "data_fidelity", "denoiser")
+
+
+def distribute(
+    object: Any,
+    ctx: DistributedContext,
+    *,
+    num_operators: int | None = None,
+    type_object: str = "auto",
+    dtype: torch.dtype | None = torch.float32,
+    gather_strategy: str = "concatenated",
+    shared: Any = None,
+    factory_kwargs: Any = None,
+    operator_costs: Sequence[float] | None = None,
+    check_replicated: bool = False,
+    **kwargs: Any,
+) -> DistributedStackedPhysics | DistributedDataFidelity:
+    """Distribute a deepinv object over the ranks of ``ctx``.
+
+    :param object: a ``StackedPhysics``/``StackedLinearPhysics``, a list of ``Physics``, a factory
+        ``factory(index, device, shared) -> Physics`` (with ``num_operators``; a rank builds only what it owns),
+        a ``DataFidelity`` (or a list / ``StackedPhysicsDataFidelity``, one per operator, or a factory).
+    :param ctx: an entered :class:`DistributedContext` (``with DistributedContext() as ctx:``).
+    :param num_operators: number of operators ``K``; required with a factory, checked otherwise.
+    :param type_object: ``"auto"`` (detect), ``"physics"``, ``"linear_physics"`` or ``"data_fidelity"``;
+        required for factories, which cannot be inspected without being called.
+    :param gather_strategy: ``"concatenated"`` (default), ``"broadcast"`` or ``"naive"``; see
+        :mod:`distinv.comm`.
+    :param shared: object passed as the third argument of every factory call (``factory_kwargs`` is
+        deepinv's name for it and is accepted too).
+    :param operator_costs: relative cost per operator, to balance operators over ranks (default round-robin).
+    :param check_replicated: verify on every call that the image is the same on all ranks (a checksum).
+    :param kwargs: passed to the distributed class (e.g. ``broadcast_shared=False``).
+    :return: a :class:`DistributedStackedLinearPhysics` / :class:`DistributedStackedPhysics` (usable where a
+        deepinv ``StackedLinearPhysics`` is) or a :class:`DistributedDataFidelity`.
+    """
+    if not isinstance(ctx, DistributedContext):
+        raise TypeError(
+            f"ctx must be a distinv.DistributedContext, got {type(ctx).__name__}: "
+            "use `with DistributedContext() as ctx: distribute(obj, ctx)`."
+        )
+    if not getattr(ctx, "_entered", False):
+        raise RuntimeError("ctx is not entered: use `with DistributedContext() as ctx:` before distribute().")
+    if type_object not in TYPE_OBJECTS:
+        raise ValueError(f"type_object={type_object!r}: use one of {TYPE_OBJECTS}.")
+    if shared is not None and factory_kwargs is not None and shared is not factory_kwargs:
+        raise ValueError("Give the factory's shared object once: `shared=` or `factory_kwargs=`, not both.")
+    shared = shared if shared is not None else factory_kwargs
+    if type_object == "auto":
+        type_object = _detect_type(object)
+
+    if type_object == "denoiser":
+        raise NotImplementedError(
+            "Distributing a denoiser or prior needs the tiled DistributedProcessing, which this version of "
+            "distinv does not have yet: call the denoiser directly on the full image for now."
+        )
+    if type_object == "data_fidelity":
+        return DistributedDataFidelity(
+            ctx, object, num_operators=num_operators, factory_kwargs=shared, **kwargs
+        )
+
+    factory, count = _physics_factory(object, num_operators)
+    cls = DistributedStackedLinearPhysics if type_object == "linear_physics" else DistributedStackedPhysics
+    return cls(
+        ctx,
+        count,
+        factory,
+        factory_kwargs=shared,
+        dtype=dtype,
+        gather_strategy=gather_strategy,
+        operator_costs=operator_costs,
+        check_replicated=check_replicated,
+        **kwargs,
+    )
+
+
+def _detect_type(obj: Any) -> str:
+    if isinstance(obj, StackedPhysics):
+        return "linear_physics" if all(isinstance(p, LinearPhysics) for p in obj.physics_list) else "physics"
+    if isinstance(obj, (list, tuple)) and obj and all(isinstance(p, Physics) for p in obj):
+        return "linear_physics" if all(isinstance(p, LinearPhysics) for p in obj) else "physics"
+    if isinstance(obj, (DataFidelity, StackedPhysicsDataFidelity)):
+        return "data_fidelity"
+    if isinstance(obj, (list, tuple)) and obj and all(isinstance(d, DataFidelity) for d in obj):
+        return "data_fidelity"
+    if _is_denoiser(obj):
+        return "denoiser"
+    if isinstance(obj, (list, tuple)) and not obj:
+        raise ValueError("Cannot distribute an empty list: give at least one operator.")
+    if callable(obj):
+        raise ValueError(
+            "A callable cannot be inspected without calling it: pass type_object='linear_physics', "
+            "'physics' or 'data_fidelity' (and num_operators=K for a factory)."
+        )
+    raise TypeError(
+        f"distribute() does not know how to distribute a {type(obj).__name__}: give a StackedPhysics, a list "
+        "of Physics, a DataFidelity, or a factory with type_object and num_operators."
+    )
+
+
+def _is_denoiser(obj: Any) -> bool:
+    from deepinv.models import Denoiser
+    from deepinv.optim.prior import Prior
+
+    return isinstance(obj, (Denoiser, Prior))
+
+
+def _physics_factory(obj: Any, num_operators: int | None) -> tuple[Callable, int]:
+    """A factory and the operator count for any accepted physics input."""
+    if isinstance(obj, StackedPhysics):
+        obj = obj.physics_list
+    if isinstance(obj, (list, tuple)):
+        if num_operators is not None and num_operators != len(obj):
+            raise ValueError(f"num_operators={num_operators} but {len(obj)} operators were given.")
+        for i, p in enumerate(obj):
+            if not isinstance(p, Physics):
+                raise TypeError(f"Operator {i} is a {type(p).__name__}, not a deepinv Physics.")
+        operators = list(obj)
+        return (lambda index, device, shared: operators[index].to(device)), len(operators)
+    if callable(obj):
+        if num_operators is None:
+            raise ValueError("num_operators is required with a factory: distribute(factory, ctx, num_operators=K).")
+        return obj, num_operators
+    raise TypeError(f"Expected physics operators or a factory, got {type(obj).__name__}.")

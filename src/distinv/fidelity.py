@@ -1,0 +1,130 @@
+"""Data fidelity ``f(x) = sum_i d_i(A_i x, y_i)`` over distributed operators.
+
+Each rank evaluates the terms of the operators it owns with the measurements it owns; ``fn`` then costs one
+all-reduce of ``B`` numbers and ``grad`` one all-reduce of one image, whatever ``K``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from deepinv.optim.data_fidelity import DataFidelity, StackedPhysicsDataFidelity
+
+from .comm import sum_over_ranks
+from .context import DistributedContext
+from .physics import DistributedStackedPhysics
+
+FidelityFactory = Callable[[int, torch.device, Any], DataFidelity]
+
+
+class DistributedDataFidelity(torch.nn.Module):
+    """A deepinv data fidelity for :class:`~distinv.DistributedStackedLinearPhysics` (or non-linear stacks).
+
+    :param ctx: the entered context.
+    :param data_fidelity: one ``DataFidelity`` for every operator (e.g. ``L2()``); or one per operator, as a
+        list or ``StackedPhysicsDataFidelity``; or a factory ``factory(index, device, shared)`` that is called
+        only for the operators this rank owns, the first time they are needed.
+    :param num_operators: required with a factory, checked against the physics.
+    :param factory_kwargs: the ``shared`` object passed to the factory.
+    :param reduction: ``"sum"`` over operators (the stacked fidelity) or ``"mean"``.
+    """
+
+    def __init__(
+        self,
+        ctx: DistributedContext,
+        data_fidelity: DataFidelity | Sequence[DataFidelity] | StackedPhysicsDataFidelity | FidelityFactory,
+        num_operators: int | None = None,
+        *,
+        factory_kwargs: Any = None,
+        reduction: str = "sum",
+    ):
+        super().__init__()
+        if reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction={reduction!r}: use 'sum' or 'mean'.")
+        self.ctx = ctx
+        self.reduction = reduction
+        self.num_operators = num_operators
+        self.factory_kwargs = factory_kwargs
+        self.single: DataFidelity | None = None
+        self.per_operator: list[DataFidelity] | None = None
+        self.factory: FidelityFactory | None = None
+        if isinstance(data_fidelity, StackedPhysicsDataFidelity):
+            data_fidelity = list(data_fidelity.data_fidelity_list)
+        if isinstance(data_fidelity, DataFidelity):
+            self.single = copy.deepcopy(data_fidelity).to(ctx.device)
+        elif isinstance(data_fidelity, (list, tuple)):
+            if not data_fidelity or not all(isinstance(d, DataFidelity) for d in data_fidelity):
+                raise TypeError("data_fidelity list must hold one deepinv DataFidelity per operator.")
+            if num_operators is not None and num_operators != len(data_fidelity):
+                raise ValueError(
+                    f"num_operators={num_operators} but {len(data_fidelity)} data fidelities were given."
+                )
+            self.per_operator = list(data_fidelity)
+            self.num_operators = len(data_fidelity)
+        elif callable(data_fidelity):
+            if num_operators is None:
+                raise ValueError("num_operators is required when data_fidelity is a factory.")
+            self.factory = data_fidelity
+        else:
+            raise TypeError(
+                f"data_fidelity must be a DataFidelity, a list of them or a factory, got "
+                f"{type(data_fidelity).__name__}."
+            )
+        self._built: dict[int, DataFidelity] = {}
+
+    def fidelity(self, index: int) -> DataFidelity:
+        """The data fidelity of operator ``index`` (built on first use when given as a factory)."""
+        if self.single is not None:
+            return self.single
+        if self.per_operator is not None:
+            return self.per_operator[index]
+        if index not in self._built:
+            self._built[index] = self.factory(index, self.ctx.device, self.factory_kwargs)
+        return self._built[index]
+
+    def fn(
+        self, x: torch.Tensor, y: Sequence[torch.Tensor], physics: DistributedStackedPhysics, gather: bool = True,
+        *args, **kwargs,
+    ) -> torch.Tensor:
+        """``sum_i d_i(A_i x, y_i)`` per sample, shape ``(B,)``, on every rank (this rank's part if not
+        ``gather``)."""
+        y_local = self._check(physics, y)
+        ax = physics.A(x, gather=False, **kwargs)
+        terms = [
+            self.fidelity(i).d.fn(ax_i, y_i, *args)
+            for i, ax_i, y_i in zip(physics.local_indexes, ax, y_local, strict=True)
+        ]
+        total = sum_over_ranks(self.ctx, terms, (x.shape[0],), x.real.dtype, x.device, globally=gather)
+        return total / physics.num_operators if self.reduction == "mean" else total
+
+    def grad(
+        self, x: torch.Tensor, y: Sequence[torch.Tensor], physics: DistributedStackedPhysics, gather: bool = True,
+        *args, **kwargs,
+    ) -> torch.Tensor:
+        """``sum_i J_{A_i}(x)^T grad d_i(A_i x, y_i)``, shaped like ``x``: one image-sized all-reduce."""
+        y_local = self._check(physics, y)
+        terms = []
+        for j, (i, y_i) in enumerate(zip(physics.local_indexes, y_local, strict=True)):
+            op = physics.local_physics[j]
+            ax_i = op.A(x, **kwargs)
+            terms.append(op.A_vjp(x, self.fidelity(i).d.grad(ax_i, y_i, *args), **kwargs))
+        total = sum_over_ranks(self.ctx, terms, x.shape, x.dtype, x.device, globally=gather)
+        return total / physics.num_operators if self.reduction == "mean" else total
+
+    def forward(self, x: torch.Tensor, y: Sequence[torch.Tensor], physics: DistributedStackedPhysics, **kwargs):
+        return self.fn(x, y, physics, **kwargs)
+
+    def _check(self, physics: Any, y: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        if not isinstance(physics, DistributedStackedPhysics):
+            raise TypeError(
+                f"physics must be the distributed physics from distribute(...), got {type(physics).__name__}."
+            )
+        if self.num_operators is not None and self.num_operators != physics.num_operators:
+            raise ValueError(
+                f"This data fidelity was built for {self.num_operators} operators but the physics has "
+                f"{physics.num_operators}."
+            )
+        return physics._select_local(y, "y")[0]

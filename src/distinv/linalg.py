@@ -1,0 +1,90 @@
+"""Iterative linear algebra on replicated vectors: conjugate gradient and power iteration.
+
+The operator may be distributed (each call an all-reduce); the vectors are replicated. After an all-reduce
+every rank holds bitwise the same values, so the scalars computed here (and the stopping decisions) agree on
+every rank without further communication: no rank leaves the loop while another waits in a collective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Operator = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _batch_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Real part of <u, v> per sample (over all but the first dim), shaped to broadcast against ``u``."""
+    dims = tuple(range(1, u.ndim))
+    prod = (u.conj() * v).real if u.is_complex() else u * v
+    return prod.sum(dim=dims, keepdim=True) if dims else prod
+
+
+def conjugate_gradient(
+    op: Operator,
+    b: torch.Tensor,
+    x0: torch.Tensor | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+) -> torch.Tensor:
+    """Solve ``op(x) = b`` for a symmetric positive semi-definite ``op``, each sample of the batch apart.
+
+    Stops when every sample's residual norm is below ``tol * ||b||`` (per sample) or after ``max_iter``
+    operator calls. From ``x0 = 0`` on normal equations ``A^T A x = A^T y`` the iterates stay in the range
+    of ``A^T``, so the limit is the minimum-norm least-squares solution.
+
+    :param b: right-hand side, shape ``(B, ...)``; the first dim indexes independent systems.
+    :return: ``x`` with the shape of ``b``.
+    """
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b.clone() if x0 is None else b - op(x)
+    p = r.clone()
+    rs = _batch_dot(r, r)
+    threshold = (tol**2) * _batch_dot(b, b)
+    for _ in range(max_iter):
+        active = rs > threshold
+        if not bool(active.any()):
+            break
+        ap = op(p)
+        pap = _batch_dot(p, ap)
+        alpha = torch.where(active & (pap > 0), rs / pap.clamp_min(torch.finfo(pap.dtype).tiny), 0.0)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = _batch_dot(r, r)
+        beta = torch.where(active & (rs > 0), rs_new / rs.clamp_min(torch.finfo(rs.dtype).tiny), 0.0)
+        p = r + beta * p
+        rs = torch.where(active, rs_new, rs)
+    return x
+
+
+def power_iteration(
+    op: Operator,
+    like: torch.Tensor,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    seed: int = 0,
+) -> tuple[torch.Tensor, int]:
+    """Largest eigenvalue of a symmetric positive semi-definite ``op`` acting on tensors shaped like ``like``.
+
+    The start vector comes from a fixed-seed generator (not the global one), so every rank starts from the
+    same vector whatever its seeding. Stops when the Rayleigh quotient changes by less than ``tol`` relative.
+
+    :return: (the eigenvalue as a 0-dim real tensor, the number of iterations done).
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
+    x = x / torch.linalg.vector_norm(x)
+    value = torch.zeros((), dtype=x.real.dtype, device=x.device)
+    for iteration in range(1, max_iter + 1):
+        z = op(x)
+        new_value = (x.conj() * z).real.sum() if x.is_complex() else (x * z).sum()
+        norm = torch.linalg.vector_norm(z)
+        if norm == 0:
+            return torch.zeros_like(value), iteration
+        x = z / norm
+        converged = abs(new_value - value) <= tol * abs(new_value)
+        value = new_value
+        if converged:
+            return value, iteration
+    return value, max_iter
