@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from harness import RankPool
 
 _pools: dict[int, RankPool] = {}

@@ -44,8 +44,13 @@ def make_operator(kind: str, index: int, img_size: tuple[int, ...], noise: float
         if which == 0:
             return anisotropic_blur(index, img_size, noise)
         if which == 1:
-            return Downsampling(img_size=img_size, factor=2, filter="gaussian", padding="circular",
-                                noise_model=GaussianNoise(sigma=noise))
+            return Downsampling(
+                img_size=img_size,
+                factor=2,
+                filter="gaussian",
+                padding="circular",
+                noise_model=GaussianNoise(sigma=noise),
+            )
         if which == 2:
             return Inpainting(img_size=img_size, mask=mask(index, img_size), noise_model=GaussianNoise(sigma=noise))
         return Fourier(noise_model=GaussianNoise(sigma=noise))

@@ -6,10 +6,10 @@ import pytest
 import torch
 from deepinv.optim.data_fidelity import L2
 from deepinv.physics import StackedLinearPhysics
-from operators import make_operator, operator_list, relative_error
 
 from distinv import distribute
 from distinv.balance import assign_by_cost
+from operators import make_operator, operator_list, relative_error
 
 IMG = (1, 8, 8)
 K = 5
@@ -91,8 +91,10 @@ def test_costs_balance_the_most_loaded_rank():
     assert max(sum(costs[i] for i in o) for o in owned) == 8  # optimum: total 22 over 3 ranks
 
 
-@pytest.mark.parametrize("costs,match", [([1, 2], "2 costs for 3 items"), ([1, -1, 2], "non-negative"),
-                                         ([1, float("nan"), 2], "non-negative")])
+@pytest.mark.parametrize(
+    "costs,match",
+    [([1, 2], "2 costs for 3 items"), ([1, -1, 2], "non-negative"), ([1, float("nan"), 2], "non-negative")],
+)
 def test_bad_costs_are_rejected(costs, match):
     with pytest.raises(ValueError, match=match):
         assign_by_cost(costs, 3, 2)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness import free_port
 
 from distinv import DistributedContext, LaunchError
 from distinv.context import available_cores
 from distinv.discovery import detect_launch, first_host, slurm_port
+from harness import free_port
 
 PROBE = str(Path(__file__).with_name("probe_launch.py"))
 CLEAN = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
@@ -32,26 +32,50 @@ def test_no_launcher_variables_mean_a_single_process():
 
 
 def test_torchrun_variables_are_read():
-    launch = detect_launch({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-                            "MASTER_ADDR": "h", "MASTER_PORT": "29500"})
+    launch = detect_launch(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "4",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "h",
+            "MASTER_PORT": "29500",
+        }
+    )
     assert (launch.source, launch.rank, launch.world_size, launch.local_rank, launch.local_world_size) == (
-        "torchrun", 3, 4, 1, 2)
+        "torchrun",
+        3,
+        4,
+        1,
+        2,
+    )
     assert launch.init_method == "env://"
 
 
 def test_srun_variables_are_read_with_master_from_the_node_list():
-    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_STEP_ID": "0",
-           "SLURM_JOB_ID": "123456", "SLURM_STEP_NODELIST": "gpu[017-020],cpu3", "SLURM_NODEID": "2",
-           "SLURM_STEP_TASKS_PER_NODE": "2(x4)"}
+    env = {
+        "SLURM_PROCID": "5",
+        "SLURM_NTASKS": "8",
+        "SLURM_LOCALID": "1",
+        "SLURM_STEP_ID": "0",
+        "SLURM_JOB_ID": "123456",
+        "SLURM_STEP_NODELIST": "gpu[017-020],cpu3",
+        "SLURM_NODEID": "2",
+        "SLURM_STEP_TASKS_PER_NODE": "2(x4)",
+    }
     launch = detect_launch(env)
     assert (launch.source, launch.rank, launch.world_size, launch.local_rank, launch.local_world_size) == (
-        "slurm", 5, 8, 1, 2)
+        "slurm",
+        5,
+        8,
+        1,
+        2,
+    )
     assert launch.init_method == f"tcp://gpu017:{slurm_port(env)}"
     assert 20000 <= slurm_port(env) < 40000
 
 
-@pytest.mark.parametrize("nodelist,host", [("node7", "node7"), ("a[01-04]", "a01"), ("x[3,5-6],y1", "x3"),
-                                           ("", "")])
+@pytest.mark.parametrize("nodelist,host", [("node7", "node7"), ("a[01-04]", "a01"), ("x[3,5-6],y1", "x3"), ("", "")])
 def test_first_host_of_a_slurm_node_list(nodelist, host):
     assert first_host(nodelist) == host
 
@@ -65,8 +89,10 @@ def test_first_host_of_a_slurm_node_list(nodelist, host):
         ({"RANK": "0", "WORLD_SIZE": "2"}, ["MASTER_ADDR", "MASTER_PORT"]),
         ({"LOCAL_RANK": "1"}, ["LOCAL_RANK", "torchrun"]),
         ({"RANK": "x", "WORLD_SIZE": "2"}, ["RANK", "integer"]),
-        ({"SLURM_PROCID": "4", "SLURM_NTASKS": "4", "SLURM_STEP_ID": "0", "SLURM_JOB_NODELIST": "n1"},
-         ["SLURM_PROCID=4"]),
+        (
+            {"SLURM_PROCID": "4", "SLURM_NTASKS": "4", "SLURM_STEP_ID": "0", "SLURM_JOB_NODELIST": "n1"},
+            ["SLURM_PROCID=4"],
+        ),
     ],
 )
 def test_a_half_configured_launch_is_an_error_with_the_fix(env, words):
@@ -99,8 +125,15 @@ def test_gpus_requested_without_enough_gpus_is_an_error():
         DistributedContext(device_mode="gpu", env={}).__enter__()
 
 
-@pytest.mark.parametrize("kwargs", [{"backend": "mpi"}, {"device_mode": "tpu"}, {"num_threads": 0},
-                                    {"backend": "nccl", "device_mode": "cpu"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"backend": "mpi"},
+        {"device_mode": "tpu"},
+        {"num_threads": 0},
+        {"backend": "nccl", "device_mode": "cpu"},
+    ],
+)
 def test_bad_context_arguments_are_rejected_by_name(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         DistributedContext(**kwargs)
@@ -108,8 +141,17 @@ def test_bad_context_arguments_are_rejected_by_name(kwargs):
 
 # ---------------------------------------------------------------- real launches
 def run_torchrun(out: Path, *extra: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-               f"--master-port={free_port()}", PROBE, "--out", str(out), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        f"--master-port={free_port()}",
+        PROBE,
+        "--out",
+        str(out),
+        *extra,
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=180, env=CLEAN)
 
 
@@ -119,7 +161,12 @@ def test_torchrun_launch_forms_a_group_with_same_seed_on_every_rank(tmp_path):
     got = reports(tmp_path)
     assert [r["rank"] for r in got] == [0, 1]
     for r in got:
-        assert (r["world_size"], r["local_world_size"], r["source"], r["backend"]) == (2, 2, "torchrun", "gloo")
+        assert (r["world_size"], r["local_world_size"], r["source"], r["backend"]) == (
+            2,
+            2,
+            "torchrun",
+            "gloo",
+        )
         assert r["sum_of_ranks_plus_one"] == 3.0
         assert r["threads"] == max(1, available_cores() // 2)
         assert r["group_destroyed"]
@@ -137,16 +184,33 @@ def test_srun_launch_is_detected_from_slurm_variables(tmp_path):
     job = str(int(time.time() * 1000) % 10_000_000)
     processes = []
     for rank in range(2):
-        env = dict(CLEAN, SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank), SLURM_STEP_ID="0",
-                   SLURM_JOB_ID=job, SLURM_STEP_NODELIST="localhost", SLURM_NODEID="0",
-                   SLURM_STEP_TASKS_PER_NODE="2")
-        processes.append(subprocess.Popen([sys.executable, PROBE, "--out", str(tmp_path)], env=env, stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
+        env = dict(
+            CLEAN,
+            SLURM_PROCID=str(rank),
+            SLURM_NTASKS="2",
+            SLURM_LOCALID=str(rank),
+            SLURM_STEP_ID="0",
+            SLURM_JOB_ID=job,
+            SLURM_STEP_NODELIST="localhost",
+            SLURM_NODEID="0",
+            SLURM_STEP_TASKS_PER_NODE="2",
+        )
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, PROBE, "--out", str(tmp_path)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=180) for p in processes]
     assert all(p.returncode == 0 for p in processes), [o[1] for o in outputs]
     got = reports(tmp_path)
     assert [(r["rank"], r["world_size"], r["local_rank"], r["source"]) for r in got] == [
-        (0, 2, 0, "slurm"), (1, 2, 1, "slurm")]
+        (0, 2, 0, "slurm"),
+        (1, 2, 1, "slurm"),
+    ]
     assert all(r["sum_of_ranks_plus_one"] == 3.0 for r in got)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from deepinv.physics import StackedLinearPhysics
-from operators import make_operator, operator_list
 
 from distinv import distribute
+from operators import make_operator, operator_list
 
 IMG = (1, 8, 8)
 K = 4
@@ -34,7 +34,10 @@ def check_dagger_and_norm(ctx):
     ops = operator_list("mixed", K, IMG)
     matrix = dense_matrix(ops)
     dphys = distribute(
-        lambda i, device, shared: make_operator("mixed", i, IMG), ctx, num_operators=K, type_object="linear_physics"
+        lambda i, device, shared: make_operator("mixed", i, IMG),
+        ctx,
+        num_operators=K,
+        type_object="linear_physics",
     )
     x_true = torch.rand(2, *IMG)
     y = StackedLinearPhysics(ops).A(x_true)

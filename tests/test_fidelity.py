@@ -6,9 +6,9 @@ import pytest
 import torch
 from deepinv.optim.data_fidelity import L2, StackedPhysicsDataFidelity
 from deepinv.physics import StackedLinearPhysics
-from operators import make_operator, operator_list, relative_error
 
 from distinv import DistributedDataFidelity, distribute
+from operators import make_operator, operator_list, relative_error
 
 IMG = (3, 16, 16)
 
@@ -28,7 +28,10 @@ def check_fidelity(ctx, kind, k, how):
         dfid = distribute(StackedPhysicsDataFidelity([L2(sigma=s) for s in sigmas]), ctx)
     else:
         dfid = distribute(
-            lambda i, device, shared: L2(sigma=shared[i]), ctx, type_object="data_fidelity", num_operators=k,
+            lambda i, device, shared: L2(sigma=shared[i]),
+            ctx,
+            type_object="data_fidelity",
+            num_operators=k,
             shared=sigmas,
         )
     x_true = torch.rand(2, *IMG)
@@ -42,8 +45,10 @@ def check_fidelity(ctx, kind, k, how):
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
-@pytest.mark.parametrize("kind,k,how", [("blur", 5, "single"), ("mixed", 4, "list"), ("mixed", 5, "factory"),
-                                        ("blur", 2, "stacked")])
+@pytest.mark.parametrize(
+    "kind,k,how",
+    [("blur", 5, "single"), ("mixed", 4, "list"), ("mixed", 5, "factory"), ("blur", 2, "stacked")],
+)
 def test_fn_and_grad_equal_deepinv_stacked_fidelity(ranks, world_size, kind, k, how):
     for rank, r in enumerate(ranks(world_size).run(check_fidelity, kind, k, how)):
         assert r["fn"] <= 1e-5 and r["grad"] <= 1e-5, f"rank {rank}: {r}"
@@ -54,8 +59,9 @@ def check_grad_is_one_image_reduction(ctx):
     """Count the collectives grad issues: exactly one all_reduce of one image."""
     import torch.distributed as dist
 
-    dphys = distribute(lambda i, d, s: make_operator("blur", i, IMG), ctx, num_operators=6,
-                       type_object="linear_physics")
+    dphys = distribute(
+        lambda i, d, s: make_operator("blur", i, IMG), ctx, num_operators=6, type_object="linear_physics"
+    )
     dfid = distribute(L2(), ctx)
     x = torch.rand(1, *IMG)
     y = dphys.A(x)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from deepinv.physics import StackedLinearPhysics
-from operators import checksum, make_operator, operator_list, real_inner, relative_error
 
 from distinv import distribute
+from operators import checksum, make_operator, operator_list, real_inner, relative_error
 
 TOL = 1e-5
 IMG = (3, 16, 16)
@@ -42,12 +42,10 @@ def check_operations_match_deepinv(ctx, kind, k, source, strategy):
         "A_adjoint_A": relative_error(dphys.A_adjoint_A(v), ref.A_adjoint_A(v)),
         "A_A_adjoint": relative_error(dphys.A_A_adjoint(y_ref), ref.A_A_adjoint(y_ref)),
         "A_vjp": relative_error(dphys.A_vjp(x, y_ref), ref.A_vjp(x, y_ref)),
-        "A_local": relative_error(
-            dphys.A(x, gather=False), [y_ref[i] for i in dphys.local_indexes]
-        ) if dphys.local_indexes else 0.0,
-        "A_adjoint_of_local_y": relative_error(
-            dphys.A_adjoint(dphys.A(x, gather=False)), ref.A_adjoint(y_ref)
-        ),
+        "A_local": relative_error(dphys.A(x, gather=False), [y_ref[i] for i in dphys.local_indexes])
+        if dphys.local_indexes
+        else 0.0,
+        "A_adjoint_of_local_y": relative_error(dphys.A_adjoint(dphys.A(x, gather=False)), ref.A_adjoint(y_ref)),
     }
     # <A x, y> = <x, A^T y> for the distributed operator itself.
     lhs, rhs = real_inner(dphys.A(v), y_ref), real_inner(v, dphys.A_adjoint(y_ref))
@@ -102,12 +100,18 @@ def check_factory_builds_only_owned(ctx, k):
 
 def check_balanced_assignment(ctx, costs):
     dphys = distribute(
-        lambda i, d, s: make_operator("blur", i, IMG), ctx, num_operators=len(costs),
-        type_object="linear_physics", operator_costs=costs,
+        lambda i, d, s: make_operator("blur", i, IMG),
+        ctx,
+        num_operators=len(costs),
+        type_object="linear_physics",
+        operator_costs=costs,
     )
     x = torch.rand(1, *IMG)
     ref = StackedLinearPhysics(operator_list("blur", len(costs), IMG))
-    return {"owned": dphys.local_indexes, "A_adjoint_A": relative_error(dphys.A_adjoint_A(x), ref.A_adjoint_A(x))}
+    return {
+        "owned": dphys.local_indexes,
+        "A_adjoint_A": relative_error(dphys.A_adjoint_A(x), ref.A_adjoint_A(x)),
+    }
 
 
 # ---------------------------------------------------------------- tests

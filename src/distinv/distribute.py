@@ -70,9 +70,7 @@ def distribute(
             "distinv does not have yet: call the denoiser directly on the full image for now."
         )
     if type_object == "data_fidelity":
-        return DistributedDataFidelity(
-            ctx, object, num_operators=num_operators, factory_kwargs=shared, **kwargs
-        )
+        return DistributedDataFidelity(ctx, object, num_operators=num_operators, factory_kwargs=shared, **kwargs)
 
     factory, count = _physics_factory(object, num_operators)
     cls = DistributedStackedLinearPhysics if type_object == "linear_physics" else DistributedStackedPhysics

@@ -59,9 +59,7 @@ class DistributedDataFidelity(torch.nn.Module):
             if not data_fidelity or not all(isinstance(d, DataFidelity) for d in data_fidelity):
                 raise TypeError("data_fidelity list must hold one deepinv DataFidelity per operator.")
             if num_operators is not None and num_operators != len(data_fidelity):
-                raise ValueError(
-                    f"num_operators={num_operators} but {len(data_fidelity)} data fidelities were given."
-                )
+                raise ValueError(f"num_operators={num_operators} but {len(data_fidelity)} data fidelities were given.")
             self.per_operator = list(data_fidelity)
             self.num_operators = len(data_fidelity)
         elif callable(data_fidelity):
@@ -86,8 +84,13 @@ class DistributedDataFidelity(torch.nn.Module):
         return self._built[index]
 
     def fn(
-        self, x: torch.Tensor, y: Sequence[torch.Tensor], physics: DistributedStackedPhysics, gather: bool = True,
-        *args, **kwargs,
+        self,
+        x: torch.Tensor,
+        y: Sequence[torch.Tensor],
+        physics: DistributedStackedPhysics,
+        gather: bool = True,
+        *args,
+        **kwargs,
     ) -> torch.Tensor:
         """``sum_i d_i(A_i x, y_i)`` per sample, shape ``(B,)``, on every rank (this rank's part if not
         ``gather``)."""
@@ -101,8 +104,13 @@ class DistributedDataFidelity(torch.nn.Module):
         return total / physics.num_operators if self.reduction == "mean" else total
 
     def grad(
-        self, x: torch.Tensor, y: Sequence[torch.Tensor], physics: DistributedStackedPhysics, gather: bool = True,
-        *args, **kwargs,
+        self,
+        x: torch.Tensor,
+        y: Sequence[torch.Tensor],
+        physics: DistributedStackedPhysics,
+        gather: bool = True,
+        *args,
+        **kwargs,
     ) -> torch.Tensor:
         """``sum_i J_{A_i}(x)^T grad d_i(A_i x, y_i)``, shaped like ``x``: one image-sized all-reduce."""
         y_local = self._check(physics, y)

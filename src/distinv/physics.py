@@ -128,7 +128,11 @@ class DistributedStackedPhysics(Physics):
         return self._combine(local, ("forward", _signature(x)), gather, reduce_op)
 
     def A_vjp(
-        self, x: torch.Tensor, v: Sequence[torch.Tensor], gather: bool = True, reduce_op: str | None = "sum",
+        self,
+        x: torch.Tensor,
+        v: Sequence[torch.Tensor],
+        gather: bool = True,
+        reduce_op: str | None = "sum",
         **kwargs,
     ) -> Any:
         """``sum_i J_{A_i}(x)^T v_i``: the gradient of ``sum_i <A_i(x), v_i>``; ``v`` has all K entries."""
@@ -138,9 +142,7 @@ class DistributedStackedPhysics(Physics):
         return self._reduce_image(local, x, gather, reduce_op)
 
     # ------------------------------------------------------------------ combining results
-    def _combine(
-        self, local: list[torch.Tensor], key: tuple | None, gather: bool, reduce_op: str | None
-    ) -> Any:
+    def _combine(self, local: list[torch.Tensor], key: tuple | None, gather: bool, reduce_op: str | None) -> Any:
         """Reduce (sum/mean) or gather this rank's results. ``key``: a call signature shared by all ranks
         under which shapes learnt from the other ranks may be cached (``None``: learn them every time)."""
         if reduce_op not in REDUCE_OPS:
@@ -225,9 +227,7 @@ class DistributedStackedLinearPhysics(DistributedStackedPhysics, LinearPhysics):
                 "(use type_object='physics' for non-linear operators)."
             )
 
-    def A_adjoint(
-        self, y: Sequence[torch.Tensor], gather: bool = True, reduce_op: str | None = "sum", **kwargs
-    ) -> Any:
+    def A_adjoint(self, y: Sequence[torch.Tensor], gather: bool = True, reduce_op: str | None = "sum", **kwargs) -> Any:
         """``sum_i A_i^T y_i``, replicated. ``gather=False``: this rank's partial sum; ``reduce_op=None``:
         the individual ``A_i^T y_i``."""
         y_local, key = self._select_local(y, "y")
@@ -235,7 +235,11 @@ class DistributedStackedLinearPhysics(DistributedStackedPhysics, LinearPhysics):
         return self._combine(local, key and ("A_adjoint", key), gather, reduce_op)
 
     def A_vjp(
-        self, x: torch.Tensor, v: Sequence[torch.Tensor], gather: bool = True, reduce_op: str | None = "sum",
+        self,
+        x: torch.Tensor,
+        v: Sequence[torch.Tensor],
+        gather: bool = True,
+        reduce_op: str | None = "sum",
         **kwargs,
     ) -> Any:
         """For linear operators, ``A^T v`` (``x`` only fixes the output's shape)."""
@@ -312,8 +316,7 @@ class DistributedStackedLinearPhysics(DistributedStackedPhysics, LinearPhysics):
         self._check_x(x0)
         if local_only:
             local = [
-                p.compute_sqnorm(x0, max_iter=max_iter, tol=tol, verbose=False, **kwargs)
-                for p in self.local_physics
+                p.compute_sqnorm(x0, max_iter=max_iter, tol=tol, verbose=False, **kwargs) for p in self.local_physics
             ]
             local = [torch.as_tensor(v, device=self.ctx.device).reshape(()) for v in local]
             return sum_over_ranks(self.ctx, local, (), x0.real.dtype, self.ctx.device)
@@ -334,9 +337,7 @@ class DistributedStackedLinearPhysics(DistributedStackedPhysics, LinearPhysics):
         **kwargs,
     ) -> torch.Tensor:
         """The operator norm ``||A||_2``, squared by default as deepinv's ``compute_norm`` returns it."""
-        value = self.compute_sqnorm(
-            x0, max_iter=max_iter, tol=tol, verbose=verbose, local_only=local_only, **kwargs
-        )
+        value = self.compute_sqnorm(x0, max_iter=max_iter, tol=tol, verbose=verbose, local_only=local_only, **kwargs)
         return value if squared else value.sqrt()
 
 
