@@ -103,16 +103,18 @@ def worker(args) -> None:
             reference = theirs.A_adjoint_A(x)
             result = ours.A_adjoint_A(x)  # also the warm-ups
             agreement = (torch.linalg.vector_norm(result - reference) / torch.linalg.vector_norm(reference)).item()
-            t_ours, t_theirs = [], []
+            t_ours, t_theirs, t_local = [], [], []
             for _ in range(args.reps):  # interleaved, so both see the same machine
                 t_ours += timed(lambda: ours.A_adjoint_A(x), 1, ctx.barrier)
                 t_theirs += timed(lambda: theirs.A_adjoint_A(x), 1, ctx.barrier)
+                t_local += timed(lambda: ours.A_adjoint_A(x, gather=False), 1, ctx.barrier)  # no all-reduce
         if ctx.rank == 0:
             Path(args.worker_out).write_text(
                 json.dumps(
                     {
                         "distinv_s": statistics.median(t_ours),
                         "deepinv_distributed_s": statistics.median(t_theirs),
+                        "distinv_without_reduction_s": statistics.median(t_local),
                         "relative_difference": agreement,
                     }
                 )
@@ -171,6 +173,9 @@ def main() -> None:
     print(
         f"  {args.nproc} ranks, distinv:                                {result['distinv_s']:8.3f} s"
         f"   speedup {result['speedup_distinv']:.2f}x"
+    )
+    print(
+        f"  of which local compute (gather=False, no all-reduce):      {result['distinv_without_reduction_s']:8.3f} s"
     )
     print(
         f"  distinv / deepinv.distributed speed: {result['distinv_vs_deepinv']:.2f}x "
