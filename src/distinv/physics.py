@@ -76,9 +76,8 @@ class DistributedStackedPhysics(Physics):
         self.gather_strategy = gather_strategy
         self.check_replicated = check_replicated
         self.assignment = assign_by_cost(operator_costs, num_operators, ctx.world_size)
-        self.owners = tuple(
-            rank for i in range(num_operators) for rank, items in enumerate(self.assignment) if i in items
-        )
+        owner_of = {i: rank for rank, items in enumerate(self.assignment) for i in items}
+        self.owners = tuple(owner_of[i] for i in range(num_operators))
         self.local_indexes: list[int] = self.assignment[ctx.rank]
         if broadcast_shared and factory_kwargs is not None and ctx.is_distributed:
             factory_kwargs = ctx.broadcast_object_list([factory_kwargs], src=0)[0]
