@@ -8,6 +8,7 @@ import pytest
 import torch
 from deepinv.optim.data_fidelity import L2
 from deepinv.physics import StackedLinearPhysics
+
 from operators import make_operator, operator_list, relative_error
 
 IMG = (3, 16, 16)

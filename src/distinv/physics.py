@@ -233,20 +233,6 @@ class DistributedStackedLinearPhysics(DistributedStackedPhysics, LinearPhysics):
         local = [p.A_adjoint(yi, **kwargs) for p, yi in zip(self.local_physics, y_local, strict=True)]
         return self._combine(local, key and ("A_adjoint", key), gather, reduce_op)
 
-    def A_vjp(
-        self,
-        x: torch.Tensor,
-        v: Sequence[torch.Tensor],
-        gather: bool = True,
-        reduce_op: str | None = "sum",
-        **kwargs,
-    ) -> Any:
-        """For linear operators, ``A^T v`` (``x`` only fixes the output's shape)."""
-        self._check_x(x)
-        v_local, _ = self._select_local(v, "v")
-        local = [p.A_adjoint(vi, **kwargs) for p, vi in zip(self.local_physics, v_local, strict=True)]
-        return self._reduce_image(local, x, gather, reduce_op)
-
     def A_adjoint_A(self, x: torch.Tensor, gather: bool = True, reduce_op: str | None = "sum", **kwargs) -> Any:
         """``sum_i A_i^T A_i x``: the normal operator, one image-sized all-reduce."""
         self._check_x(x)
