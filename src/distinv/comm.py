@@ -97,7 +97,9 @@ def sum_over_ranks(
 ) -> torch.Tensor:
     """Sum this rank's tensors (zeros if it has none), then, if ``globally``, over ranks (one all-reduce).
 
-    Local terms are accumulated in place, in index order: one image-sized buffer, not one per term.
+    Local terms are accumulated in place, in index order: one image-sized buffer, not one per term. The first
+    term is copied, because an operator may hand back its own input (the identity does) and the caller's
+    tensor must not change.
     """
     total = None
     for t in local:
