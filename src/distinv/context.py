@@ -140,7 +140,7 @@ class DistributedContext:
             self.backend = dist.get_backend()
 
     def _choose_gpu(self) -> bool:
-        if self.device_mode == "cpu" or self.backend == "gloo" and self.device_mode is None:
+        if self.device_mode == "cpu" or (self.backend == "gloo" and self.device_mode is None):
             return False
         visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
         # One visible GPU per process means the launcher isolated them (CUDA_VISIBLE_DEVICES per task).

@@ -109,8 +109,7 @@ def _slurm_launch(env: Mapping[str, str]) -> Launch:
 
 def slurm_port(env: Mapping[str, str]) -> int:
     """A port in [20000, 40000) derived from the job id, so that concurrent jobs on a node differ."""
-    job = env.get("SLURM_STEP_ID", "0") if "SLURM_JOB_ID" not in env else env["SLURM_JOB_ID"]
-    digits = re.sub(r"\D", "", job) or "0"
+    digits = re.sub(r"\D", "", env.get("SLURM_JOB_ID", "")) or "0"
     return 20000 + int(digits) % 20000
 
 
