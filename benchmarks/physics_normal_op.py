@@ -20,19 +20,12 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from distinv.bench.launch import torchrun_command
 
 
 def blur_operators(k: int, size: int, device: torch.device):
@@ -144,18 +137,11 @@ def main() -> None:
     }
     worker_out = Path(args.out).with_suffix(".worker.json")
     worker_out.parent.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={args.nproc}",
-        f"--master-port={_free_port()}",
+    command = torchrun_command(
         __file__,
-        f"--k={args.k}",
-        f"--size={args.size}",
-        f"--reps={args.reps}",
-        f"--worker-out={worker_out}",
-    ]
+        args.nproc,
+        [f"--k={args.k}", f"--size={args.size}", f"--reps={args.reps}", f"--worker-out={worker_out}"],
+    )
     subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     result.update(json.loads(worker_out.read_text()))
     worker_out.unlink()

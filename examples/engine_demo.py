@@ -16,13 +16,14 @@ import argparse
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+from distinv.bench.launch import torchrun_command
 
 
 def synthetic_image(size: int, seed: int = 0) -> torch.Tensor:
@@ -155,24 +156,9 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={args.nproc}",
-        f"--master-port={port}",
-        __file__,
-        "--worker",
-        # "--name=value" so that torchrun's own parser does not take our options for abbreviations of its own.
-        *(
-            f"--{name.replace('_', '-')}={value}"
-            for name, value in vars(args).items()
-            if name not in ("nproc", "worker")
-        ),
-    ]
+    # "--name=value" so that torchrun's own parser does not take our options for abbreviations of its own.
+    forwarded = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("nproc", "worker")]
+    command = torchrun_command(__file__, args.nproc, ["--worker", *forwarded])
     sys.exit(subprocess.run(command).returncode)
 
 

@@ -14,23 +14,18 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
-import socket
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
+
+from distinv.bench.launch import free_port
 
 GROUP_TIMEOUT_S = 60.0
 
 
 class RankFailure(AssertionError):
     """A check raised (or timed out) on at least one rank."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world_size: int, port: int, inbox, outbox) -> None:

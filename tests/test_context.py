@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from distinv import DistributedContext, LaunchError
+from distinv.bench.launch import torchrun_command
 from distinv.context import available_cores
 from distinv.discovery import detect_launch, first_host, slurm_port
-from harness import free_port
 
 PROBE = str(Path(__file__).with_name("probe_launch.py"))
 CLEAN = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}
@@ -141,17 +141,7 @@ def test_bad_context_arguments_are_rejected_by_name(kwargs):
 
 # ---------------------------------------------------------------- real launches
 def run_torchrun(out: Path, *extra: str, nproc: int = 2) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={nproc}",
-        f"--master-port={free_port()}",
-        PROBE,
-        "--out",
-        str(out),
-        *extra,
-    ]
+    command = torchrun_command(PROBE, nproc, [f"--out={out}", *extra])
     return subprocess.run(command, capture_output=True, text=True, timeout=180, env=CLEAN)
 
 
@@ -216,7 +206,7 @@ def test_srun_launch_is_detected_from_slurm_variables(tmp_path):
 
 def test_a_failing_rank_fails_the_run_with_its_rank_and_cause_instead_of_hanging(tmp_path):
     start = time.monotonic()
-    done = run_torchrun(tmp_path, "--fail-rank", "1")
+    done = run_torchrun(tmp_path, "--fail-rank=1")
     assert done.returncode != 0
     assert "rank 1/2 failed" in done.stderr and "deliberate failure" in done.stderr
     assert time.monotonic() - start < 60

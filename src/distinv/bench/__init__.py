@@ -1,0 +1,1 @@
+"""The benchmark: problems, solvers, measurements, launching and results (grows issue by issue)."""
