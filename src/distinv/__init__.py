@@ -1,4 +1,4 @@
-"""distinv: distributed physics, data fidelity and (soon) tiled denoisers for very large inverse problems.
+"""distinv: distributed physics, data fidelity and tiled denoisers for very large inverse problems.
 
 The two-call API, as in deepinv's ``deepinv.distributed`` module::
 
@@ -14,13 +14,18 @@ from .discovery import LaunchError
 from .distribute import distribute
 from .fidelity import DistributedDataFidelity
 from .physics import DistributedStackedLinearPhysics, DistributedStackedPhysics
+from .processing import DistributedProcessing, Shard
+from .tiling import TilePlan
 
 __all__ = [
     "DistributedContext",
     "DistributedDataFidelity",
+    "DistributedProcessing",
     "DistributedStackedLinearPhysics",
     "DistributedStackedPhysics",
     "LaunchError",
+    "Shard",
+    "TilePlan",
     "distribute",
 ]
 __version__ = "0.1.0"

@@ -33,3 +33,19 @@ def assign_by_cost(costs: Sequence[float] | None, num_items: int, world_size: in
         counts[rank] += 1
         owned[rank].append(item)
     return [sorted(items) for items in owned]
+
+
+def assign_balanced_counts(costs: Sequence[float], world_size: int) -> list[int]:
+    """The rank of each item such that ranks' item counts differ by at most one and costs are spread.
+
+    Items in decreasing cost are dealt out in a snake order (ranks 0..W-1, then W-1..0, ...), so each round
+    gives every rank one item and the rank that got the costliest item of a round gets the cheapest of the next.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size={world_size}: it must be at least 1.")
+    order = sorted(range(len(costs)), key=lambda i: (-float(costs[i]), i))
+    ranks = [0] * len(costs)
+    for position, item in enumerate(order):
+        round_, offset = divmod(position, world_size)
+        ranks[item] = offset if round_ % 2 == 0 else world_size - 1 - offset
+    return ranks

@@ -12,6 +12,8 @@ from deepinv.physics import LinearPhysics, Physics, StackedPhysics
 from .context import DistributedContext
 from .fidelity import DistributedDataFidelity
 from .physics import DistributedStackedLinearPhysics, DistributedStackedPhysics
+from .processing import DEFAULT_OVERLAP, DistributedProcessing
+from .strategies import DistributedSignalStrategy
 
 TYPE_OBJECTS = ("auto", "physics", "linear_physics", "data_fidelity", "denoiser")
 
@@ -28,16 +30,23 @@ def distribute(
     factory_kwargs: Any = None,
     operator_costs: Sequence[float] | None = None,
     check_replicated: bool = False,
+    tiling_strategy: str | DistributedSignalStrategy | None = "overlap_tiling",
+    patch_size: int | Sequence[int] | None = None,
+    overlap: int | Sequence[int] = DEFAULT_OVERLAP,
+    tiling_dims: int | Sequence[int] | None = None,
+    max_batch_size: int | None = None,
     **kwargs: Any,
-) -> DistributedStackedPhysics | DistributedDataFidelity:
+) -> DistributedStackedPhysics | DistributedDataFidelity | DistributedProcessing:
     """Distribute a deepinv object over the ranks of ``ctx``.
 
-    :param object: a ``StackedPhysics``/``StackedLinearPhysics``, a list of ``Physics``, a factory
+    :param object: a deepinv denoiser or prior (or a callable ``f(x, sigma)`` with
+        ``type_object="denoiser"``), a ``StackedPhysics``/``StackedLinearPhysics``, a list of ``Physics``, a factory
         ``factory(index, device, shared) -> Physics`` (with ``num_operators``; a rank builds only what it owns),
         a ``DataFidelity`` (or a list / ``StackedPhysicsDataFidelity``, one per operator, or a factory).
     :param ctx: an entered :class:`DistributedContext` (``with DistributedContext() as ctx:``).
     :param num_operators: number of operators ``K``; required with a factory, checked otherwise.
-    :param type_object: ``"auto"`` (detect), ``"physics"``, ``"linear_physics"`` or ``"data_fidelity"``;
+    :param type_object: ``"auto"`` (detect), ``"physics"``, ``"linear_physics"``, ``"data_fidelity"`` or
+        ``"denoiser"``;
         required for factories, which cannot be inspected without being called.
     :param gather_strategy: ``"concatenated"`` (default), ``"broadcast"`` or ``"naive"``; see
         :mod:`distinv.comm`.
@@ -45,9 +54,17 @@ def distribute(
         deepinv's name for it and is accepted too).
     :param operator_costs: relative cost per operator, to balance operators over ranks (default round-robin).
     :param check_replicated: verify on every call that the image is the same on all ranks (a checksum).
-    :param kwargs: passed to the distributed class (e.g. ``broadcast_shared=False``).
+    :param tiling_strategy: for a denoiser: ``"overlap_tiling"`` (default), ``"basic"`` (no halo) or a
+        :class:`~distinv.strategies.DistributedSignalStrategy`.
+    :param patch_size: for a denoiser: owned size of a window per dim; ``None`` (default, unlike deepinv's 256)
+        lets the plan pick the fewest, largest windows, a multiple of the world size.
+    :param overlap: for a denoiser: halo where windows meet, in pixels (default 32).
+    :param tiling_dims: for a denoiser: the dims to cut (default: all spatial dims).
+    :param max_batch_size: for a denoiser: most windows per network call.
+    :param kwargs: passed to the distributed class (e.g. ``broadcast_shared=False``, ``max_window_pixels=``).
     :return: a :class:`DistributedStackedLinearPhysics` / :class:`DistributedStackedPhysics` (usable where a
-        deepinv ``StackedLinearPhysics`` is) or a :class:`DistributedDataFidelity`.
+        deepinv ``StackedLinearPhysics`` is), a :class:`DistributedDataFidelity`, or a
+        :class:`DistributedProcessing` (usable where the denoiser is).
     """
     if not isinstance(ctx, DistributedContext):
         raise TypeError(
@@ -65,9 +82,15 @@ def distribute(
         type_object = _detect_type(object)
 
     if type_object == "denoiser":
-        raise NotImplementedError(
-            "Distributing a denoiser or prior needs the tiled DistributedProcessing, which this version of "
-            "distinv does not have yet: call the denoiser directly on the full image for now."
+        return DistributedProcessing(
+            ctx,
+            object,
+            tiling_strategy=tiling_strategy,
+            patch_size=patch_size,
+            overlap=overlap,
+            tiling_dims=tiling_dims,
+            max_batch_size=max_batch_size,
+            **kwargs,
         )
     if type_object == "data_fidelity":
         return DistributedDataFidelity(ctx, object, num_operators=num_operators, factory_kwargs=shared, **kwargs)
@@ -103,7 +126,7 @@ def _detect_type(obj: Any) -> str:
     if callable(obj):
         raise ValueError(
             "A callable cannot be inspected without calling it: pass type_object='linear_physics', "
-            "'physics' or 'data_fidelity' (and num_operators=K for a factory)."
+            "'physics' or 'data_fidelity' (and num_operators=K for a factory), or 'denoiser'."
         )
     raise TypeError(
         f"distribute() does not know how to distribute a {type(obj).__name__}: give a StackedPhysics, a list "

@@ -1,0 +1,309 @@
+"""DistributedProcessing: a denoiser (or any ``f(x, sigma)``) run over a tile plan spread across ranks.
+
+The data path, top to bottom:
+
+1. **plan**: a :class:`~distinv.tiling.TilePlan` for the input's shape (cached per shape);
+2. **run**: each rank cuts only its own windows out of the replicated input, runs them in batches of at
+   most ``max_batch_size`` windows, and keeps the owned region of each output;
+3. **gather**: one all-gather of owned regions (only the rank's owned pixels travel, never a full-size
+   tensor of zeros) assembles the full output on every rank; or, with ``gather=False``, the rank keeps its
+   :class:`Shard`.
+
+Accuracy: a network whose receptive-field radius is ``r`` gives the untiled output exactly when
+``overlap >= r`` (e.g. DnCNN with 17 layers: r = 17). DRUNet's receptive field spans the whole image, so a
+halo only bounds its error; with random weights (channels 16..128, 1024x1024, 2 windows) the relative error
+is 0.3% at the default ``overlap=32`` and 0.05% at 64 (``benchmarks/denoiser_tiling.py --halo-sweep``).
+
+Under autograd the output is differentiable: gradients reach the input and the network's parameters, equal
+to those of the same tiled computation in one process. The backward pass recomputes each rank's windows
+(nothing is stored in forward) and sums the input and parameter gradients over ranks with one all-reduce;
+it assumes, as a replicated loss does, that every rank back-propagates the same output gradient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .balance import assign_balanced_counts
+from .comm import Layout, gather_items
+from .context import DistributedContext
+from .strategies import TilingStrategy, check_strategy
+from .tiling import validate_tiling
+
+BUILTIN_STRATEGIES = ("overlap_tiling", "basic")
+DEFAULT_OVERLAP = 32
+
+
+@dataclass
+class Shard:
+    """This rank's part of a tiled output: each owned region's index into the full tensor, and its values."""
+
+    shape: torch.Size
+    pieces: list[tuple[tuple[slice, ...], torch.Tensor]]
+
+
+def size_multiple_of(processor: Any) -> int:
+    """The spatial size multiple a network needs (8 for DRUNet's three stride-2 stages), else 1."""
+    from deepinv.models import DRUNet
+
+    return 8 if isinstance(processor, DRUNet) else 1
+
+
+class DistributedProcessing(torch.nn.Module):
+    """Run ``processor(x, sigma, ...)`` tiled over the ranks of ``ctx``.
+
+    :param ctx: the entered context.
+    :param processor: a deepinv denoiser/prior or any callable ``f(x, sigma, *args, **kwargs)`` (``x`` of shape
+        ``(B, C, *spatial)``) that keeps the input's shape.
+    :param tiling_strategy: ``"overlap_tiling"`` (halos of ``overlap`` where windows meet), ``"basic"`` (no
+        halo), or a :class:`~distinv.strategies.DistributedSignalStrategy` instance.
+    :param patch_size: owned size per window and dim; ``None`` (default): the fewest, largest windows, a
+        multiple of the world size, within ``max_window_pixels``.
+    :param overlap: halo in pixels on each side where windows meet (rounded up to the size multiple).
+    :param tiling_dims: dims to cut (an int or a tuple, dims >= 2); default all spatial dims.
+    :param max_batch_size: most windows per network call (``None``: all of a rank's same-size windows at once).
+    :param size_multiple: the network's size multiple (default: 8 for DRUNet, else 1).
+    :param max_window_pixels: the largest window the device's memory allows, in pixels of the tiled dims.
+    """
+
+    def __init__(
+        self,
+        ctx: DistributedContext,
+        processor: Callable[..., torch.Tensor],
+        *,
+        tiling_strategy: str | Any = "overlap_tiling",
+        patch_size: int | Sequence[int] | None = None,
+        overlap: int | Sequence[int] = DEFAULT_OVERLAP,
+        tiling_dims: int | Sequence[int] | None = None,
+        max_batch_size: int | None = None,
+        size_multiple: int | None = None,
+        max_window_pixels: int | None = None,
+        **deepinv_options: Any,
+    ):
+        super().__init__()
+        if not callable(processor):
+            raise TypeError(f"processor must be callable as processor(x, sigma), got {type(processor).__name__}.")
+        if isinstance(tiling_strategy, str):
+            if tiling_strategy not in BUILTIN_STRATEGIES:
+                raise ValueError(
+                    f"tiling_strategy={tiling_strategy!r}: use one of {BUILTIN_STRATEGIES} or a "
+                    "DistributedSignalStrategy instance."
+                )
+        elif tiling_strategy is not None:
+            check_strategy(tiling_strategy)
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size={max_batch_size}: it must be at least 1 (or None: no limit).")
+        unknown = set(deepinv_options) - {
+            "dtype",
+            "checkpoint_batches",
+            "checkpoint_use_reentrant",
+            "checkpoint_preserve_rng_state",
+            "strategy_kwargs",
+        }
+        if unknown:
+            raise TypeError(f"DistributedProcessing got unexpected arguments {sorted(unknown)}.")
+        self.ctx = ctx
+        self.processor = processor.to(ctx.device) if isinstance(processor, torch.nn.Module) else processor
+        self.tiling_strategy = tiling_strategy or "overlap_tiling"
+        self.patch_size = patch_size
+        self.overlap = 0 if self.tiling_strategy == "basic" else overlap
+        self.tiling_dims = tiling_dims
+        self.max_batch_size = max_batch_size
+        self.size_multiple = size_multiple or size_multiple_of(processor)
+        self.max_window_pixels = max_window_pixels
+        self._strategies: dict[tuple, TilingStrategy] = {}
+        validate_tiling(patch_size, self.overlap, self.size_multiple)  # on every rank, before any collective
+
+    # ------------------------------------------------------------------ public
+    def forward(self, x: torch.Tensor, sigma: Any = None, *args: Any, gather: bool = True, **kwargs: Any) -> Any:
+        """Denoise ``x`` (``(B, C, H, W)`` or ``(B, C, D, H, W)``, the same on every rank).
+
+        :param sigma: noise level: a number, a ``(B,)`` tensor (one per sample) or a noise map shaped like ``x``
+            with one channel; ``None`` calls ``processor(x, *args)``.
+        :param gather: the full output on every rank (default), else this rank's :class:`Shard`.
+        """
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}.")
+        strategy = self.strategy_for(x.shape)
+        call = self._caller(sigma, x, args, kwargs)
+        if not isinstance(strategy, TilingStrategy):
+            return self._run_custom(strategy, x, call)
+        params = self._trainable_parameters()
+        if torch.is_grad_enabled() and (x.requires_grad or params):
+            if not gather:
+                raise ValueError(
+                    "gather=False returns a Shard, which autograd cannot follow: use gather=True "
+                    "under autograd, or wrap the call in torch.no_grad()."
+                )
+            return _TiledApply.apply(self, strategy, call, x, *params)
+        pieces = self._run_local(strategy, x, call)
+        if not gather:
+            return Shard(
+                x.shape, [(strategy.index(strategy.plan.windows[i].owned_slices), p) for i, p in pieces.items()]
+            )
+        return self._assemble(strategy, x, pieces)
+
+    # ------------------------------------------------------------------ plan
+    def strategy_for(self, shape: Sequence[int]) -> Any:
+        """The strategy for inputs of ``shape``; a built-in one carries its :class:`TilePlan` as ``.plan``."""
+        shape = tuple(shape)
+        if len(shape) < 3:
+            raise ValueError(f"x has shape {shape}: expected (B, C, *spatial), e.g. (B, C, H, W).")
+        if not isinstance(self.tiling_strategy, str):
+            return self.tiling_strategy
+        dims = self._tiling_dims(len(shape))
+        key = (shape, dims)
+        if key not in self._strategies:
+            self._strategies[key] = TilingStrategy(
+                shape,
+                dims,
+                self.ctx.world_size,
+                self.patch_size,
+                self.overlap,
+                self.size_multiple,
+                self.max_window_pixels,
+            )
+        return self._strategies[key]
+
+    def _tiling_dims(self, ndim: int) -> tuple[int, ...]:
+        if self.tiling_dims is None:
+            return tuple(range(2, ndim))
+        dims = (self.tiling_dims,) if isinstance(self.tiling_dims, int) else tuple(self.tiling_dims)
+        normalised = tuple(d + ndim if d < 0 else d for d in dims)
+        if not dims or any(not 2 <= d < ndim for d in normalised) or len(set(normalised)) != len(normalised):
+            raise ValueError(
+                f"tiling_dims={self.tiling_dims} does not name distinct spatial dims of a {ndim}-dim input: use "
+                f"dims among {tuple(range(2, ndim))} (batch and channel dims cannot be tiled)."
+            )
+        return tuple(sorted(normalised))
+
+    # ------------------------------------------------------------------ run
+    def _caller(self, sigma: Any, x: torch.Tensor, args: tuple, kwargs: dict) -> Callable:
+        """``call(windows, slices_list)``: the processor on a batch of windows with the matching sigma."""
+        batch = x.shape[0]
+        if isinstance(sigma, torch.Tensor) and sigma.ndim > 0:
+            if sigma.ndim == x.ndim and sigma.shape[0] == batch and sigma.shape[2:] == x.shape[2:]:
+                kind = "map"
+            elif sigma.numel() == batch:
+                kind, sigma = "per_sample", sigma.reshape(batch)
+            elif sigma.numel() == 1:
+                kind = "scalar"
+            else:
+                raise ValueError(
+                    f"sigma of shape {tuple(sigma.shape)} does not fit x of shape {tuple(x.shape)}: give a number, "
+                    f"a ({batch},) tensor or a noise map of shape ({batch}, 1, *spatial)."
+                )
+        else:
+            kind = "none" if sigma is None else "scalar"
+
+        def call(windows: torch.Tensor, indices: list[tuple[slice, ...]]) -> torch.Tensor:
+            if kind == "none":
+                return self.processor(windows, *args, **kwargs)
+            if kind == "map":
+                s = torch.cat([sigma[index] for index in indices], dim=0)
+            elif kind == "per_sample":
+                s = sigma.repeat(len(indices))
+            else:
+                s = sigma
+            return self.processor(windows, s, *args, **kwargs)
+
+        call.sigma_kind = kind
+        return call
+
+    def _run_local(self, strategy: TilingStrategy, x: torch.Tensor, call: Callable) -> dict[int, torch.Tensor]:
+        """Run this rank's windows; return each window's owned output region, by window index."""
+        windows = strategy.plan.windows_of(self.ctx.rank)
+        by_size: dict[tuple[int, ...], list] = {}
+        for w in windows:
+            by_size.setdefault(w.size, []).append(w)
+        pieces: dict[int, torch.Tensor] = {}
+        for group in by_size.values():
+            step = self.max_batch_size or len(group)
+            for start in range(0, len(group), step):
+                chunk = group[start : start + step]
+                indices = [strategy.index(w.slices) for w in chunk]
+                batch = torch.cat([x[index] for index in indices], dim=0)
+                out = call(batch, indices)
+                expected = (batch.shape[0], x.shape[1], *batch.shape[2:])
+                if tuple(out.shape) != expected:
+                    raise ValueError(
+                        f"The processor returned shape {tuple(out.shape)} for windows of shape "
+                        f"{tuple(batch.shape)}: a tiled processor must keep the input's shape."
+                    )
+                for j, w in enumerate(chunk):
+                    piece = out[j * x.shape[0] : (j + 1) * x.shape[0]]
+                    pieces[w.index] = piece[strategy.index(w.owned_in_window)]
+        return dict(sorted(pieces.items()))
+
+    def _assemble(self, strategy: TilingStrategy, x: torch.Tensor, pieces: dict[int, torch.Tensor]) -> torch.Tensor:
+        """All-gather the owned regions; every rank writes them into one full-size output."""
+        windows = strategy.plan.windows
+        shapes = []
+        for w in windows:
+            shape = list(x.shape)
+            for d, s in zip(strategy.tiling_dims, w.owned_size, strict=True):
+                shape[d] = s
+            shapes.append(tuple(shape))
+        layout = Layout(tuple(w.rank for w in windows), tuple(shapes), (x.dtype,) * len(windows))
+        everything = gather_items(self.ctx, list(pieces), list(pieces.values()), len(windows), "concatenated", layout)
+        out = torch.empty_like(x)
+        for w, piece in zip(windows, everything, strict=True):
+            out[strategy.index(w.owned_slices)] = piece
+        return out
+
+    def _run_custom(self, strategy: Any, x: torch.Tensor, call: Callable) -> torch.Tensor:
+        """A user strategy: its patches, balanced by count, written by it into zeros and summed over ranks."""
+        n = strategy.get_num_patches()
+        owners = assign_balanced_counts([1.0] * n, self.ctx.world_size)
+        local = [i for i in range(n) if owners[i] == self.ctx.rank]
+        if isinstance(getattr(call, "sigma_kind", None), str) and call.sigma_kind == "map":
+            raise ValueError("A noise map sigma needs the built-in tiling: give a number or one sigma per sample.")
+        processed = []
+        for i, patch in strategy.get_local_patches(x, local):
+            processed.append((i, call(patch, [(slice(None),) * x.ndim])))
+        out = torch.zeros_like(x)
+        strategy.reduce_patches(out, processed)
+        return self.ctx.all_reduce(out)
+
+    def _trainable_parameters(self) -> list[torch.nn.Parameter]:
+        if not isinstance(self.processor, torch.nn.Module):
+            return []
+        return [p for p in self.processor.parameters() if p.requires_grad]
+
+
+class _TiledApply(torch.autograd.Function):
+    """The tiled forward without storing activations; a backward that recomputes this rank's windows and
+    sums gradients over ranks (one all-reduce for the input and all parameters together)."""
+
+    @staticmethod
+    def forward(fctx, engine, strategy, call, x, *params):
+        with torch.no_grad():
+            out = engine._assemble(strategy, x, engine._run_local(strategy, x, call))
+        fctx.engine, fctx.strategy, fctx.call, fctx.params = engine, strategy, call, params
+        fctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    def backward(fctx, grad_out):
+        (x,) = fctx.saved_tensors
+        engine, strategy = fctx.engine, fctx.strategy
+        inputs = [x.detach().requires_grad_(True), *fctx.params]
+        with torch.enable_grad():
+            pieces = engine._run_local(strategy, inputs[0], fctx.call)
+            grads: Sequence[torch.Tensor | None] = [None] * len(inputs)
+            if pieces:
+                windows = strategy.plan.windows
+                wanted = [grad_out[strategy.index(windows[i].owned_slices)] for i in pieces]
+                grads = torch.autograd.grad(list(pieces.values()), inputs, wanted, allow_unused=True)
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs, strict=True)]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        engine.ctx.all_reduce(flat)
+        summed, offset = [], 0
+        for t in inputs:
+            summed.append(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+        return (None, None, None, summed[0] if fctx.needs_input_grad[3] else None, *summed[1:])
