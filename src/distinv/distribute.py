@@ -57,7 +57,8 @@ def distribute(
     :param tiling_strategy: for a denoiser: ``"overlap_tiling"`` (default), ``"basic"`` (no halo) or a
         :class:`~distinv.strategies.DistributedSignalStrategy`.
     :param patch_size: for a denoiser: owned size of a window per dim; ``None`` (default, unlike deepinv's 256)
-        lets the plan pick the fewest, largest windows, a multiple of the world size.
+        lets the plan pick the fewest, largest windows within ``max_window_pixels`` (on CPU, windows of at most
+        384Ki pixels by default), a multiple of the world size.
     :param overlap: for a denoiser: halo where windows meet, in pixels (default 32).
     :param tiling_dims: for a denoiser: the dims to cut (default: all spatial dims).
     :param max_batch_size: for a denoiser: most windows per network call.

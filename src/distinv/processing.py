@@ -11,10 +11,11 @@ The data path, top to bottom:
 
 Accuracy: a network whose receptive-field radius is ``r`` gives the untiled output exactly when
 ``overlap >= r`` (e.g. DnCNN with 17 layers: r = 17). DRUNet's receptive field spans the whole image, so a
-halo only bounds its error. Measured with random weights (channels 16..128, a 3x1024x1024 image cut into 2
-windows; relative L2 error against the untiled network): 3.2e-2 with no halo, 2.5e-7 at ``overlap=8``,
-2.6e-8 at 16, **8.1e-9 at the default 32**, 5.3e-9 at 64 (``python benchmarks/denoiser_tiling.py
---halo-sweep``). Trained weights reach further than random ones: measure before trusting a small halo.
+halo only bounds its error. Measured with random weights (channels 16..128, a 3x1024x1024 image, the default
+plan at 2 ranks: 4 windows; relative L2 error against the untiled network): 5.7e-2 with no halo, 3.9e-7 at
+``overlap=8``, 3.7e-8 at 16, **1.1e-8 at the default 32**, 7.3e-9 at 64 (``python
+benchmarks/denoiser_tiling.py --halo-sweep``). Trained weights reach further than random ones: measure before
+trusting a small halo.
 
 Under autograd the output is differentiable: gradients reach the input and the network's parameters, equal
 to those of the same tiled computation in one process. The backward pass recomputes each rank's windows
@@ -38,6 +39,10 @@ from .tiling import validate_tiling
 
 BUILTIN_STRATEGIES = ("overlap_tiling", "basic")
 DEFAULT_OVERLAP = 32
+# On a CPU core, DRUNet (16..128) runs fastest per pixel on windows of a few hundred thousand pixels (measured,
+# one core: 4.4 us/px at 288x1024 and 4.9 at 544x544, against 5.7 at 544x1024 and 6.8 at 1024x1024: caches),
+# and smaller windows hold less memory; on a GPU the largest windows that fit are fastest.
+CPU_MAX_WINDOW_PIXELS = 384 * 1024
 
 
 @dataclass
@@ -67,9 +72,12 @@ class DistributedProcessing(torch.nn.Module):
         multiple of the world size, within ``max_window_pixels``.
     :param overlap: halo in pixels on each side where windows meet (rounded up to the size multiple).
     :param tiling_dims: dims to cut (an int or a tuple, dims >= 2); default all spatial dims.
-    :param max_batch_size: most windows per network call (``None``: all of a rank's same-size windows at once).
+    :param max_batch_size: most windows per network call. ``None``: one at a time on CPU (a batch adds memory,
+        not speed, on a core), all of a rank's same-size windows at once on GPU.
     :param size_multiple: the network's size multiple (default: 8 for DRUNet, else 1).
-    :param max_window_pixels: the largest window the device's memory allows, in pixels of the tiled dims.
+    :param max_window_pixels: the largest window, in pixels of the tiled dims, for the automatic plan
+        (``patch_size=None``). ``"auto"``: ``CPU_MAX_WINDOW_PIXELS`` on CPU (faster per pixel, and per-rank
+        memory falls), no limit on GPU; ``None``: no limit (one window per rank).
     """
 
     def __init__(
@@ -83,7 +91,7 @@ class DistributedProcessing(torch.nn.Module):
         tiling_dims: int | Sequence[int] | None = None,
         max_batch_size: int | None = None,
         size_multiple: int | None = None,
-        max_window_pixels: int | None = None,
+        max_window_pixels: int | str | None = "auto",
         **deepinv_options: Any,
     ):
         super().__init__()
@@ -114,8 +122,11 @@ class DistributedProcessing(torch.nn.Module):
         self.patch_size = patch_size
         self.overlap = 0 if self.tiling_strategy == "basic" else overlap
         self.tiling_dims = tiling_dims
-        self.max_batch_size = max_batch_size
+        on_cpu = ctx.device.type == "cpu"
+        self.max_batch_size = max_batch_size if max_batch_size is not None else (1 if on_cpu else None)
         self.size_multiple = size_multiple or size_multiple_of(processor)
+        if max_window_pixels == "auto":
+            max_window_pixels = CPU_MAX_WINDOW_PIXELS if on_cpu else None
         self.max_window_pixels = max_window_pixels
         self._strategies: dict[tuple, TilingStrategy] = {}
         validate_tiling(patch_size, self.overlap, self.size_multiple)  # on every rank, before any collective
@@ -228,7 +239,7 @@ class DistributedProcessing(torch.nn.Module):
             for start in range(0, len(group), step):
                 chunk = group[start : start + step]
                 indices = [strategy.index(w.slices) for w in chunk]
-                batch = torch.cat([x[index] for index in indices], dim=0)
+                batch = x[indices[0]] if len(chunk) == 1 else torch.cat([x[index] for index in indices], dim=0)
                 out = call(batch, indices)
                 expected = (batch.shape[0], x.shape[1], *batch.shape[2:])
                 if tuple(out.shape) != expected:

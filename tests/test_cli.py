@@ -1,0 +1,35 @@
+"""`distinv plan` prints the tile plan: windows per rank, pixels processed vs owned, imbalance, bytes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distinv.cli import main
+
+
+def test_plan_prints_windows_pixels_imbalance_and_bytes(capsys):
+    assert main(["plan", "--shape", "3", "4096", "4096", "--world", "16", "--patch", "512", "--overlap", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "64 windows (grid 8x8) over 16 ranks" in out
+    assert "predicted load imbalance" in out and "bytes each rank receives" in out
+    assert len([line for line in out.splitlines() if line.strip().startswith(("0 ", "15 "))]) == 2
+
+
+def test_plan_json_summary():
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        main(["plan", "--shape", "3", "1024", "1024", "--world", "2", "--json"])
+    summary = json.loads(buffer.getvalue())
+    assert summary["windows_per_rank"] == [1, 1]
+    assert summary["overhead"] == pytest.approx(1.0625)
+    assert summary["bytes_received_per_rank"] == 3 * 512 * 1024 * 4
+
+
+def test_plan_with_impossible_settings_says_which_argument():
+    with pytest.raises(SystemExit, match="patch_size=4 is smaller than the network's size multiple 8"):
+        main(["plan", "--shape", "3", "64", "64", "--world", "2", "--patch", "4"])
