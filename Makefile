@@ -29,6 +29,7 @@ demo: setup
 # Engine timings side by side with deepinv's distributed module (see benchmarks/README.md).
 bench: setup
 	$(PY) benchmarks/physics_normal_op.py
+	$(PY) benchmarks/denoiser_tiling.py --halo-sweep
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
