@@ -225,3 +225,29 @@ def test_drunet_error_at_the_default_halo_is_below_the_stated_bound():
         error_without = ((no_halo(x, 0.1) - net(x, 0.1)).norm() / net(x, 0.1).norm()).item()
     assert error <= 1e-6
     assert error_without > 100 * error
+
+
+def check_sharded_input_with_halo_exchange(ctx):
+    net = dncnn()
+    torch.manual_seed(5)
+    x = torch.rand(2, 3, 45, 38)
+    dden = distribute(net, ctx, patch_size=18, overlap=DEPTH)
+    with torch.no_grad():
+        shard = dden(x, 0.1, gather=False)
+        # three calls; between them the data stays sharded (only halos travel)
+        thrice_sharded = dden(dden(shard, 0.1, gather=False), 0.1)
+        thrice = net(net(net(x, 0.1), 0.1), 0.1)
+        gathered = dden.gather(shard)
+    return {
+        "thrice": ((thrice_sharded - thrice).abs().max() / thrice.abs().max()).item(),
+        "gathered": ((gathered - net(x, 0.1)).abs().max()).item(),
+        "my_pixels": sum(p.numel() for _, p in shard.pieces),
+    }
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_sharded_input_runs_through_a_halo_exchange(ranks, world_size):
+    results = ranks(world_size).run(check_sharded_input_with_halo_exchange)
+    for r in results:
+        assert r["thrice"] <= 1e-5 and r["gathered"] <= 1e-5, r
+    assert sum(r["my_pixels"] for r in results) == 2 * 3 * 45 * 38  # shards partition the signal

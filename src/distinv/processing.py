@@ -34,8 +34,9 @@ import torch
 from .balance import assign_balanced_counts
 from .comm import Layout, gather_items
 from .context import DistributedContext
+from .halo import exchange_windows
 from .strategies import TilingStrategy, check_strategy
-from .tiling import validate_tiling
+from .tiling import Window, validate_tiling
 
 BUILTIN_STRATEGIES = ("overlap_tiling", "basic")
 DEFAULT_OVERLAP = 32
@@ -47,10 +48,13 @@ CPU_MAX_WINDOW_PIXELS = 384 * 1024
 
 @dataclass
 class Shard:
-    """This rank's part of a tiled output: each owned region's index into the full tensor, and its values."""
+    """This rank's part of a tiled signal: for each of its windows (``windows``, indices into the plan), the
+    owned region's index into the full tensor and its values. Passing a Shard back to the same
+    :class:`DistributedProcessing` runs the next call from it with a halo exchange."""
 
     shape: torch.Size
     pieces: list[tuple[tuple[slice, ...], torch.Tensor]]
+    windows: list[int]
 
 
 def size_multiple_of(processor: Any) -> int:
@@ -132,17 +136,23 @@ class DistributedProcessing(torch.nn.Module):
         validate_tiling(patch_size, self.overlap, self.size_multiple)  # on every rank, before any collective
 
     # ------------------------------------------------------------------ public
-    def forward(self, x: torch.Tensor, sigma: Any = None, *args: Any, gather: bool = True, **kwargs: Any) -> Any:
-        """Denoise ``x`` (``(B, C, H, W)`` or ``(B, C, D, H, W)``, the same on every rank).
+    def forward(
+        self, x: torch.Tensor | Shard, sigma: Any = None, *args: Any, gather: bool = True, **kwargs: Any
+    ) -> Any:
+        """Denoise ``x``: a tensor ``(B, C, H, W)`` or ``(B, C, D, H, W)``, the same on every rank, or the
+        :class:`Shard` a previous call returned (each rank then receives only its windows' halos; no autograd).
 
         :param sigma: noise level: a number, a ``(B,)`` tensor (one per sample) or a noise map shaped like ``x``
             with one channel; ``None`` calls ``processor(x, *args)``.
         :param gather: the full output on every rank (default), else this rank's :class:`Shard`.
         """
+        if isinstance(x, Shard):
+            with torch.no_grad():
+                return self._from_shard(x, sigma, args, kwargs, gather)
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}.")
+            raise TypeError(f"x must be a torch.Tensor or a Shard, got {type(x).__name__}.")
         strategy = self.strategy_for(x.shape)
-        call = self._caller(sigma, x, args, kwargs)
+        call = self._caller(sigma, x.shape, args, kwargs)
         if not isinstance(strategy, TilingStrategy):
             return self._run_custom(strategy, x, call)
         params = self._trainable_parameters()
@@ -153,12 +163,42 @@ class DistributedProcessing(torch.nn.Module):
                     "under autograd, or wrap the call in torch.no_grad()."
                 )
             return _TiledApply.apply(self, strategy, call, x, *params)
-        pieces = self._run_local(strategy, x, call)
-        if not gather:
-            return Shard(
-                x.shape, [(strategy.index(strategy.plan.windows[i].owned_slices), p) for i, p in pieces.items()]
+        pieces = self._run_local(strategy, _cut_from(x, strategy), call)
+        return self._finish(strategy, pieces, x.dtype, gather)
+
+    def gather(self, shard: Shard) -> torch.Tensor:
+        """The full signal on every rank, from each rank's :class:`Shard` (one all-gather)."""
+        strategy = self.strategy_for(shard.shape)
+        pieces = dict(zip(shard.windows, [p for _, p in shard.pieces], strict=True))
+        dtype = shard.pieces[0][1].dtype if shard.pieces else torch.get_default_dtype()
+        return self._assemble(strategy, pieces, dtype)
+
+    def _from_shard(self, shard: Shard, sigma: Any, args: tuple, kwargs: dict, gather: bool) -> Any:
+        strategy = self.strategy_for(shard.shape)
+        if not isinstance(strategy, TilingStrategy) or [w.index for w in strategy.plan.windows_of(self.ctx.rank)] != (
+            shard.windows
+        ):
+            raise ValueError(
+                "This Shard was not cut by this denoiser's plan for its shape: pass the Shard to the same "
+                "distributed denoiser that returned it, or gather it first."
             )
-        return self._assemble(strategy, x, pieces)
+        owned = dict(zip(shard.windows, [p for _, p in shard.pieces], strict=True))
+        like = next(iter(owned.values()), None)
+        windows = exchange_windows(self.ctx, strategy, owned, like)  # a rank without windows has nothing to trade
+        call = self._caller(sigma, shard.shape, args, kwargs)
+        pieces = self._run_local(strategy, lambda w: windows[w.index], call)
+        dtype = like.dtype if like is not None else torch.get_default_dtype()
+        return self._finish(strategy, pieces, dtype, gather)
+
+    def _finish(self, strategy: TilingStrategy, pieces: dict[int, torch.Tensor], dtype, gather: bool) -> Any:
+        if gather:
+            return self._assemble(strategy, pieces, dtype)
+        windows = strategy.plan.windows
+        return Shard(
+            torch.Size(strategy.img_size),
+            [(strategy.index(windows[i].owned_slices), p) for i, p in pieces.items()],
+            list(pieces),
+        )
 
     # ------------------------------------------------------------------ plan
     def strategy_for(self, shape: Sequence[int]) -> Any:
@@ -195,11 +235,12 @@ class DistributedProcessing(torch.nn.Module):
         return tuple(sorted(normalised))
 
     # ------------------------------------------------------------------ run
-    def _caller(self, sigma: Any, x: torch.Tensor, args: tuple, kwargs: dict) -> Callable:
+    def _caller(self, sigma: Any, shape: Sequence[int], args: tuple, kwargs: dict) -> Callable:
         """``call(windows, slices_list)``: the processor on a batch of windows with the matching sigma."""
-        batch = x.shape[0]
+        shape = tuple(shape)
+        batch = shape[0]
         if isinstance(sigma, torch.Tensor) and sigma.ndim > 0:
-            if sigma.ndim == x.ndim and sigma.shape[0] == batch and sigma.shape[2:] == x.shape[2:]:
+            if sigma.ndim == len(shape) and sigma.shape[0] == batch and tuple(sigma.shape[2:]) == shape[2:]:
                 kind = "map"
             elif sigma.numel() == batch:
                 kind, sigma = "per_sample", sigma.reshape(batch)
@@ -207,7 +248,7 @@ class DistributedProcessing(torch.nn.Module):
                 kind = "scalar"
             else:
                 raise ValueError(
-                    f"sigma of shape {tuple(sigma.shape)} does not fit x of shape {tuple(x.shape)}: give a number, "
+                    f"sigma of shape {tuple(sigma.shape)} does not fit x of shape {shape}: give a number, "
                     f"a ({batch},) tensor or a noise map of shape ({batch}, 1, *spatial)."
                 )
         else:
@@ -227,8 +268,12 @@ class DistributedProcessing(torch.nn.Module):
         call.sigma_kind = kind
         return call
 
-    def _run_local(self, strategy: TilingStrategy, x: torch.Tensor, call: Callable) -> dict[int, torch.Tensor]:
-        """Run this rank's windows; return each window's owned output region, by window index."""
+    def _run_local(
+        self, strategy: TilingStrategy, window_input: Callable[[Window], torch.Tensor], call: Callable
+    ) -> dict[int, torch.Tensor]:
+        """Run this rank's windows (``window_input(w)`` gives window ``w``'s input); return each window's owned
+        output region, by window index."""
+        batch_size, channels = strategy.img_size[0], strategy.img_size[1]
         windows = strategy.plan.windows_of(self.ctx.rank)
         by_size: dict[tuple[int, ...], list] = {}
         for w in windows:
@@ -239,31 +284,32 @@ class DistributedProcessing(torch.nn.Module):
             for start in range(0, len(group), step):
                 chunk = group[start : start + step]
                 indices = [strategy.index(w.slices) for w in chunk]
-                batch = x[indices[0]] if len(chunk) == 1 else torch.cat([x[index] for index in indices], dim=0)
+                inputs = [window_input(w) for w in chunk]
+                batch = inputs[0] if len(chunk) == 1 else torch.cat(inputs, dim=0)
                 out = call(batch, indices)
-                expected = (batch.shape[0], x.shape[1], *batch.shape[2:])
+                expected = (batch.shape[0], channels, *batch.shape[2:])
                 if tuple(out.shape) != expected:
                     raise ValueError(
                         f"The processor returned shape {tuple(out.shape)} for windows of shape "
                         f"{tuple(batch.shape)}: a tiled processor must keep the input's shape."
                     )
                 for j, w in enumerate(chunk):
-                    piece = out[j * x.shape[0] : (j + 1) * x.shape[0]]
+                    piece = out[j * batch_size : (j + 1) * batch_size]
                     pieces[w.index] = piece[strategy.index(w.owned_in_window)]
         return dict(sorted(pieces.items()))
 
-    def _assemble(self, strategy: TilingStrategy, x: torch.Tensor, pieces: dict[int, torch.Tensor]) -> torch.Tensor:
+    def _assemble(self, strategy: TilingStrategy, pieces: dict[int, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
         """All-gather the owned regions; every rank writes them into one full-size output."""
         windows = strategy.plan.windows
         shapes = []
         for w in windows:
-            shape = list(x.shape)
+            shape = list(strategy.img_size)
             for d, s in zip(strategy.tiling_dims, w.owned_size, strict=True):
                 shape[d] = s
             shapes.append(tuple(shape))
-        layout = Layout(tuple(w.rank for w in windows), tuple(shapes), (x.dtype,) * len(windows))
+        layout = Layout(tuple(w.rank for w in windows), tuple(shapes), (dtype,) * len(windows))
         everything = gather_items(self.ctx, list(pieces), list(pieces.values()), len(windows), "concatenated", layout)
-        out = torch.empty_like(x)
+        out = torch.empty(strategy.img_size, dtype=dtype, device=self.ctx.device)
         for w, piece in zip(windows, everything, strict=True):
             out[strategy.index(w.owned_slices)] = piece
         return out
@@ -288,6 +334,11 @@ class DistributedProcessing(torch.nn.Module):
         return [p for p in self.processor.parameters() if p.requires_grad]
 
 
+def _cut_from(x: torch.Tensor, strategy: TilingStrategy) -> Callable[[Window], torch.Tensor]:
+    """Window inputs cut out of a replicated signal (views, no copy)."""
+    return lambda w: x[strategy.index(w.slices)]
+
+
 class _TiledApply(torch.autograd.Function):
     """The tiled forward without storing activations; a backward that recomputes this rank's windows and
     sums gradients over ranks (one all-reduce for the input and all parameters together)."""
@@ -295,7 +346,7 @@ class _TiledApply(torch.autograd.Function):
     @staticmethod
     def forward(fctx, engine, strategy, call, x, *params):
         with torch.no_grad():
-            out = engine._assemble(strategy, x, engine._run_local(strategy, x, call))
+            out = engine._assemble(strategy, engine._run_local(strategy, _cut_from(x, strategy), call), x.dtype)
         fctx.engine, fctx.strategy, fctx.call, fctx.params = engine, strategy, call, params
         fctx.save_for_backward(x)
         return out
@@ -306,7 +357,7 @@ class _TiledApply(torch.autograd.Function):
         engine, strategy = fctx.engine, fctx.strategy
         inputs = [x.detach().requires_grad_(True), *fctx.params]
         with torch.enable_grad():
-            pieces = engine._run_local(strategy, inputs[0], fctx.call)
+            pieces = engine._run_local(strategy, _cut_from(inputs[0], strategy), fctx.call)
             grads: Sequence[torch.Tensor | None] = [None] * len(inputs)
             if pieces:
                 windows = strategy.plan.windows
