@@ -1,0 +1,95 @@
+"""Ground truths synthesised at any size (no downloads), or read from a user's image file."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+
+def dead_leaves(height: int, width: int, seed: int = 0, colour: bool = True) -> torch.Tensor:
+    """A dead-leaves image: disks falling one behind the other (each hides what falls after it) until the
+    image is covered, radii from a power law (scale invariant, like natural images), each disk with its own
+    colour and a faint oriented texture. Shape ``(1, 3 or 1, height, width)`` in [0, 1]; a 4096x4096 colour
+    image takes seconds on one core.
+    """
+    g = torch.Generator().manual_seed(seed)
+    channels = 3 if colour else 1
+    image = torch.zeros(channels, height, width)
+    covered = torch.zeros(height, width, dtype=torch.bool)
+    scale = max(height, width)
+    r_min, r_max = max(1.0, scale / 256), scale / 6
+    batch = 1000
+    for _ in range(200):  # batches; a final background leaf fills what is left
+        u = torch.rand(batch, generator=g)
+        radii = 1.0 / torch.sqrt(u / r_min**2 + (1 - u) / r_max**2)  # density ~ r^-3 on [r_min, r_max]
+        centres = torch.rand(batch, 2, generator=g) * torch.tensor([height, width])
+        colours = torch.rand(batch, channels, generator=g)
+        angles = torch.rand(batch, generator=g) * math.pi
+        frequencies = 0.05 + 0.25 * torch.rand(batch, generator=g)
+        for k in range(batch):
+            r, (cy, cx) = radii[k].item(), centres[k].tolist()
+            y0, y1 = max(0, int(cy - r)), min(height, int(cy + r) + 1)
+            x0, x1 = max(0, int(cx - r)), min(width, int(cx + r) + 1)
+            if y0 >= y1 or x0 >= x1:
+                continue
+            yy = torch.arange(y0, y1, dtype=torch.float32).view(-1, 1) + 0.5 - cy
+            xx = torch.arange(x0, x1, dtype=torch.float32).view(1, -1) + 0.5 - cx
+            free = ((yy**2 + xx**2) <= r * r) & ~covered[y0:y1, x0:x1]
+            if not free.any():
+                continue
+            along = xx * math.cos(angles[k]) + yy * math.sin(angles[k])
+            texture = (colours[k].view(-1, 1, 1) * (1 + 0.08 * torch.sin(frequencies[k] * along))).clamp(0, 1)
+            image[:, y0:y1, x0:x1][:, free] = texture[:, free]
+            covered[y0:y1, x0:x1] |= free
+        if covered.float().mean() > 0.995:
+            break
+    image[:, ~covered] = torch.rand(channels, 1, generator=g)
+    return image.unsqueeze(0)
+
+
+def load_image(path: str | Path, height: int, width: int, colour: bool = True) -> torch.Tensor:
+    """A user's PNG/JPEG/TIFF, centre-cropped to the aspect ratio and resized to ``height x width``, in [0, 1]."""
+    from PIL import Image, UnidentifiedImageError
+    from torchvision.transforms.functional import center_crop, pil_to_tensor, resize
+
+    try:
+        with Image.open(path) as img:
+            tensor = pil_to_tensor(img.convert("RGB" if colour else "L")).float() / 255
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+        raise ValueError(f"image={str(path)!r} cannot be read as an image ({exc}): give a PNG, JPEG or TIFF.") from None
+    _, h, w = tensor.shape
+    ratio = width / height
+    crop = (h, min(w, round(h * ratio))) if w / h >= ratio else (min(h, round(w / ratio)), w)
+    tensor = resize(center_crop(tensor, list(crop)), [height, width], antialias=True)
+    return tensor.clamp(0, 1).unsqueeze(0)
+
+
+# Modified Shepp-Logan (Toft): intensity, semi-axes (a, b), centre (x0, y0), rotation (degrees).
+_SHEPP_LOGAN_2D = [
+    (1.0, 0.69, 0.92, 0.0, 0.0, 0),
+    (-0.8, 0.6624, 0.8740, 0.0, -0.0184, 0),
+    (-0.2, 0.11, 0.31, 0.22, 0.0, -18),
+    (-0.2, 0.16, 0.41, -0.22, 0.0, 18),
+    (0.1, 0.21, 0.25, 0.0, 0.35, 0),
+    (0.1, 0.046, 0.046, 0.0, 0.1, 0),
+    (0.1, 0.046, 0.046, 0.0, -0.1, 0),
+    (0.1, 0.046, 0.023, -0.08, -0.605, 0),
+    (0.1, 0.023, 0.023, 0.0, -0.606, 0),
+    (0.1, 0.023, 0.046, 0.06, -0.605, 0),
+]
+
+
+def shepp_logan_2d(size: int) -> torch.Tensor:
+    """The modified Shepp-Logan phantom evaluated analytically at the pixel centres of a ``size x size`` grid
+    over [-1, 1]^2 (not an upsampled small image). Shape ``(1, 1, size, size)``, values in [0, 1]."""
+    coords = (torch.arange(size, dtype=torch.float64) + 0.5) / size * 2 - 1
+    y, x = torch.meshgrid(-coords, coords, indexing="ij")
+    image = torch.zeros(size, size, dtype=torch.float64)
+    for value, a, b, x0, y0, degrees in _SHEPP_LOGAN_2D:
+        t = math.radians(degrees)
+        u = (x - x0) * math.cos(t) + (y - y0) * math.sin(t)
+        v = -(x - x0) * math.sin(t) + (y - y0) * math.cos(t)
+        image += value * ((u / a) ** 2 + (v / b) ** 2 <= 1)
+    return image.clamp(0, 1).float().view(1, 1, size, size)

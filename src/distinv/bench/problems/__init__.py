@@ -1,0 +1,19 @@
+"""Benchmark problems, by name: ``build(name, **params)`` returns a :class:`Problem`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import highres_blur, tomography_2d
+from .base import Problem
+
+BUILDERS = {"highres_blur": highres_blur.build, "tomography_2d": tomography_2d.build}
+
+
+def build(name: str, **params: Any) -> Problem:
+    if name not in BUILDERS:
+        raise ValueError(f"problem={name!r}: choose one of {sorted(BUILDERS)}.")
+    return BUILDERS[name](**params)
+
+
+__all__ = ["BUILDERS", "Problem", "build"]

@@ -1,0 +1,111 @@
+"""Benchmark problems: the same data at every world size, operators equal to the stacked ones, sane starts."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from deepinv.physics import StackedLinearPhysics
+
+from distinv.bench.data import dead_leaves, load_image, shepp_logan_2d
+from distinv.bench.problems import build
+from distinv.bench.problems.highres_blur import blur_kernel
+from operators import real_inner, relative_error
+
+CASES = {
+    "highres_blur": {"size": (48, 40), "num_operators": 5, "noise_sigma": 0.01},
+    "tomography_2d": {"size": 48, "num_angles": 30, "num_operators": 4, "noise_sigma": 0.01},
+}
+
+
+def check_problem(ctx, name):
+    warnings.simplefilter("ignore")
+    problem = build(name, **CASES[name])
+    physics = problem.distribute(ctx)
+    y_local = problem.measure(physics)
+    x0 = problem.initial(physics, y_local)
+    stacked = StackedLinearPhysics(
+        [problem.factory(i, ctx.device, problem.shared) for i in range(problem.num_operators)]
+    )
+    x = problem.ground_truth
+    y_all = physics.A(x)
+    torch.manual_seed(0)
+    u = torch.rand_like(x)
+    lhs, rhs = real_inner(physics.A(u), y_all), real_inner(u, physics.A_adjoint(y_all))
+    return {
+        "y": {i: t.clone() for i, t in zip(physics.local_indexes, y_local, strict=True)},
+        "A": relative_error(y_all, stacked.A(x)),
+        "A_adjoint": relative_error(physics.A_adjoint(y_all), stacked.A_adjoint(y_all)),
+        "dot": abs(lhs - rhs) / abs(lhs),
+        "init_psnr": problem.psnr(x0),
+        "zero_psnr": problem.psnr(torch.zeros_like(x)),
+        "init_checksum": float(x0.double().sum()),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_problem_is_deterministic_across_world_sizes_and_matches_the_stacked_operator(ranks, name):
+    measurements = []
+    for world_size in (1, 2, 3):
+        results = ranks(world_size).run(check_problem, name)
+        merged = {}
+        for r in results:
+            assert r["A"] <= 1e-5 and r["A_adjoint"] <= 1e-5 and r["dot"] <= 1e-4, r
+            assert r["init_psnr"] > r["zero_psnr"] + 1.0
+            merged.update(r["y"])
+        assert len({r["init_checksum"] for r in results}) == 1
+        assert sorted(merged) == list(range(CASES[name]["num_operators"]))
+        measurements.append(merged)
+    for other in measurements[1:]:
+        worst = max(relative_error(other[i], measurements[0][i]) for i in measurements[0])
+        assert worst <= 1e-6, worst  # equal up to the float rounding of vectorised kernels
+
+
+def test_blur_angles_really_differ():
+    kernels = [blur_kernel(i, 8, 3.0, 0.5) for i in range(8)]
+    for i in range(8):
+        for j in range(i + 1, 8):
+            same_size = kernels[i].shape == kernels[j].shape
+            assert not same_size or (kernels[i] - kernels[j]).abs().max() > 1e-3, (i, j)
+
+
+def test_dead_leaves_any_size_covered_and_reproducible():
+    image = dead_leaves(70, 45, seed=3)
+    assert image.shape == (1, 3, 70, 45) and 0 <= image.min() and image.max() <= 1
+    assert torch.equal(image, dead_leaves(70, 45, seed=3))
+    assert not torch.equal(image, dead_leaves(70, 45, seed=4))
+    assert image.std() > 0.15  # many leaves, not a flat background
+
+
+def test_shepp_logan_is_analytic_at_any_size():
+    small, large = shepp_logan_2d(64), shepp_logan_2d(257)
+    assert small.shape == (1, 1, 64, 64) and large.shape == (1, 1, 257, 257)
+    assert abs(small.mean() - large.mean()) < 0.01  # same object, not a rescaled picture
+    assert large.max() == 1.0
+
+
+def test_user_image_is_cropped_and_resized(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (300, 100), color=(200, 50, 10)).save(path)
+    image = load_image(path, 64, 96)
+    assert image.shape == (1, 3, 64, 96)
+    assert abs(image[0, 0].mean().item() - 200 / 255) < 0.01
+
+
+@pytest.mark.parametrize(
+    "name,params,words",
+    [
+        ("highres_blur", {"size": 8}, "size=8"),
+        ("highres_blur", {"size": 64, "noise_sigma": -0.1}, "noise_sigma=-0.1"),
+        ("highres_blur", {"size": 64, "image": "/nonexistent.png"}, "image='/nonexistent.png'"),
+        ("tomography_2d", {"size": 64, "num_angles": 3, "num_operators": 4}, "num_operators=4"),
+        ("tomography_2d", {"size": 4}, "size=4"),
+        ("radon", {}, "problem='radon'"),
+    ],
+)
+def test_bad_problem_parameters_name_the_parameter(name, params, words):
+    with pytest.raises(ValueError, match=words.replace("[", r"\[").replace(".", r"\.")):
+        build(name, **params)
