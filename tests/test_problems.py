@@ -8,7 +8,7 @@ import pytest
 import torch
 from deepinv.physics import StackedLinearPhysics
 
-from distinv.bench.data import dead_leaves, load_image, shepp_logan_2d
+from distinv.bench.data import dead_leaves, load_image, shepp_logan_2d, shepp_logan_3d
 from distinv.bench.problems import build
 from distinv.bench.problems.highres_blur import blur_kernel
 from operators import real_inner, relative_error
@@ -16,6 +16,7 @@ from operators import real_inner, relative_error
 CASES = {
     "highres_blur": {"size": (48, 40), "num_operators": 5, "noise_sigma": 0.01},
     "tomography_2d": {"size": 48, "num_angles": 30, "num_operators": 4, "noise_sigma": 0.01},
+    "tomography_3d": {"size": 20, "num_angles": 12, "num_operators": 4, "noise_sigma": 0.01},
 }
 
 
@@ -85,6 +86,13 @@ def test_shepp_logan_is_analytic_at_any_size():
     assert large.max() == 1.0
 
 
+def test_shepp_logan_3d_middle_slice_is_the_2d_phantoms_shape():
+    volume = shepp_logan_3d(48)
+    assert volume.shape == (1, 1, 48, 48, 48)
+    middle = volume[0, 0, 24]
+    assert middle.max() == 1.0 and (middle > 0).float().mean() > 0.4  # the head's cross-section
+
+
 def test_user_image_is_cropped_and_resized(tmp_path):
     from PIL import Image
 
@@ -103,6 +111,7 @@ def test_user_image_is_cropped_and_resized(tmp_path):
         ("highres_blur", {"size": 64, "image": "/nonexistent.png"}, "image='/nonexistent.png'"),
         ("tomography_2d", {"size": 64, "num_angles": 3, "num_operators": 4}, "num_operators=4"),
         ("tomography_2d", {"size": 4}, "size=4"),
+        ("tomography_3d", {"size": 24, "num_angles": 2, "num_operators": 3}, "num_operators=3"),
         ("radon", {}, "problem='radon'"),
     ],
 )

@@ -93,3 +93,40 @@ def shepp_logan_2d(size: int) -> torch.Tensor:
         v = -(x - x0) * math.sin(t) + (y - y0) * math.cos(t)
         image += value * ((u / a) ** 2 + (v / b) ** 2 <= 1)
     return image.clamp(0, 1).float().view(1, 1, size, size)
+
+
+# 3D modified Shepp-Logan (Kak & Slaney): intensity, semi-axes (a, b, c), centre (x0, y0, z0), rotation
+# about z (degrees).
+_SHEPP_LOGAN_3D = [
+    (1.0, 0.69, 0.92, 0.81, 0.0, 0.0, 0.0, 0),
+    (-0.8, 0.6624, 0.874, 0.78, 0.0, -0.0184, 0.0, 0),
+    (-0.2, 0.11, 0.31, 0.22, 0.22, 0.0, 0.0, -18),
+    (-0.2, 0.16, 0.41, 0.28, -0.22, 0.0, 0.0, 18),
+    (0.1, 0.21, 0.25, 0.41, 0.0, 0.35, -0.15, 0),
+    (0.1, 0.046, 0.046, 0.05, 0.0, 0.1, 0.25, 0),
+    (0.1, 0.046, 0.046, 0.05, 0.0, -0.1, 0.25, 0),
+    (0.1, 0.046, 0.023, 0.05, -0.08, -0.605, 0.0, 0),
+    (0.1, 0.023, 0.023, 0.02, 0.0, -0.606, 0.0, 0),
+    (0.1, 0.023, 0.046, 0.02, 0.06, -0.605, 0.0, 0),
+]
+
+
+def shepp_logan_3d(size: int) -> torch.Tensor:
+    """The 3D Shepp-Logan phantom (ellipsoids) evaluated analytically at voxel centres of a ``size^3`` grid
+    over [-1, 1]^3, one slice at a time (memory: the volume plus one slice). Shape ``(1, 1, D, H, W)`` with
+    D along z, in [0, 1]."""
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size * 2 - 1
+    y, x = torch.meshgrid(-coords, coords, indexing="ij")
+    volume = torch.zeros(size, size, size)
+    for k in range(size):
+        z = coords[k].item()
+        slab = volume[k]
+        for value, a, b, c, x0, y0, z0, degrees in _SHEPP_LOGAN_3D:
+            dz = ((z - z0) / c) ** 2
+            if dz > 1:
+                continue
+            t = math.radians(degrees)
+            u = (x - x0) * math.cos(t) + (y - y0) * math.sin(t)
+            v = -(x - x0) * math.sin(t) + (y - y0) * math.cos(t)
+            slab += value * ((u / a) ** 2 + (v / b) ** 2 <= 1 - dz)
+    return volume.clamp_(0, 1).view(1, 1, size, size, size)
