@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from deepinv.physics import Tomography
 
@@ -22,21 +24,32 @@ def _radon(index: int, device: torch.device, shared: dict) -> Tomography:
     return Tomography(angles=angles, img_width=shared["size"], circle=False, normalize=True, device=device)
 
 
-def _fbp(problem: Problem, physics, y_local) -> torch.Tensor:
-    """Filtered back-projection of all angles: each block's FBP weighted by its share of the angles."""
+def fbp_start(problem: Problem, physics, y_local) -> torch.Tensor:
+    """Filtered back-projection of all angles: each block's FBP weighted by its share of the angles (its cost)."""
     n = problem.shared["num_angles"]
     terms = [
-        op.A_dagger(y, fbp=True) * (op.radon.theta.numel() / n)
-        for op, y in zip(physics.local_physics, y_local, strict=True)
+        op.A_dagger(y, fbp=True) * (problem.operator_costs[i] / n)
+        for i, op, y in zip(physics.local_indexes, physics.local_physics, y_local, strict=True)
     ]
     return weighted_sum_of_terms(physics, terms, problem.ground_truth.to(physics.ctx.device))
 
 
-def build(
-    size: int = 256, num_angles: int = 180, num_operators: int = 4, noise_sigma: float = 0.01, seed: int = 0
+def angle_block_problem(
+    name: str,
+    phantom: Callable[[int], torch.Tensor],
+    factory,
+    size: int,
+    min_size: int,
+    num_angles: int,
+    num_operators: int,
+    noise_sigma: float,
+    seed: int,
+    init_name: str,
 ) -> Problem:
-    if size < MIN_SIZE:
-        raise ValueError(f"size={size}: tomography_2d needs at least {MIN_SIZE} pixels.")
+    """A tomography problem whose K operators are interleaved blocks of ``num_angles`` angles; ``phantom(size)``
+    is built only once the parameters are valid."""
+    if size < min_size:
+        raise ValueError(f"size={size}: {name} needs at least {min_size} pixels per side.")
     check_positive("num_operators", num_operators, 1)
     check_positive("noise_sigma", noise_sigma)
     if num_operators > num_angles:
@@ -46,14 +59,31 @@ def build(
         )
     costs = [float(block_angles(i, num_angles, num_operators).numel()) for i in range(num_operators)]
     return Problem(
-        name="tomography_2d",
-        ground_truth=shepp_logan_2d(size),
+        name=name,
+        ground_truth=phantom(size),
         num_operators=num_operators,
-        factory=_radon,
+        factory=factory,
         shared={"k": num_operators, "num_angles": num_angles, "size": size},
         noise_sigma=noise_sigma,
         seed=seed,
-        init_name="FBP",
-        init=_fbp,
+        init_name=init_name,
+        init=fbp_start,
         operator_costs=costs,
+    )
+
+
+def build(
+    size: int = 256, num_angles: int = 180, num_operators: int = 4, noise_sigma: float = 0.01, seed: int = 0
+) -> Problem:
+    return angle_block_problem(
+        "tomography_2d",
+        shepp_logan_2d,
+        _radon,
+        size,
+        MIN_SIZE,
+        num_angles,
+        num_operators,
+        noise_sigma,
+        seed,
+        "FBP",
     )
