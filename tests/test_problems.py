@@ -13,16 +13,21 @@ from distinv.bench.problems import build
 from distinv.bench.problems.highres_blur import blur_kernel
 from operators import real_inner, relative_error
 
+RADIO = {"size": 48, "num_antennas": 12, "num_times": 10, "num_channels": 3, "num_operators": 3}
 CASES = {
-    "highres_blur": {"size": (48, 40), "num_operators": 5, "noise_sigma": 0.01},
-    "tomography_2d": {"size": 48, "num_angles": 30, "num_operators": 4, "noise_sigma": 0.01},
-    "tomography_3d": {"size": 20, "num_angles": 12, "num_operators": 4, "noise_sigma": 0.01},
+    "highres_blur": ("highres_blur", {"size": (48, 40), "num_operators": 5, "noise_sigma": 0.01}),
+    "tomography_2d": ("tomography_2d", {"size": 48, "num_angles": 30, "num_operators": 4, "noise_sigma": 0.01}),
+    "tomography_3d": ("tomography_3d", {"size": 20, "num_angles": 12, "num_operators": 4, "noise_sigma": 0.01}),
+    "radio_time_natural": ("radio", RADIO),
+    "radio_channel_uniform": ("radio", {**RADIO, "split": "channel", "weighting": "uniform"}),
+    "radio_torchkbnufft": ("radio", {**RADIO, "num_operators": 4, "backend": "torchkbnufft"}),
 }
 
 
-def check_problem(ctx, name):
+def check_problem(ctx, case):
     warnings.simplefilter("ignore")
-    problem = build(name, **CASES[name])
+    name, params = CASES[case]
+    problem = build(name, **params)
     physics = problem.distribute(ctx)
     y_local = problem.measure(physics)
     x0 = problem.initial(physics, y_local)
@@ -45,18 +50,18 @@ def check_problem(ctx, name):
     }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_problem_is_deterministic_across_world_sizes_and_matches_the_stacked_operator(ranks, name):
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_problem_is_deterministic_across_world_sizes_and_matches_the_stacked_operator(ranks, case):
     measurements = []
     for world_size in (1, 2, 3):
-        results = ranks(world_size).run(check_problem, name)
+        results = ranks(world_size).run(check_problem, case)
         merged = {}
         for r in results:
             assert r["A"] <= 1e-5 and r["A_adjoint"] <= 1e-5 and r["dot"] <= 1e-4, r
             assert r["init_psnr"] > r["zero_psnr"] + 1.0
             merged.update(r["y"])
         assert len({r["init_checksum"] for r in results}) == 1
-        assert sorted(merged) == list(range(CASES[name]["num_operators"]))
+        assert sorted(merged) == list(range(CASES[case][1]["num_operators"]))
         measurements.append(merged)
     for other in measurements[1:]:
         worst = max(relative_error(other[i], measurements[0][i]) for i in measurements[0])
@@ -113,6 +118,14 @@ def test_user_image_is_cropped_and_resized(tmp_path):
         ("tomography_2d", {"size": 4}, "size=4"),
         ("tomography_3d", {"size": 24, "num_angles": 2, "num_operators": 3}, "num_operators=3"),
         ("radon", {}, "problem='radon'"),
+        ("radio", {"num_times": 4, "num_operators": 5}, "num_operators=5"),
+        ("radio", {"split": "channel", "num_channels": 2, "num_operators": 3}, "num_channels=2"),
+        ("radio", {"weighting": "briggs"}, "weighting='briggs'"),
+        ("radio", {"split": "baseline"}, "split='baseline'"),
+        ("radio", {"noise_sigma": -1.0}, "noise_sigma=-1.0"),
+        ("radio", {"dynamic_range": 0.5}, "dynamic_range=0.5"),
+        ("radio", {"uv_extent": 1.5}, "uv_extent=1.5"),
+        ("radio", {"backend": "cufft"}, "backend='cufft'"),
     ],
 )
 def test_bad_problem_parameters_name_the_parameter(name, params, words):

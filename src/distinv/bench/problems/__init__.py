@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import highres_blur, tomography_2d, tomography_3d
+from . import highres_blur, radio, tomography_2d, tomography_3d
 from .base import Problem
 
 BUILDERS = {
     "highres_blur": highres_blur.build,
     "tomography_2d": tomography_2d.build,
     "tomography_3d": tomography_3d.build,
+    "radio": radio.build,
 }
 
 

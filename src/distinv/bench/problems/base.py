@@ -27,7 +27,8 @@ class Problem:
     measurements and how to start a reconstruction.
 
     Operator ``i``'s noise comes from a generator seeded with ``(seed, i)``, so every measurement is the same
-    whichever rank computes it, at any world size.
+    whichever rank computes it, at any world size. An operator with a ``noise_scale`` attribute (a tensor
+    broadcasting against its measurements) gets its noise multiplied by it.
     """
 
     name: str
@@ -65,7 +66,9 @@ class Problem:
             noise = torch.randn(clean.shape, generator=g, dtype=clean.real.dtype)
             if clean.is_complex():
                 noise = torch.complex(noise, torch.randn(clean.shape, generator=g, dtype=clean.real.dtype)) / 2**0.5
-            out.append(clean + self.noise_sigma * noise.to(clean.device))
+            scale = getattr(op, "noise_scale", None)  # per-measurement noise factor, e.g. radio data weights
+            noise = noise.to(clean.device) if scale is None else noise.to(clean.device) * scale
+            out.append(clean + self.noise_sigma * noise)
         return TensorList(out) if out else []
 
     def initial(self, physics: DistributedStackedLinearPhysics, y_local: list[torch.Tensor]) -> torch.Tensor:

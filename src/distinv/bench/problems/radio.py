@@ -1,0 +1,151 @@
+"""Radio interferometric imaging: a synthetic sky seen by a core-plus-spiral-arms array over an earth rotation
+and several frequency channels; the visibilities split into K blocks by time or by channel, one weighted NUFFT
+operator each, with complex Gaussian noise."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..data import radio_sky
+from ..nufft import BACKENDS, radio_operator
+from ..uv_coverage import SPEED_OF_LIGHT, antenna_layout, baselines, earth_rotation_uv, uniform_weights
+from .base import Problem, check_positive, weighted_sum_of_terms
+
+MIN_SIZE = 16
+SPLITS = ("time", "channel")
+WEIGHTINGS = ("natural", "uniform")
+
+
+def block_bounds(length: int, num_blocks: int) -> list[tuple[int, int]]:
+    """``num_blocks`` contiguous ranges covering ``range(length)``, sizes differing by at most one."""
+    edges = [round(k * length / num_blocks) for k in range(num_blocks + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def _nufft(index: int, device: torch.device, shared: dict):
+    start, stop = shared["blocks"][index]
+    part = slice(start, stop)
+    if shared["split"] == "time":
+        omega, weight = shared["omega"][:, part], shared["weight"][part]
+    else:
+        omega, weight = shared["omega"][:, :, part], shared["weight"][:, part]
+    # The operator is sqrt(w) * NUFFT, so A^T y is the w-weighted dirty image and ||A x - y||^2 the w-weighted
+    # misfit; the measured visibilities carry the same factor on their noise.
+    root_w = weight.reshape(-1).sqrt()
+    op = radio_operator(shared["size_hw"], omega.reshape(2, -1), root_w, backend=shared["backend"], device=device)
+    op.noise_scale = root_w.to(device)
+    return op
+
+
+def dirty_image(problem: Problem, physics, y_local) -> torch.Tensor:
+    """The dirty image ``g = A^T y`` scaled by ``alpha = ||g||^2 / ||A g||^2``, the scale that best fits the data
+    along ``g`` (one steepest-descent step from zero). Unscaled, the dirty image is in flux per beam: extended
+    emission shows tens of times brighter than in the sky's flux per pixel."""
+    like = problem.ground_truth.to(physics.ctx.device)
+    terms = [op.A_adjoint(y) for op, y in zip(physics.local_physics, y_local, strict=True)]
+    g = weighted_sum_of_terms(physics, terms, like)
+    residual_norms = torch.zeros((), dtype=torch.float64, device=like.device)
+    for op in physics.local_physics:
+        residual_norms += op.A(g).abs().pow(2).sum().double()
+    alpha = g.double().pow(2).sum() / physics.ctx.all_reduce(residual_norms)
+    return g * alpha.to(g.dtype)
+
+
+def build(
+    size: int = 128,
+    num_operators: int = 4,
+    split: str = "time",
+    weighting: str = "natural",
+    num_antennas: int = 32,
+    num_times: int = 32,
+    num_channels: int = 4,
+    duration_hours: float = 8.0,
+    frequency_hz: float = 1.4e9,
+    bandwidth_hz: float = 0.2e9,
+    latitude_deg: float = -30.7,
+    declination_deg: float = -40.0,
+    uv_extent: float = 0.5,
+    dynamic_range: float = 1e3,
+    noise_sigma: float = 1e-3,
+    backend: str = "auto",
+    seed: int = 0,
+) -> Problem:
+    """Visibilities: ``num_antennas (num_antennas - 1) / 2`` baselines x ``num_times`` x ``num_channels``.
+
+    :param split: ``"time"`` (K contiguous time ranges) or ``"channel"`` (K contiguous channel ranges).
+    :param weighting: ``"natural"`` (every visibility counts the same) or ``"uniform"`` (by uv density).
+    :param duration_hours: the hour angles span ``[-duration/2, duration/2]`` around transit.
+    :param frequency_hz, bandwidth_hz: channels evenly spread over ``frequency +- bandwidth/2``.
+    :param uv_extent: the longest baseline reaches ``uv_extent * pi`` radians per pixel (1: the pixel size is
+        the Nyquist limit of the longest baseline; 0.5: two pixels per finest fringe).
+    :param noise_sigma: standard deviation of the complex noise per visibility, in the operator's units.
+    :param backend: the NUFFT: ``"auto"``, ``"finufft"`` (CPU) or ``"torchkbnufft"`` (deepinv's operator).
+    """
+    if size < MIN_SIZE:
+        raise ValueError(f"size={size}: radio needs at least {MIN_SIZE} pixels per side.")
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: choose one of {SPLITS}.")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting={weighting!r}: choose one of {WEIGHTINGS}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: choose one of {BACKENDS}.")
+    check_positive("num_operators", num_operators, 1)
+    check_positive("num_antennas", num_antennas, 2)
+    check_positive("num_times", num_times, 1)
+    check_positive("num_channels", num_channels, 1)
+    check_positive("duration_hours", duration_hours, strict=True)
+    check_positive("frequency_hz", frequency_hz, strict=True)
+    check_positive("bandwidth_hz", bandwidth_hz)
+    check_positive("dynamic_range", dynamic_range, 1)
+    check_positive("noise_sigma", noise_sigma)
+    if not 0 < uv_extent <= 1:
+        raise ValueError(f"uv_extent={uv_extent}: it must be in (0, 1] (1 is the Nyquist limit).")
+    if bandwidth_hz >= 2 * frequency_hz:
+        raise ValueError(f"bandwidth_hz={bandwidth_hz}: it must be below 2 * frequency_hz={2 * frequency_hz}.")
+    num_blocks = num_times if split == "time" else num_channels
+    if num_operators > num_blocks:
+        raise ValueError(
+            f"num_operators={num_operators} is larger than num_{split}s={num_blocks}: splitting by {split}, every "
+            f"operator needs at least one {split} step; lower num_operators or raise num_{split}s."
+        )
+
+    hour_angles = torch.linspace(-0.5, 0.5, num_times, dtype=torch.float64) * duration_hours * (math.pi / 12)
+    if num_times == 1:
+        hour_angles = torch.zeros(1, dtype=torch.float64)
+    offsets = torch.linspace(-0.5, 0.5, num_channels, dtype=torch.float64) if num_channels > 1 else torch.zeros(1)
+    wavelengths = SPEED_OF_LIGHT / (frequency_hz + bandwidth_hz * offsets.to(torch.float64))
+    layout = antenna_layout(num_antennas, seed=seed)
+    uv = earth_rotation_uv(baselines(layout), hour_angles, wavelengths, latitude_deg, declination_deg)
+    omega = uv / uv.abs().max() * (math.pi * uv_extent)  # (2, T, C, B): (u, v) in radians per pixel
+    omega = torch.stack([omega[1], omega[0]]).float()  # rows follow v (north), columns u (east)
+    grid = (2 * size, 2 * size)
+    weight = (
+        torch.ones(omega.shape[1:])
+        if weighting == "natural"
+        else uniform_weights(omega.reshape(2, -1), grid).reshape(omega.shape[1:])
+    )
+
+    blocks = block_bounds(num_blocks, num_operators)
+    per_step = omega[0].numel() // num_blocks
+    return Problem(
+        name="radio",
+        ground_truth=radio_sky(size, dynamic_range=dynamic_range, seed=seed),
+        num_operators=num_operators,
+        factory=_nufft,
+        shared={
+            "size_hw": (size, size),
+            "omega": omega,
+            "weight": weight,
+            "split": split,
+            "blocks": blocks,
+            "backend": backend,
+        },
+        noise_sigma=noise_sigma,
+        seed=seed,
+        init_name="dirty image, scaled to fit the data",
+        init=dirty_image,
+        operator_costs=[float((stop - start) * per_step) for start, stop in blocks],
+        info={"visibilities": omega[0].numel(), "baselines": num_antennas * (num_antennas - 1) // 2},
+    )
