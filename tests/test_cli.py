@@ -33,3 +33,31 @@ def test_plan_json_summary():
 def test_plan_with_impossible_settings_says_which_argument():
     with pytest.raises(SystemExit, match="patch_size=4 is smaller than the network's size multiple 8"):
         main(["plan", "--shape", "3", "64", "64", "--world", "2", "--patch", "4"])
+
+
+@pytest.mark.parametrize(
+    "problem,args",
+    [
+        ("highres_blur", ["--size", "48", "40"]),
+        ("tomography_2d", ["--size", "32"]),
+        ("tomography_3d", ["--size", "16", "--param", "num_angles=64"]),
+        ("radio", ["--size", "32", "--param", "num_antennas=8", "--param", "weighting='uniform'"]),
+    ],
+)
+def test_preview_writes_ground_truth_measurement_and_initial_pngs(tmp_path, capsys, problem, args):
+    from PIL import Image
+
+    assert main(["preview", problem, "-o", str(tmp_path), *args]) == 0
+    assert "PSNR" in capsys.readouterr().out
+    for name in ("ground_truth", "measurement", "initial"):
+        with Image.open(tmp_path / f"{name}.png") as image:
+            assert min(image.size) >= 16
+            assert image.getextrema() != ((0, 0),) * len(image.getbands())  # not blank
+
+
+def test_preview_with_a_bad_parameter_names_it(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="num_operators=0"):
+        main(["preview", "radio", "-o", str(tmp_path), "--param", "num_operators=0"])
+    with pytest.raises(SystemExit):
+        main(["preview", "radio", "-o", str(tmp_path), "--param", "num_operators"])
+    assert "write parameters as key=value" in capsys.readouterr().err

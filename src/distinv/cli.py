@@ -1,11 +1,13 @@
-"""Command line: ``distinv plan`` (more subcommands come with the benchmark runner)."""
+"""Command line: ``distinv plan`` (tiles over ranks), ``distinv preview`` (PNGs of a benchmark problem)."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .tiling import TilePlan
 
@@ -41,6 +43,40 @@ def plan_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parameter(text: str) -> tuple[str, Any]:
+    """``key=value``; the value read as a Python literal when it is one (``3``, ``0.01``, ``(64, 48)``)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: write parameters as key=value, e.g. num_operators=8")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def preview_command(args: argparse.Namespace) -> int:
+    """Write ground truth, measurement and initial reconstruction PNGs of a benchmark problem."""
+    import warnings
+
+    from .bench.preview import describe, write_previews
+    from .bench.problems import build
+
+    params = dict(args.param)
+    if args.size is not None:
+        params["size"] = args.size[0] if len(args.size) == 1 else tuple(args.size)
+    try:
+        problem = build(args.problem, seed=args.seed, **params)
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"distinv preview: {exc}") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deepinv's warnings about optional packages
+        paths, psnr = write_previews(problem, args.output)
+    print(describe(problem, psnr))
+    for name, path in paths.items():
+        print(f"  {name}: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distinv", description="Distributed inverse problems with deepinv.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +91,15 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--bytes-per-value", type=int, default=4, help="4 for float32")
     plan.add_argument("--json", action="store_true", help="print the summary as JSON")
     plan.set_defaults(run=plan_command)
+    preview = commands.add_parser("preview", help="write PNG previews of a benchmark problem")
+    preview.add_argument("problem", help="highres_blur, tomography_2d, tomography_3d or radio")
+    preview.add_argument("--size", type=int, nargs="+", default=None, help="pixels per side, or H W")
+    preview.add_argument("-o", "--output", required=True, help="folder for the PNGs")
+    preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument(
+        "--param", type=_parameter, action="append", default=[], help="another problem parameter, key=value"
+    )
+    preview.set_defaults(run=preview_command)
     return parser
 
 

@@ -1,0 +1,86 @@
+"""PNG previews of a problem: its ground truth, one measurement and the initial reconstruction.
+
+Volumes show their middle z-slice; radio images use an asinh stretch (the usual display for skies spanning
+decades of brightness) and the radio measurement is shown where it lies, on the uv plane.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from ..context import DistributedContext
+from .problems import Problem
+
+
+def _middle_slice(t: torch.Tensor) -> torch.Tensor:
+    """``(B, C, D, H, W)`` to its middle ``(B, C, H, W)`` z-slice; 2D tensors pass through."""
+    return t[:, :, t.shape[2] // 2] if t.ndim == 5 else t
+
+
+def _stretch(picture: torch.Tensor, low: float, high: float, asinh: float | None = None) -> torch.Tensor:
+    """Map ``[low, high]`` to ``[0, 1]``; with ``asinh``, through ``asinh(v / a) / asinh(1 / a)``."""
+    v = ((picture - low) / max(high - low, 1e-12)).clamp(0, 1)
+    return torch.asinh(v / asinh) / math.asinh(1 / asinh) if asinh else v
+
+
+def _save(picture: torch.Tensor, path: Path) -> Path:
+    """``(C, H, W)`` in [0, 1], C = 1 or 3, as an 8-bit PNG."""
+    from PIL import Image
+
+    array = (picture.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
+    return path
+
+
+def uv_plane_amplitudes(visibilities: torch.Tensor, samples_loc: torch.Tensor, size: int) -> torch.Tensor:
+    """Mean log-amplitude of the visibilities in each cell of a ``size x size`` uv grid, ``(1, size, size)``
+    in [0, 1]; each visibility also marks its Hermitian twin at ``-uv`` (the sky is real). Empty cells are 0."""
+    omega = torch.cat([samples_loc, -samples_loc], dim=1).double()
+    amplitude = torch.log10(visibilities.reshape(-1).abs().double() + 1e-12).repeat(2)
+    cells = ((omega + math.pi) / (2 * math.pi) * size).floor().long().clamp(0, size - 1)
+    flat = cells[0] * size + cells[1]
+    total = torch.zeros(size * size, dtype=torch.float64).index_add_(0, flat, amplitude)
+    count = torch.bincount(flat, minlength=size * size).double()
+    mean = torch.where(count > 0, total / count.clamp(min=1), torch.nan)
+    seen = mean[count > 0]
+    low, high = seen.min().item(), seen.max().item()
+    picture = torch.nan_to_num(0.1 + 0.9 * (mean - low) / max(high - low, 1e-12), nan=0.0)
+    return picture.float().view(1, size, size)
+
+
+def write_previews(problem: Problem, out_dir: str | Path) -> tuple[dict[str, Path], float]:
+    """Build the problem in this process, measure, start a reconstruction and write ``ground_truth.png``,
+    ``measurement.png`` (operator 0) and ``initial.png``. Returns the paths and the start's PSNR (dB)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with DistributedContext(env={}) as ctx:
+        physics = problem.distribute(ctx)
+        y_local = problem.measure(physics)
+        x0 = problem.initial(physics, y_local).cpu()
+        first, y0 = physics.local_physics[0], y_local[0].cpu()
+    truth = _middle_slice(problem.ground_truth)[0]
+    start = _middle_slice(x0)[0]
+    radio = problem.name == "radio"
+    asinh = 0.02 if radio else None
+    pictures = {
+        "ground_truth": _stretch(truth, 0.0, problem.data_range, asinh),
+        "initial": _stretch(start, 0.0, problem.data_range, asinh),
+    }
+    if radio:
+        pictures["measurement"] = uv_plane_amplitudes(y0, first.samples_loc.cpu(), truth.shape[-1])
+    else:
+        y = _middle_slice(y0)[0]
+        pictures["measurement"] = _stretch(y, y.min().item(), y.max().item())
+    return {name: _save(picture, out / f"{name}.png") for name, picture in pictures.items()}, problem.psnr(x0)
+
+
+def describe(problem: Problem, x0_psnr: float) -> str:
+    """One line: the problem, its shape, operators, start and the start's PSNR."""
+    shape = "x".join(map(str, problem.ground_truth.shape[1:]))
+    return (
+        f"{problem.name}: ground truth {shape}, {problem.num_operators} operators, "
+        f"start: {problem.init_name} (PSNR {x0_psnr:.2f} dB)"
+    )
