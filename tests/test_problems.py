@@ -131,3 +131,14 @@ def test_user_image_is_cropped_and_resized(tmp_path):
 def test_bad_problem_parameters_name_the_parameter(name, params, words):
     with pytest.raises(ValueError, match=words.replace("[", r"\[").replace(".", r"\.")):
         build(name, **params)
+
+
+def test_volume_projections_do_not_depend_on_slices_per_call():
+    from distinv.bench.problems.tomography_3d import SlicewiseRadon
+
+    angles = torch.linspace(0, 180, 7)[:-1]
+    volume = shepp_logan_3d(16)
+    whole, one_by_one = SlicewiseRadon(angles, 16), SlicewiseRadon(angles, 16, slices_per_call=1)
+    y = whole.A(volume)
+    assert y.shape[:3] == (1, 1, 16) and torch.allclose(one_by_one.A(volume), y)
+    assert torch.allclose(one_by_one.A_adjoint(y), whole.A_adjoint(y), atol=1e-5)

@@ -2,9 +2,13 @@
 
 With parallel rays and rotation about z, every z-slice is projected on its own: the 3D operator is the 2D
 Radon transform applied to each slice, so the measurements of block k have shape (1, 1, D, detectors, angles).
+Slices go through deepinv's Radon a few at a time: it samples every angle's rotated copy of a slice at once
+(``padded width^2 x angles`` values per slice), which for a whole 512^3 volume would be tens of GB.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from deepinv.physics import LinearPhysics, Tomography
@@ -14,37 +18,39 @@ from .base import Problem
 from .tomography_2d import angle_block_problem, block_angles
 
 MIN_SIZE = 16
+WORKSPACE_BYTES = 256 * 2**20  # deepinv's per-call intermediate, bounded by the number of slices per call
 
 
 class SlicewiseRadon(LinearPhysics):
-    """Parallel-beam projections of a volume ``(B, C, D, H, W)`` about its z (D) axis."""
+    """Parallel-beam projections of a volume ``(B, C, D, H, W)`` about its z (D) axis, to ``(B, C, D,
+    detectors, angles)``; ``slices_per_call`` slices at a time (default: a 256 MiB workspace)."""
 
-    def __init__(self, angles: torch.Tensor, size: int, device: torch.device | str = "cpu"):
+    def __init__(
+        self, angles: torch.Tensor, size: int, device: torch.device | str = "cpu", slices_per_call: int | None = None
+    ):
         super().__init__()
         self.radon = Tomography(angles=angles, img_width=size, circle=False, normalize=True, device=device)
+        padded = math.ceil(math.sqrt(2) * size)
+        per_slice = padded * padded * len(angles) * 4
+        self.slices_per_call = slices_per_call or max(1, WORKSPACE_BYTES // per_slice)
 
-    @staticmethod
-    def _slices(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    def _slicewise(self, fn, t: torch.Tensor) -> torch.Tensor:
         b, c, d = t.shape[:3]
-        return t.reshape(b * c * d, 1, *t.shape[3:]), (b, c, d)
+        slices = t.reshape(b * c * d, 1, *t.shape[3:])
+        out = torch.cat([fn(chunk) for chunk in slices.split(self.slices_per_call)])
+        return out.reshape(b, c, d, *out.shape[-2:])
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        slices, lead = self._slices(x)
-        y = self.radon.A(slices)
-        return y.reshape(*lead, *y.shape[-2:])
+        return self._slicewise(self.radon.A, x)
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:
-        slices, lead = self._slices(y)
-        x = self.radon.A_adjoint(slices)
-        return x.reshape(*lead, *x.shape[-2:])
+        return self._slicewise(self.radon.A_adjoint, y)
 
     def A_dagger(self, y: torch.Tensor, fbp: bool = False, **kwargs) -> torch.Tensor:
         """With ``fbp=True``, slice-wise filtered back-projection; else least squares."""
         if not fbp:
             return super().A_dagger(y, **kwargs)
-        slices, lead = self._slices(y)
-        x = self.radon.A_dagger(slices, fbp=True)
-        return x.reshape(*lead, *x.shape[-2:])
+        return self._slicewise(lambda s: self.radon.A_dagger(s, fbp=True), y)
 
 
 def _radon3d(index: int, device: torch.device, shared: dict) -> SlicewiseRadon:

@@ -1,0 +1,204 @@
+"""The benchmark problems at large sizes, on one CPU core: build, measure, one forward and one adjoint.
+
+Each problem runs in its own process (one thread), so that its peak memory (peak resident set of the process,
+``VmHWM``) is its own. Three parts, all by default:
+
+1. ``--problems``: per problem at a large size, the time to build it (ground truth and geometry), to build all
+   K operators (world size 1: one rank owns them all), to measure, one forward ``A x`` and one adjoint
+   ``A^T y`` of the whole stack, the initial reconstruction, and the peak memory;
+2. ``--scaling``: how the ground truths' generation time grows with the number of pixels (the exponent of a
+   log-log fit: 1 is linear);
+3. ``--nufft``: the radio NUFFT backends side by side (finufft against deepinv's torchkbnufft operator).
+
+``--volume-512`` adds the 512^3 tomography volume: built, projected and measured within one rank's memory.
+
+    python benchmarks/problems.py                   # all three parts, a few minutes
+    python benchmarks/problems.py --problems radio --no-scaling --no-nufft
+    python benchmarks/problems.py --volume-512      # adds about 5 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+LARGE = {
+    "highres_blur": {"size": 4096, "num_operators": 8},
+    "tomography_2d": {"size": 2048, "num_angles": 180, "num_operators": 4},
+    "tomography_3d": {"size": 256, "num_angles": 90, "num_operators": 4},
+    # 64 antennas: 2016 baselines x 124 times x 4 channels = 999,936 visibilities
+    "radio": {"size": 1024, "num_antennas": 64, "num_times": 124, "num_channels": 4, "num_operators": 4},
+}
+VOLUME_512 = {"size": 512, "num_angles": 90, "num_operators": 4}
+
+
+def _peak_rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _clock(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def run_one(name: str, params: dict) -> dict:
+    """Build, measure and apply one problem in this process, one thread; times in seconds."""
+    from distinv import DistributedContext
+    from distinv.bench.problems import build
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    problem, t_build = _clock(lambda: build(name, **params))
+    with DistributedContext(env={}, num_threads=1) as ctx:
+        physics, t_ops = _clock(lambda: problem.distribute(ctx))
+        y, t_measure = _clock(lambda: problem.measure(physics))
+        x = problem.ground_truth
+        _, t_forward = _clock(lambda: physics.A(x))
+        _, t_adjoint = _clock(lambda: physics.A_adjoint(y))
+        x0, t_init = _clock(lambda: problem.initial(physics, y))
+    return {
+        "problem": name,
+        "params": params,
+        "shape": list(x.shape),
+        "measurements": sum(t.numel() for t in y),
+        "build_s": t_build,
+        "operators_s": t_ops,
+        "measure_s": t_measure,
+        "forward_s": t_forward,
+        "adjoint_s": t_adjoint,
+        "init_s": t_init,
+        "init_name": problem.init_name,
+        "init_psnr_db": problem.psnr(x0),
+        "peak_rss_bytes": _peak_rss_bytes(),
+        **{k: v for k, v in problem.info.items() if isinstance(v, int | float | str)},
+    }
+
+
+def scaling(reps: int = 2) -> list[dict]:
+    """Generation time of each ground truth at growing sizes, min of ``reps``; exponent of time vs pixels."""
+    from distinv.bench.data import dead_leaves, radio_sky, shepp_logan_2d, shepp_logan_3d
+
+    torch.set_num_threads(1)
+    generators = {
+        "dead_leaves": (lambda n: dead_leaves(n, n), [512, 1024, 2048, 4096]),
+        "shepp_logan_2d": (shepp_logan_2d, [512, 1024, 2048, 4096]),
+        "shepp_logan_3d": (shepp_logan_3d, [64, 128, 256]),
+        "radio_sky": (radio_sky, [512, 1024, 2048, 4096]),
+    }
+    rows = []
+    for name, (make, sizes) in generators.items():
+        times, pixels = [], []
+        for n in sizes:
+            times.append(min(_clock(lambda n=n, make=make: make(n))[1] for _ in range(reps)))
+            pixels.append(n ** (3 if name.endswith("3d") else 2))
+        lx, ly = [math.log(p) for p in pixels], [math.log(t) for t in times]
+        mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+        slope = sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
+        rows.append({"generator": name, "sizes": sizes, "seconds": times, "exponent": slope})
+    return rows
+
+
+def nufft_backends(reps: int = 3) -> list[dict]:
+    """One operator over all of the large radio problem's visibilities, each backend, median of ``reps``."""
+    from distinv.bench.nufft import radio_operator
+    from distinv.bench.problems import build
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    problem = build("radio", **LARGE["radio"])
+    omega = problem.shared["omega"].reshape(2, -1)
+    x = problem.ground_truth
+    rows, outputs = [], {}
+    for backend in ("finufft", "torchkbnufft"):
+        op, t_build = _clock(lambda b=backend: radio_operator(problem.shared["size_hw"], omega, backend=b))
+        y = op.A(x)
+        forward = sorted(_clock(lambda op=op: op.A(x))[1] for _ in range(reps))[reps // 2]
+        adjoint = sorted(_clock(lambda op=op, y=y: op.A_adjoint(y))[1] for _ in range(reps))[reps // 2]
+        outputs[backend] = y
+        rows.append({"backend": backend, "build_s": t_build, "forward_s": forward, "adjoint_s": adjoint})
+    a, b = outputs["finufft"], outputs["torchkbnufft"]
+    rows.append({"relative_difference": float((a - b).abs().norm() / b.abs().norm()), "visibilities": omega.shape[1]})
+    return rows
+
+
+def _in_subprocess(part: str, *args: str) -> object:
+    command = [sys.executable, __file__, "--child", part, *args]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{part} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", nargs="*", default=list(LARGE), help="problems to run (default: all)")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the generation-time scaling")
+    parser.add_argument("--no-nufft", action="store_true", help="skip the NUFFT backend comparison")
+    parser.add_argument("--volume-512", action="store_true", help="also build and measure tomography_3d at 512^3")
+    parser.add_argument("--out", default="results/benchmarks/problems.json", help="JSON results")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        part, *rest = args.child
+        if part == "problem":
+            result = run_one(rest[0], json.loads(rest[1]))
+        else:
+            result = scaling() if part == "scaling" else nufft_backends()
+        print(json.dumps(result))
+        return
+
+    results: dict = {"torch": torch.__version__, "threads": 1}
+    runs = [(name, LARGE[name]) for name in args.problems]
+    if args.volume_512:
+        runs.append(("tomography_3d", VOLUME_512))
+    results["problems"] = []
+    print(f"{'problem':<14} {'shape':<18} {'build':>7} {'ops':>6} {'measure':>8} {'A':>7} {'A^T':>7} {'peak':>9}")
+    for name, params in runs:
+        row = _in_subprocess("problem", name, json.dumps(params))
+        results["problems"].append(row)
+        print(
+            f"{name:<14} {'x'.join(map(str, row['shape'][1:])):<18} {row['build_s']:>6.2f}s {row['operators_s']:>5.2f}s"
+            f" {row['measure_s']:>7.2f}s {row['forward_s']:>6.2f}s {row['adjoint_s']:>6.2f}s "
+            f"{_gb(row['peak_rss_bytes']):>9}   start: {row['init_name']}, {row['init_psnr_db']:.2f} dB"
+        )
+    if not args.no_scaling:
+        results["scaling"] = _in_subprocess("scaling")
+        print("\nground-truth generation time vs pixels (exponent 1 = linear)")
+        for row in results["scaling"]:
+            cells = ", ".join(f"{n}: {t:.2f}s" for n, t in zip(row["sizes"], row["seconds"], strict=True))
+            print(f"  {row['generator']:<15} exponent {row['exponent']:.2f}   ({cells})")
+    if not args.no_nufft:
+        results["nufft"] = _in_subprocess("nufft")
+        *backends, diff = results["nufft"]
+        print(f"\nradio NUFFT, {diff['visibilities']:,} visibilities, 1024x1024, one core")
+        for row in backends:
+            print(f"  {row['backend']:<13} A {row['forward_s']:.2f}s  A^T {row['adjoint_s']:.2f}s")
+        speed = backends[1]["forward_s"] / backends[0]["forward_s"]
+        print(f"  finufft is {speed:.1f}x faster (forward); relative difference {diff['relative_difference']:.1e}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out)
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
