@@ -4,17 +4,18 @@ Each problem runs in its own process (one thread), so that its peak memory (peak
 ``VmHWM``) is its own. Three parts, all by default:
 
 1. ``--problems``: per problem at a large size, the time to build it (ground truth and geometry), to build all
-   K operators (world size 1: one rank owns them all), to measure, one forward ``A x`` and one adjoint
-   ``A^T y`` of the whole stack, the initial reconstruction, and the peak memory;
+   K operators (world size 1: one rank owns them all), one forward ``A x`` and one adjoint ``A^T y`` of the
+   whole stack, the peak memory, and (unless ``--no-init``) the initial reconstruction's time and PSNR;
 2. ``--scaling``: how the ground truths' generation time grows with the number of pixels (the exponent of a
    log-log fit: 1 is linear);
 3. ``--nufft``: the radio NUFFT backends side by side (finufft against deepinv's torchkbnufft operator).
 
-``--volume-512`` adds the 512^3 tomography volume: built, projected and measured within one rank's memory.
+``--volume-512`` adds the 512^3 tomography volume in one rank: the volume and all K operators built (peak
+memory), and a slab of slices projected (the full forward's time and size extrapolated from it).
 
     python benchmarks/problems.py                   # all three parts, a few minutes
     python benchmarks/problems.py --problems radio --no-scaling --no-nufft
-    python benchmarks/problems.py --volume-512      # adds about 5 minutes
+    python benchmarks/problems.py --volume-512
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def _clock(fn):
     return out, time.perf_counter() - start
 
 
-def run_one(name: str, params: dict) -> dict:
-    """Build, measure and apply one problem in this process, one thread; times in seconds."""
+def run_one(name: str, params: dict, with_init: bool = True) -> dict:
+    """Build one problem and apply its whole stack once each way, in this process, one thread; seconds.
+    ``with_init``: also measure (forward plus noise) and compute the initial reconstruction and its PSNR."""
     from distinv import DistributedContext
     from distinv.bench.problems import build
 
@@ -63,26 +65,54 @@ def run_one(name: str, params: dict) -> dict:
     problem, t_build = _clock(lambda: build(name, **params))
     with DistributedContext(env={}, num_threads=1) as ctx:
         physics, t_ops = _clock(lambda: problem.distribute(ctx))
-        y, t_measure = _clock(lambda: problem.measure(physics))
         x = problem.ground_truth
-        _, t_forward = _clock(lambda: physics.A(x))
+        y, t_forward = _clock(lambda: physics.A(x))
         _, t_adjoint = _clock(lambda: physics.A_adjoint(y))
-        x0, t_init = _clock(lambda: problem.initial(physics, y))
+        row = {
+            "problem": name,
+            "params": params,
+            "shape": list(x.shape),
+            "measurements": sum(t.numel() for t in y),
+            "build_s": t_build,
+            "operators_s": t_ops,
+            "forward_s": t_forward,
+            "adjoint_s": t_adjoint,
+            "peak_rss_bytes": _peak_rss_bytes(),
+        }
+        if with_init:
+            del y
+            y_noisy = problem.measure(physics)
+            x0, t_init = _clock(lambda: problem.initial(physics, y_noisy))
+            row.update(init_name=problem.init_name, init_s=t_init, init_psnr_db=problem.psnr(x0))
+            row["peak_rss_bytes"] = _peak_rss_bytes()
+    return {**row, **{k: v for k, v in problem.info.items() if isinstance(v, int | float | str)}}
+
+
+def volume_512(slab: int = 8) -> dict:
+    """tomography_3d at 512^3 in one rank: build the volume and all K operators (peak memory), then project a
+    slab of ``slab`` slices and extrapolate the full forward's time and the measurements' size."""
+    from distinv import DistributedContext
+    from distinv.bench.problems import build
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    problem, t_build = _clock(lambda: build("tomography_3d", **VOLUME_512))
+    with DistributedContext(env={}, num_threads=1) as ctx:
+        physics, t_ops = _clock(lambda: problem.distribute(ctx))
+        built_peak = _peak_rss_bytes()
+        x = problem.ground_truth[:, :, :slab]
+        y, t_slab = _clock(lambda: physics.A(x))
+    depth = problem.ground_truth.shape[2]
     return {
-        "problem": name,
-        "params": params,
-        "shape": list(x.shape),
-        "measurements": sum(t.numel() for t in y),
+        "shape": list(problem.ground_truth.shape),
         "build_s": t_build,
         "operators_s": t_ops,
-        "measure_s": t_measure,
-        "forward_s": t_forward,
-        "adjoint_s": t_adjoint,
-        "init_s": t_init,
-        "init_name": problem.init_name,
-        "init_psnr_db": problem.psnr(x0),
+        "peak_rss_after_build_bytes": built_peak,
+        "slab_slices": slab,
+        "slab_forward_s": t_slab,
+        "forward_s_extrapolated": t_slab * depth / slab,
+        "measurement_bytes": sum(t.numel() * t.element_size() for t in y) * depth // slab,
         "peak_rss_bytes": _peak_rss_bytes(),
-        **{k: v for k, v in problem.info.items() if isinstance(v, int | float | str)},
     }
 
 
@@ -150,7 +180,8 @@ def main() -> None:
     parser.add_argument("--problems", nargs="*", default=list(LARGE), help="problems to run (default: all)")
     parser.add_argument("--no-scaling", action="store_true", help="skip the generation-time scaling")
     parser.add_argument("--no-nufft", action="store_true", help="skip the NUFFT backend comparison")
-    parser.add_argument("--volume-512", action="store_true", help="also build and measure tomography_3d at 512^3")
+    parser.add_argument("--volume-512", action="store_true", help="also build tomography_3d at 512^3")
+    parser.add_argument("--no-init", action="store_true", help="skip measuring and the initial reconstruction")
     parser.add_argument("--out", default="results/benchmarks/problems.json", help="JSON results")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,25 +189,32 @@ def main() -> None:
     if args.child:
         part, *rest = args.child
         if part == "problem":
-            result = run_one(rest[0], json.loads(rest[1]))
+            result = run_one(rest[0], json.loads(rest[1]), with_init=rest[2] == "init")
+        elif part == "volume_512":
+            result = volume_512()
         else:
             result = scaling() if part == "scaling" else nufft_backends()
         print(json.dumps(result))
         return
 
     results: dict = {"torch": torch.__version__, "threads": 1}
-    runs = [(name, LARGE[name]) for name in args.problems]
-    if args.volume_512:
-        runs.append(("tomography_3d", VOLUME_512))
     results["problems"] = []
-    print(f"{'problem':<14} {'shape':<18} {'build':>7} {'ops':>6} {'measure':>8} {'A':>7} {'A^T':>7} {'peak':>9}")
-    for name, params in runs:
-        row = _in_subprocess("problem", name, json.dumps(params))
+    print(f"{'problem':<14} {'shape':<14} {'build':>7} {'operators':>9} {'A':>8} {'A^T':>8} {'peak':>9}")
+    for name in args.problems:
+        row = _in_subprocess("problem", name, json.dumps(LARGE[name]), "no" if args.no_init else "init")
         results["problems"].append(row)
+        start = f"   start: {row['init_name']}, {row['init_psnr_db']:.2f} dB" if "init_name" in row else ""
         print(
-            f"{name:<14} {'x'.join(map(str, row['shape'][1:])):<18} {row['build_s']:>6.2f}s {row['operators_s']:>5.2f}s"
-            f" {row['measure_s']:>7.2f}s {row['forward_s']:>6.2f}s {row['adjoint_s']:>6.2f}s "
-            f"{_gb(row['peak_rss_bytes']):>9}   start: {row['init_name']}, {row['init_psnr_db']:.2f} dB"
+            f"{name:<14} {'x'.join(map(str, row['shape'][1:])):<14} {row['build_s']:>6.2f}s {row['operators_s']:>8.2f}s"
+            f" {row['forward_s']:>7.2f}s {row['adjoint_s']:>7.2f}s {_gb(row['peak_rss_bytes']):>9}{start}"
+        )
+    if args.volume_512:
+        row = results["volume_512"] = _in_subprocess("volume_512")
+        print(
+            f"\ntomography_3d 512^3, one rank: build {row['build_s']:.1f}s, operators {row['operators_s']:.1f}s, "
+            f"peak {_gb(row['peak_rss_after_build_bytes'])} built; A on {row['slab_slices']} slices "
+            f"{row['slab_forward_s']:.1f}s, so about {row['forward_s_extrapolated'] / 60:.0f} min for the volume; "
+            f"measurements {_gb(row['measurement_bytes'])}"
         )
     if not args.no_scaling:
         results["scaling"] = _in_subprocess("scaling")

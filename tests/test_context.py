@@ -210,3 +210,19 @@ def test_a_failing_rank_fails_the_run_with_its_rank_and_cause_instead_of_hanging
     assert done.returncode != 0
     assert "rank 1/2 failed" in done.stderr and "deliberate failure" in done.stderr
     assert time.monotonic() - start < 60
+
+
+def _time_collectives(ctx):
+    before = ctx.comm_seconds
+    if ctx.rank == 1:
+        time.sleep(0.2)  # rank 0 waits for rank 1 inside the all-reduce
+    ctx.all_reduce(torch.ones(4))
+    return ctx.comm_seconds - before
+
+
+def test_time_in_collectives_is_counted_waiting_included(ranks):
+    waited = ranks(2).run(_time_collectives)
+    assert waited[0] >= 0.15 and waited[1] < waited[0]
+    with DistributedContext(env={}) as ctx:
+        ctx.all_reduce(torch.ones(4))
+        assert ctx.comm_seconds == 0.0  # one process: no communication

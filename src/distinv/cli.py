@@ -77,6 +77,49 @@ def preview_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_denoiser_command(args: argparse.Namespace) -> int:
+    """Train (or resume) a denoiser, export its float16 weights and record it in a manifest."""
+    import shlex
+    from pathlib import Path
+
+    import torch
+
+    from .denoisers.training import TrainConfig, export_weights, manifest_entry, train, update_manifest
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        arch_kwargs = json.loads(args.arch_kwargs)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"distinv train-denoiser: --arch-kwargs is not JSON ({exc}): e.g. '{{\"nb\": 2}}'") from None
+    config = TrainConfig(
+        arch=args.arch,
+        arch_kwargs=arch_kwargs,
+        channels=args.channels,
+        steps=args.steps,
+        batch=args.batch,
+        patch=args.patch,
+        lr=args.lr,
+        sigma_max=args.sigma_max / 255,
+        image_dir=args.image_dir,
+        seed=args.seed,
+    )
+    output = Path(args.output)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else output.with_suffix(".checkpoint.pt")
+    try:
+        model, history = train(config, checkpoint, device=args.device, log=lambda line: print(line, flush=True))
+    except ValueError as exc:
+        raise SystemExit(f"distinv train-denoiser: {exc}") from None
+    size = export_weights(model, output)
+    print(f"wrote {output} ({size / 1e6:.1f} MB)")
+    if args.name:
+        command = "distinv train-denoiser " + shlex.join(args.argv)
+        manifest = Path(args.manifest) if args.manifest else output.parent / "manifest.json"
+        update_manifest(manifest, args.name, manifest_entry(config, history, command, output))
+        print(f"recorded {args.name!r} in {manifest}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distinv", description="Distributed inverse problems with deepinv.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -100,11 +143,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--param", type=_parameter, action="append", default=[], help="another problem parameter, key=value"
     )
     preview.set_defaults(run=preview_command)
+    train = commands.add_parser("train-denoiser", help="train a Gaussian denoiser on synthetic images")
+    train.add_argument("--arch", default="DRUNet", help="a deepinv denoiser class (DRUNet, DnCNN, UNet, ...)")
+    train.add_argument("--arch-kwargs", default='{"nc": [16, 32, 64, 128], "nb": 2}', help="JSON constructor args")
+    train.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1 grey, 3 colour")
+    train.add_argument("--steps", type=int, default=10_000)
+    train.add_argument("--batch", type=int, default=8)
+    train.add_argument("--patch", type=int, default=64, help="crop size in pixels")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam's first learning rate (decays to 1e-5)")
+    train.add_argument("--sigma-max", type=float, default=60.0, help="largest noise level, in /255 units")
+    train.add_argument("--image-dir", default=None, help="a folder of your images to add to the synthetic ones")
+    train.add_argument("-o", "--output", required=True, help="the exported weights (.pt, float16)")
+    train.add_argument("--checkpoint", default=None, help="resumable state (default: OUTPUT.checkpoint.pt)")
+    train.add_argument("--name", default=None, help="record the model under this name in the manifest")
+    train.add_argument("--manifest", default=None, help="manifest file (default: manifest.json beside OUTPUT)")
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--threads", type=int, default=None, help="CPU threads")
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(run=train_denoiser_command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv[1:]
     return args.run(args)
 
 

@@ -133,7 +133,8 @@ def _gather_concatenated(ctx, local_items, local, layout: Layout) -> list[torch.
         send[offset : offset + raw.numel()] = raw
         offset += layout.nbytes(i)
     received = torch.empty((ctx.world_size, width), dtype=torch.uint8, device=device)
-    dist.all_gather(list(received.unbind(0)), send)
+    with ctx.communicating():
+        dist.all_gather(list(received.unbind(0)), send)
     out: list = [None] * len(layout.owners)
     offsets = [0] * ctx.world_size
     for i, owner in enumerate(layout.owners):
@@ -151,11 +152,13 @@ def _gather_broadcast(ctx, local_items, local, layout: Layout) -> list[torch.Ten
     out: list = [None] * len(layout.owners)
     for i, owner in enumerate(layout.owners):
         if owner == ctx.rank:
-            dist.broadcast(_as_bytes(mine[i]), src=owner)
+            with ctx.communicating():
+                dist.broadcast(_as_bytes(mine[i]), src=owner)
             out[i] = mine[i]
         else:
             buffer = torch.empty(layout.nbytes(i), dtype=torch.uint8, device=ctx.device)
-            dist.broadcast(buffer, src=owner)
+            with ctx.communicating():
+                dist.broadcast(buffer, src=owner)
             out[i] = _from_bytes(buffer, layout.shapes[i], layout.dtypes[i])
     return out
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 import datetime
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -63,6 +65,7 @@ class DistributedContext:
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"num_threads={num_threads}: it must be at least 1 (or None for automatic).")
         self.backend = backend
+        self.comm_seconds = 0.0  # wall time spent in collectives, waiting for other ranks included
         self.cleanup = cleanup
         self.seed = seed
         self.seed_offset = seed_offset
@@ -191,17 +194,33 @@ class DistributedContext:
 
     # ------------------------------------------------------------------ collectives
     # No-ops (identity) in a single process, so the engine calls them unconditionally.
+    @contextmanager
+    def communicating(self) -> Iterator[None]:
+        """Adds the block's wall time to :attr:`comm_seconds` (after the device finished its work, so that
+        queued GPU kernels are not counted as communication). Every collective of the engine runs in one."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.comm_seconds += time.perf_counter() - start
+
     def all_reduce(self, x: torch.Tensor, op: Any = None) -> torch.Tensor:
         """Sum (or ``op``) ``x`` over ranks, in place; complex tensors are reduced as pairs of reals."""
         if self.is_distributed:
             target = torch.view_as_real(x) if x.is_complex() else x
-            dist.all_reduce(target, op=dist.ReduceOp.SUM if op is None else op)
+            with self.communicating():
+                dist.all_reduce(target, op=dist.ReduceOp.SUM if op is None else op)
         return x
 
     def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
         """Overwrite ``x`` on every rank with rank ``src``'s, in place."""
         if self.is_distributed:
-            dist.broadcast(torch.view_as_real(x) if x.is_complex() else x, src=src)
+            with self.communicating():
+                dist.broadcast(torch.view_as_real(x) if x.is_complex() else x, src=src)
         return x
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,24 +228,28 @@ class DistributedContext:
         if not self.is_distributed:
             return x.unsqueeze(0)
         out = torch.empty((self.world_size, *x.shape), dtype=x.dtype, device=x.device)
-        dist.all_gather(list(out.unbind(0)), x.contiguous())
+        with self.communicating():
+            dist.all_gather(list(out.unbind(0)), x.contiguous())
         return out
 
     def all_gather_object(self, obj_list: list, obj: Any) -> None:
         """Fill ``obj_list`` (length ``world_size``) with every rank's picklable ``obj``."""
         if self.is_distributed:
-            dist.all_gather_object(obj_list, obj)
+            with self.communicating():
+                dist.all_gather_object(obj_list, obj)
         else:
             obj_list[0] = obj
 
     def broadcast_object_list(self, object_list: list, src: int = 0) -> list:
         if self.is_distributed:
-            dist.broadcast_object_list(object_list, src=src)
+            with self.communicating():
+                dist.broadcast_object_list(object_list, src=src)
         return object_list
 
     def barrier(self) -> None:
         if self.is_distributed:
-            dist.barrier()
+            with self.communicating():
+                dist.barrier()
 
     def assert_replicated(self, x: torch.Tensor, name: str) -> None:
         """Raise on every rank if ``x`` is not the same on all ranks (one small all-gather).

@@ -67,8 +67,9 @@ def exchange_windows(
                 ops.append(dist.P2POp(dist.irecv, buffer, source.rank))
                 received.append((target, meet, buffer))
     if ops:
-        for request in dist.batch_isend_irecv(ops):
-            request.wait()
+        with ctx.communicating():
+            for request in dist.batch_isend_irecv(ops):
+                request.wait()
     for target, meet, buffer in received:
         windows[target.index][index(_local(*meet, target.origin))] = buffer
     return windows

@@ -1,0 +1,264 @@
+"""Train a Gaussian denoiser on synthetic images (and the user's folder), on CPU or GPU, resumable.
+
+The network sees ``x + sigma * n`` and ``sigma`` (blind over a range of levels, sigma as input as in DRUNet) and
+learns ``x`` with an L1 loss. Training images are dead-leaves images, drawn larger than the crops and
+downscaled by a random factor (antialiased), so that edges fall between pixels as in photographs; a pool of
+them is renewed as training goes. A user folder of images adds its crops to the pool.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..bench.data import dead_leaves
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved in the checkpoint and the manifest.
+
+    :param arch: a deepinv denoiser class name (``DRUNet``, ``DnCNN``, ``UNet``, ...).
+    :param arch_kwargs: its constructor's arguments besides ``in_channels``/``out_channels``.
+    :param channels: 3 (colour) or 1 (grey).
+    :param sigma_max: noise levels drawn uniformly in ``[0, sigma_max]`` (images in [0, 1]).
+    :param patch: crop size (pixels); ``batch``: crops per step.
+    :param pool: synthetic images kept at a time; one is replaced every ``renew_every`` steps.
+    :param image_dir: optional folder of the user's images, added to the pool.
+    """
+
+    arch: str = "DRUNet"
+    arch_kwargs: dict = field(default_factory=lambda: {"nc": [16, 32, 64, 128], "nb": 2})
+    channels: int = 3
+    steps: int = 10_000
+    batch: int = 8
+    patch: int = 64
+    lr: float = 1e-3
+    lr_final: float = 1e-5
+    sigma_max: float = 60 / 255
+    pool: int = 48
+    source_size: int = 256
+    renew_every: int = 50
+    image_dir: str | None = None
+    validation_sigmas: tuple[float, ...] = (15 / 255, 25 / 255, 50 / 255)
+    validate_every: int = 500
+    checkpoint_every: int = 250
+    seed: int = 0
+
+
+def build_network(arch: str, channels: int, arch_kwargs: dict) -> torch.nn.Module:
+    """A deepinv denoiser by class name, untrained (no download)."""
+    import deepinv.models as models
+
+    cls = getattr(models, arch, None)
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ValueError(f"arch={arch!r} is not a deepinv denoiser: e.g. 'DRUNet', 'DnCNN', 'UNet'.")
+    params = inspect.signature(cls).parameters
+    kwargs = dict(arch_kwargs)
+    for name in ("in_channels", "out_channels"):
+        if name in params:
+            kwargs.setdefault(name, channels)
+    if "pretrained" in params:
+        kwargs.setdefault("pretrained", None)
+    return cls(**kwargs)
+
+
+def synthetic_image(config: TrainConfig, rng: random.Random) -> torch.Tensor:
+    """A dead-leaves image, drawn at up to 3x the source size and downscaled (antialiased): ``(C, S, S)``."""
+    factor = rng.uniform(1.0, 3.0)
+    big = round(config.source_size * factor)
+    image = dead_leaves(big, big, seed=rng.randrange(2**31), colour=config.channels == 3)
+    if big != config.source_size:
+        size = [config.source_size, config.source_size]
+        image = F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return image[0].clamp(0, 1)
+
+
+def folder_images(image_dir: str | Path, channels: int, min_size: int) -> list[torch.Tensor]:
+    """Every readable image in the folder (recursively), ``(C, H, W)`` in [0, 1]; too small ones are skipped."""
+    from PIL import Image
+    from torchvision.transforms.functional import pil_to_tensor
+
+    root = Path(image_dir)
+    if not root.is_dir():
+        raise ValueError(f"image_dir={str(image_dir)!r} is not a folder.")
+    images = []
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        with Image.open(path) as img:
+            tensor = pil_to_tensor(img.convert("RGB" if channels == 3 else "L")).float() / 255
+        if min(tensor.shape[-2:]) >= min_size:
+            images.append(tensor)
+    if not images:
+        raise ValueError(f"image_dir={str(image_dir)!r} has no PNG/JPEG/TIFF image of at least {min_size} px.")
+    return images
+
+
+def random_crops(pool: list[torch.Tensor], count: int, size: int, rng: random.Random) -> torch.Tensor:
+    """``count`` crops ``(count, C, size, size)``, each randomly flipped and turned by a multiple of 90 degrees."""
+    crops = []
+    for _ in range(count):
+        image = pool[rng.randrange(len(pool))]
+        top, left = rng.randrange(image.shape[-2] - size + 1), rng.randrange(image.shape[-1] - size + 1)
+        crop = image[:, top : top + size, left : left + size]
+        if rng.random() < 0.5:
+            crop = crop.flip(-1)
+        crops.append(torch.rot90(crop, rng.randrange(4), dims=(-2, -1)))
+    return torch.stack(crops)
+
+
+def validation_set(config: TrainConfig) -> torch.Tensor:
+    """Eight synthetic images, seeds apart from training's, ``(8, C, 128, 128)``."""
+    rng = random.Random(10_000 + config.seed)
+    saved = config.source_size
+    config.source_size = 128
+    try:
+        return torch.stack([synthetic_image(config, rng) for _ in range(8)])
+    finally:
+        config.source_size = saved
+
+
+@torch.no_grad()
+def validation_psnr(model: torch.nn.Module, images: torch.Tensor, sigmas, seed: int = 0) -> dict[str, float]:
+    """Mean PSNR (dB) of the denoised images per noise level, with fixed noise."""
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    out = {}
+    for sigma in sigmas:
+        noisy = images + sigma * torch.randn(images.shape, generator=g)
+        denoised = model(noisy.to(device), sigma).cpu().clamp(0, 1)
+        mse = ((denoised - images) ** 2).mean(dim=(1, 2, 3))
+        out[f"{round(sigma * 255)}/255"] = float((10 * torch.log10(1 / mse)).mean())
+    return out
+
+
+def _save_atomically(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def train(
+    config: TrainConfig,
+    checkpoint: str | Path,
+    device: torch.device | str = "cpu",
+    log: Callable[[str], None] = print,
+) -> tuple[torch.nn.Module, dict]:
+    """Train, or resume from ``checkpoint`` if it exists (same config); returns the model and the history
+    ``{"steps": ..., "seconds": ..., "validation": [{"step", "psnr": {...}}, ...]}``."""
+    checkpoint = Path(checkpoint)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    model = build_network(config.arch, config.channels, config.arch_kwargs).to(device)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
+    decay = math.log(config.lr_final / config.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: math.exp(decay * min(s / config.steps, 1)))
+    rng = random.Random(config.seed)
+    history = {"steps": 0, "seconds": 0.0, "validation": []}
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        if state["config"] != asdict(config):
+            raise ValueError(
+                f"checkpoint={str(checkpoint)!r} was made with another configuration: remove it or "
+                "give another checkpoint path."
+            )
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        schedule.load_state_dict(state["schedule"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        history = state["history"]
+        log(f"resumed at step {history['steps']} from {checkpoint}")
+
+    user = folder_images(config.image_dir, config.channels, config.patch) if config.image_dir else []
+    pool = [synthetic_image(config, rng) for _ in range(config.pool)]
+    validation = validation_set(config)
+    model.train()
+    started, step_time = time.perf_counter(), 0.0
+    while history["steps"] < config.steps:
+        step = history["steps"]
+        if step % config.renew_every == 0 and step > 0:
+            pool[rng.randrange(len(pool))] = synthetic_image(config, rng)
+        tic = time.perf_counter()
+        clean = random_crops(pool + user, config.batch, config.patch, rng).to(device)
+        sigma = torch.rand(config.batch, 1, 1, 1, device=device) * config.sigma_max
+        noisy = clean + sigma * torch.randn_like(clean)
+        loss = (model(noisy, sigma.view(-1)) - clean).abs().mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        step_time = 0.9 * step_time + 0.1 * (time.perf_counter() - tic) if step_time else time.perf_counter() - tic
+        history["steps"] = step = step + 1
+        if step % 50 == 0 or step == config.steps:
+            eta = step_time * (config.steps - step) / 60
+            log(f"step {step}/{config.steps} loss {loss.item():.4f} {step_time:.2f} s/step, about {eta:.0f} min left")
+        if step % config.validate_every == 0 or step == config.steps:
+            model.eval()
+            psnr = validation_psnr(model, validation, config.validation_sigmas)
+            model.train()
+            history["validation"].append({"step": step, "psnr": psnr})
+            log(f"step {step} validation PSNR " + ", ".join(f"{k}: {v:.2f} dB" for k, v in psnr.items()))
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            history["seconds"] += time.perf_counter() - started
+            started = time.perf_counter()
+            _save_atomically(
+                {
+                    "config": asdict(config),
+                    "model": model.state_dict(),
+                    "optimiser": optimiser.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "rng": rng.getstate(),
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                },
+                checkpoint,
+            )
+    model.eval()
+    return model, history
+
+
+def export_weights(model: torch.nn.Module, path: str | Path) -> int:
+    """Save the weights in float16 (half the size; the network runs in float32 after loading). Returns bytes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    _save_atomically(state, path)
+    return path.stat().st_size
+
+
+def manifest_entry(config: TrainConfig, history: dict, command: str, weights: Path) -> dict:
+    return {
+        "file": weights.name,
+        "arch": config.arch,
+        "arch_kwargs": config.arch_kwargs,
+        "channels": config.channels,
+        "trained": {
+            "command": command,
+            "data": "dead leaves (synthetic)" + (f" + {config.image_dir}" if config.image_dir else ""),
+            "steps": history["steps"],
+            "batch": config.batch,
+            "patch": config.patch,
+            "sigma_range": [0.0, config.sigma_max],
+            "seconds": round(history["seconds"]),
+            "validation_psnr": history["validation"][-1]["psnr"] if history["validation"] else None,
+        },
+    }
+
+
+def update_manifest(manifest: Path, name: str, entry: dict) -> None:
+    data = json.loads(manifest.read_text()) if manifest.exists() else {}
+    data[name] = entry
+    tmp = manifest.with_name(manifest.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(manifest)

@@ -1,0 +1,88 @@
+"""Load a denoiser: one the project trained and ships, a weights file, or deepinv's published weights.
+
+``load_denoiser("shipped:drunet-small-colour")``, ``load_denoiser("path/to/weights.pt")`` or
+``load_denoiser("download:DRUNet")``. Shipped models are listed in ``weights/manifest.json`` with how each was
+trained (command, data, steps, validation PSNR).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+
+from .training import build_network
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+MANIFEST = WEIGHTS_DIR / "manifest.json"
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+def shipped_models() -> dict[str, dict]:
+    """The manifest: model name to its file, architecture and training record."""
+    return json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
+
+
+def _to_float32(state: dict) -> dict:
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def load_denoiser(
+    source: str | Path,
+    device: torch.device | str = "cpu",
+    arch: str = "DRUNet",
+    arch_kwargs: dict | None = None,
+    channels: int = 3,
+) -> torch.nn.Module:
+    """A denoiser ``model(x, sigma)`` in eval mode.
+
+    :param source: ``"shipped:NAME"`` (or a bare shipped NAME); a file written by ``distinv train-denoiser``
+        (a checkpoint, which knows its architecture, or exported weights, described by ``arch``,
+        ``arch_kwargs`` and ``channels``); or ``"download:ARCH"`` for deepinv's published weights of
+        ``ARCH`` (online only; offline this fails within 30 s with a clear error).
+    """
+    source = str(source)
+    models = shipped_models()
+    name = source.removeprefix("shipped:")
+    if source.startswith("shipped:") or name in models:
+        if name not in models:
+            raise ValueError(f"source={source!r}: no shipped model {name!r}; shipped: {sorted(models)}.")
+        entry = models[name]
+        model = build_network(entry["arch"], entry["channels"], entry["arch_kwargs"])
+        model.load_state_dict(_to_float32(torch.load(WEIGHTS_DIR / entry["file"], map_location="cpu")))
+    elif source.startswith("download:"):
+        model = _download(source.removeprefix("download:"), channels, arch_kwargs or {})
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(
+                f"source={source!r} is neither a shipped model ({sorted(models)}), 'download:ARCH', nor a file."
+            )
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if isinstance(state, dict) and "config" in state and "model" in state:  # a training checkpoint
+            config = state["config"]
+            model = build_network(config["arch"], config["channels"], config["arch_kwargs"])
+            state = state["model"]
+        else:
+            model = build_network(arch, channels, arch_kwargs if arch_kwargs is not None else {})
+        model.load_state_dict(_to_float32(state))
+    return model.to(device).eval()
+
+
+def _download(arch: str, channels: int, arch_kwargs: dict) -> torch.nn.Module:
+    """deepinv's published weights (its ``pretrained="download"``), with a socket timeout so that an offline
+    machine gets an error instead of a hang."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        return build_network(arch, channels, {**arch_kwargs, "pretrained": "download"})
+    except (URLError, OSError, TimeoutError) as exc:
+        raise RuntimeError(
+            f"source='download:{arch}': deepinv's weights could not be downloaded ({exc}). Offline, use a "
+            f"shipped model ({sorted(shipped_models())}) or a weights file."
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
