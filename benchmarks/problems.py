@@ -3,9 +3,9 @@
 Each problem runs in its own process (one thread), so that its peak memory (peak resident set of the process,
 ``VmHWM``) is its own. Three parts, all by default:
 
-1. ``--problems``: per problem at a large size, the time to build it (ground truth and geometry), to build all
-   K operators (world size 1: one rank owns them all), one forward ``A x`` and one adjoint ``A^T y`` of the
-   whole stack, the peak memory, and (unless ``--no-init``) the initial reconstruction's time and PSNR;
+1. ``--problems``: per problem at a large size, the time to build it (ground truth and geometry), to build one
+   of its K operators (what a rank holds at world size K), one forward ``A_i x`` and one adjoint
+   ``A_i^T y_i`` of it, and the process's peak memory;
 2. ``--scaling``: how the ground truths' generation time grows with the number of pixels (the exponent of a
    log-log fit: 1 is linear);
 3. ``--nufft``: the radio NUFFT backends side by side (finufft against deepinv's torchkbnufft operator).
@@ -54,38 +54,32 @@ def _clock(fn):
     return out, time.perf_counter() - start
 
 
-def run_one(name: str, params: dict, with_init: bool = True) -> dict:
-    """Build one problem and apply its whole stack once each way, in this process, one thread; seconds.
-    ``with_init``: also measure (forward plus noise) and compute the initial reconstruction and its PSNR."""
-    from distinv import DistributedContext
+def run_one(name: str, params: dict) -> dict:
+    """Build one problem and one of its K operators (what each rank holds at world size K), apply that
+    operator once each way, in this process, one thread; seconds. The K blocks are of equal size, so the
+    whole stack in one process costs about K times the operator."""
     from distinv.bench.problems import build
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     problem, t_build = _clock(lambda: build(name, **params))
-    with DistributedContext(env={}, num_threads=1) as ctx:
-        physics, t_ops = _clock(lambda: problem.distribute(ctx))
-        x = problem.ground_truth
-        y, t_forward = _clock(lambda: physics.A(x))
-        _, t_adjoint = _clock(lambda: physics.A_adjoint(y))
-        row = {
-            "problem": name,
-            "params": params,
-            "shape": list(x.shape),
-            "measurements": sum(t.numel() for t in y),
-            "build_s": t_build,
-            "operators_s": t_ops,
-            "forward_s": t_forward,
-            "adjoint_s": t_adjoint,
-            "peak_rss_bytes": _peak_rss_bytes(),
-        }
-        if with_init:
-            del y
-            y_noisy = problem.measure(physics)
-            x0, t_init = _clock(lambda: problem.initial(physics, y_noisy))
-            row.update(init_name=problem.init_name, init_s=t_init, init_psnr_db=problem.psnr(x0))
-            row["peak_rss_bytes"] = _peak_rss_bytes()
-    return {**row, **{k: v for k, v in problem.info.items() if isinstance(v, int | float | str)}}
+    op, t_op = _clock(lambda: problem.factory(0, torch.device("cpu"), problem.shared))
+    x = problem.ground_truth
+    y, t_forward = _clock(lambda: op.A(x))
+    _, t_adjoint = _clock(lambda: op.A_adjoint(y))
+    return {
+        "problem": name,
+        "params": params,
+        "shape": list(x.shape),
+        "operators": problem.num_operators,
+        "measurement_shape": list(y.shape),
+        "build_s": t_build,
+        "operator_s": t_op,
+        "forward_s": t_forward,
+        "adjoint_s": t_adjoint,
+        "peak_rss_bytes": _peak_rss_bytes(),
+        **{k: v for k, v in problem.info.items() if isinstance(v, int | float | str)},
+    }
 
 
 def volume_512(slab: int = 8) -> dict:
@@ -181,7 +175,6 @@ def main() -> None:
     parser.add_argument("--no-scaling", action="store_true", help="skip the generation-time scaling")
     parser.add_argument("--no-nufft", action="store_true", help="skip the NUFFT backend comparison")
     parser.add_argument("--volume-512", action="store_true", help="also build tomography_3d at 512^3")
-    parser.add_argument("--no-init", action="store_true", help="skip measuring and the initial reconstruction")
     parser.add_argument("--out", default="results/benchmarks/problems.json", help="JSON results")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -189,7 +182,7 @@ def main() -> None:
     if args.child:
         part, *rest = args.child
         if part == "problem":
-            result = run_one(rest[0], json.loads(rest[1]), with_init=rest[2] == "init")
+            result = run_one(rest[0], json.loads(rest[1]))
         elif part == "volume_512":
             result = volume_512()
         else:
@@ -199,14 +192,15 @@ def main() -> None:
 
     results: dict = {"torch": torch.__version__, "threads": 1}
     results["problems"] = []
-    print(f"{'problem':<14} {'shape':<14} {'build':>7} {'operators':>9} {'A':>8} {'A^T':>8} {'peak':>9}")
+    print("one operator of K, one core:")
+    print(f"{'problem':<14} {'shape':<14} {'K':>2} {'build':>7} {'operator':>8} {'A_i':>8} {'A_i^T':>8} {'peak':>9}")
     for name in args.problems:
-        row = _in_subprocess("problem", name, json.dumps(LARGE[name]), "no" if args.no_init else "init")
+        row = _in_subprocess("problem", name, json.dumps(LARGE[name]))
         results["problems"].append(row)
-        start = f"   start: {row['init_name']}, {row['init_psnr_db']:.2f} dB" if "init_name" in row else ""
         print(
-            f"{name:<14} {'x'.join(map(str, row['shape'][1:])):<14} {row['build_s']:>6.2f}s {row['operators_s']:>8.2f}s"
-            f" {row['forward_s']:>7.2f}s {row['adjoint_s']:>7.2f}s {_gb(row['peak_rss_bytes']):>9}{start}"
+            f"{name:<14} {'x'.join(map(str, row['shape'][1:])):<14} {row['operators']:>2} {row['build_s']:>6.2f}s "
+            f"{row['operator_s']:>7.2f}s {row['forward_s']:>7.2f}s {row['adjoint_s']:>7.2f}s "
+            f"{_gb(row['peak_rss_bytes']):>9}"
         )
     if args.volume_512:
         row = results["volume_512"] = _in_subprocess("volume_512")

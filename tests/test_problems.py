@@ -142,3 +142,15 @@ def test_volume_projections_do_not_depend_on_slices_per_call():
     y = whole.A(volume)
     assert y.shape[:3] == (1, 1, 16) and torch.allclose(one_by_one.A(volume), y)
     assert torch.allclose(one_by_one.A_adjoint(y), whole.A_adjoint(y), atol=1e-5)
+
+
+def test_closed_form_radon_scaling_matches_deepinvs_power_iteration():
+    from deepinv.physics import Tomography
+
+    from distinv.bench.problems.tomography_2d import block_angles, normalised_tomography
+
+    angles = block_angles(1, 60, 3)
+    ours, theirs = normalised_tomography(angles, 48), Tomography(angles=angles, img_width=48, normalize=True)
+    x = shepp_logan_2d(48)
+    assert relative_error(ours.A(x), theirs.A(x)) < 5e-3
+    assert relative_error(ours.A_dagger(ours.A(x), fbp=True), theirs.A_dagger(theirs.A(x), fbp=True)) < 5e-3

@@ -19,9 +19,24 @@ def block_angles(index: int, num_angles: int, num_operators: int) -> torch.Tenso
     return torch.arange(index, num_angles, num_operators, dtype=torch.float32) * (180.0 / num_angles)
 
 
+# ||R||^2 of deepinv's parallel-beam Radon of n angles spread over [0, 180) on a W x W image is 0.966 n W
+# (power iteration at W = 32..128, n = 10..45, within 0.2%).
+RADON_SQNORM_PER_ANGLE_PIXEL = 0.966
+
+
+def normalised_tomography(angles: torch.Tensor, size: int, device: torch.device | str = "cpu") -> Tomography:
+    """deepinv's ``Tomography(normalize=True)`` without its power iteration: the same unit-norm scaling from the
+    closed form ``||R|| = sqrt(0.966 n W)`` (the power iteration costs about a hundred projections, minutes per
+    operator at 2048^2). The operator's own ``normalize`` path applies it to ``A``, ``A_adjoint`` and FBP."""
+    op = Tomography(angles=angles, img_width=size, circle=False, normalize=False, device=device)
+    norm = (RADON_SQNORM_PER_ANGLE_PIXEL * len(angles) * size) ** 0.5
+    op.register_buffer("operator_norm", torch.tensor(norm, device=device))
+    op.normalize = True
+    return op
+
+
 def _radon(index: int, device: torch.device, shared: dict) -> Tomography:
-    angles = block_angles(index, shared["num_angles"], shared["k"])
-    return Tomography(angles=angles, img_width=shared["size"], circle=False, normalize=True, device=device)
+    return normalised_tomography(block_angles(index, shared["num_angles"], shared["k"]), shared["size"], device)
 
 
 def fbp_start(problem: Problem, physics, y_local) -> torch.Tensor:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
-from deepinv.physics import LinearPhysics, Tomography
+from deepinv.physics import LinearPhysics
 
 from ..data import shepp_logan_3d
 from .base import Problem
-from .tomography_2d import angle_block_problem, block_angles
+from .tomography_2d import angle_block_problem, block_angles, normalised_tomography
 
 MIN_SIZE = 16
 WORKSPACE_BYTES = 256 * 2**20  # deepinv's per-call intermediate, bounded by the number of slices per call
@@ -29,7 +29,7 @@ class SlicewiseRadon(LinearPhysics):
         self, angles: torch.Tensor, size: int, device: torch.device | str = "cpu", slices_per_call: int | None = None
     ):
         super().__init__()
-        self.radon = Tomography(angles=angles, img_width=size, circle=False, normalize=True, device=device)
+        self.radon = normalised_tomography(angles, size, device)
         padded = math.ceil(math.sqrt(2) * size)
         per_slice = padded * padded * len(angles) * 4
         self.slices_per_call = slices_per_call or max(1, WORKSPACE_BYTES // per_slice)
