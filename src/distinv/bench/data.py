@@ -83,16 +83,29 @@ _SHEPP_LOGAN_2D = [
 
 def shepp_logan_2d(size: int) -> torch.Tensor:
     """The modified Shepp-Logan phantom evaluated analytically at the pixel centres of a ``size x size`` grid
-    over [-1, 1]^2 (not an upsampled small image). Shape ``(1, 1, size, size)``, values in [0, 1]."""
+    over [-1, 1]^2 (not an upsampled small image). Shape ``(1, 1, size, size)``, values in [0, 1]. Each ellipse
+    is evaluated only over its bounding box, so the time is linear in the number of pixels."""
     coords = (torch.arange(size, dtype=torch.float64) + 0.5) / size * 2 - 1
-    y, x = torch.meshgrid(-coords, coords, indexing="ij")
-    image = torch.zeros(size, size, dtype=torch.float64)
+    image = torch.zeros(size, size, dtype=torch.float32)
     for value, a, b, x0, y0, degrees in _SHEPP_LOGAN_2D:
         t = math.radians(degrees)
+        half_x = math.hypot(a * math.cos(t), b * math.sin(t))  # half-widths of the rotated ellipse's box
+        half_y = math.hypot(a * math.sin(t), b * math.cos(t))
+        cols = _box(coords, x0 - half_x, x0 + half_x)
+        rows = _box(-coords, y0 - half_y, y0 + half_y)
+        if cols is None or rows is None:
+            continue
+        y, x = -coords[rows].view(-1, 1), coords[cols].view(1, -1)
         u = (x - x0) * math.cos(t) + (y - y0) * math.sin(t)
         v = -(x - x0) * math.sin(t) + (y - y0) * math.cos(t)
-        image += value * ((u / a) ** 2 + (v / b) ** 2 <= 1)
-    return image.clamp(0, 1).float().view(1, 1, size, size)
+        image[rows, cols] += value * ((u / a) ** 2 + (v / b) ** 2 <= 1).float()
+    return image.clamp_(0, 1).view(1, 1, size, size)
+
+
+def _box(coords: torch.Tensor, low: float, high: float) -> slice | None:
+    """The index range of the monotonic ``coords`` that fall in ``[low, high]`` (None if empty)."""
+    inside = torch.nonzero((coords >= low) & (coords <= high)).view(-1)
+    return slice(int(inside[0]), int(inside[-1]) + 1) if inside.numel() else None
 
 
 # 3D modified Shepp-Logan (Kak & Slaney): intensity, semi-axes (a, b, c), centre (x0, y0, z0), rotation
@@ -149,7 +162,7 @@ def radio_sky(
     def peaks(n: int) -> torch.Tensor:
         return torch.exp(-log_range * torch.rand(n, generator=g, dtype=torch.float64))
 
-    sky = torch.zeros(size, size, dtype=torch.float64)
+    sky = torch.zeros(size, size, dtype=torch.float32)
     amplitude = peaks(num_extended)
     amplitude[0] = 1.0  # the brightest source sets the dynamic range
     sigma_major = size * (0.01 + 0.06 * torch.rand(num_extended, generator=g, dtype=torch.float64))
@@ -162,11 +175,12 @@ def radio_sky(
         reach = 4 * s_major
         y0, y1 = max(0, int(cy - reach)), min(size, int(cy + reach) + 1)
         x0, x1 = max(0, int(cx - reach)), min(size, int(cx + reach) + 1)
-        yy = torch.arange(y0, y1, dtype=torch.float64).view(-1, 1) - cy
-        xx = torch.arange(x0, x1, dtype=torch.float64).view(1, -1) - cx
+        yy = torch.arange(y0, y1, dtype=torch.float32).view(-1, 1) - cy
+        xx = torch.arange(x0, x1, dtype=torch.float32).view(1, -1) - cx
         c, s = math.cos(angle[k].item()), math.sin(angle[k].item())
         along, across = xx * c + yy * s, -xx * s + yy * c
-        sky[y0:y1, x0:x1] += amplitude[k] * torch.exp(-0.5 * ((along / s_major) ** 2 + (across / s_minor) ** 2))
+        blob = torch.exp(-0.5 * ((along / s_major) ** 2 + (across / s_minor) ** 2))
+        sky[y0:y1, x0:x1] += amplitude[k].item() * blob
     where = torch.randint(0, size * size, (num_points,), generator=g)
-    sky.view(-1).index_add_(0, where, peaks(num_points))
-    return (sky / sky.max()).float().view(1, 1, size, size)
+    sky.view(-1).index_add_(0, where, peaks(num_points).float())
+    return (sky / sky.max()).view(1, 1, size, size)
