@@ -102,6 +102,8 @@ def train_denoiser_command(args: argparse.Namespace) -> int:
         lr=args.lr,
         sigma_max=args.sigma_max / 255,
         image_dir=args.image_dir,
+        pool=args.pool,
+        source_size=args.source_size,
         seed=args.seed,
     )
     output = Path(args.output)
@@ -152,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch", type=int, default=64, help="crop size in pixels")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam's first learning rate (decays to 1e-5)")
     train.add_argument("--sigma-max", type=float, default=60.0, help="largest noise level, in /255 units")
+    train.add_argument("--pool", type=int, default=48, help="synthetic images kept at a time")
+    train.add_argument("--source-size", type=int, default=256, help="side of the synthetic images (pixels)")
     train.add_argument("--image-dir", default=None, help="a folder of your images to add to the synthetic ones")
     train.add_argument("-o", "--output", required=True, help="the exported weights (.pt, float16)")
     train.add_argument("--checkpoint", default=None, help="resumable state (default: OUTPUT.checkpoint.pt)")

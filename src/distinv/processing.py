@@ -58,9 +58,13 @@ class Shard:
 
 
 def size_multiple_of(processor: Any) -> int:
-    """The spatial size multiple a network needs (8 for DRUNet's three stride-2 stages), else 1."""
+    """The spatial size multiple a network needs: its ``size_multiple`` attribute if it has one (wrappers pass
+    on their network's), 8 for DRUNet's three stride-2 stages, else 1."""
     from deepinv.models import DRUNet
 
+    declared = getattr(processor, "size_multiple", None)
+    if isinstance(declared, int):
+        return declared
     return 8 if isinstance(processor, DRUNet) else 1
 
 

@@ -154,7 +154,8 @@ def train(
     device: torch.device | str = "cpu",
     log: Callable[[str], None] = print,
 ) -> tuple[torch.nn.Module, dict]:
-    """Train, or resume from ``checkpoint`` if it exists (same config); returns the model and the history
+    """Train, or resume from ``checkpoint`` if it exists (same settings; ``steps`` may grow to extend a run,
+    the learning-rate decay then stretching to the new length); returns the model and the history
     ``{"steps": ..., "seconds": ..., "validation": [{"step", "psnr": {...}}, ...]}``."""
     checkpoint = Path(checkpoint)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -167,10 +168,13 @@ def train(
     history = {"steps": 0, "seconds": 0.0, "validation": []}
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state["config"] != asdict(config):
+        saved, wanted = dict(state["config"]), asdict(config)
+        saved.pop("steps"), wanted.pop("steps")  # a run may be extended; everything else must match
+        if saved != wanted:
+            changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
             raise ValueError(
-                f"checkpoint={str(checkpoint)!r} was made with another configuration: remove it or "
-                "give another checkpoint path."
+                f"checkpoint={str(checkpoint)!r} was made with other settings ({', '.join(changed)}): remove it "
+                "or give another checkpoint path."
             )
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])

@@ -1,0 +1,112 @@
+"""Denoisers: training resumes, weights load by every route, a download fails clearly offline."""
+
+from __future__ import annotations
+
+import email.message
+import io
+import urllib.error
+
+import pytest
+import torch
+
+from distinv.cli import main
+from distinv.denoisers import load_denoiser, shipped_models
+from distinv.denoisers.training import TrainConfig, build_network, train
+
+TINY = {"nc": [8, 8, 8, 8], "nb": 1}
+
+
+def _config(steps: int) -> TrainConfig:
+    return TrainConfig(
+        arch_kwargs=TINY,
+        channels=1,
+        steps=steps,
+        batch=2,
+        patch=32,
+        pool=2,
+        source_size=64,
+        validate_every=4,
+        checkpoint_every=2,
+    )
+
+
+def test_training_resumes_from_its_checkpoint_where_it_stopped(tmp_path):
+    checkpoint = tmp_path / "run.pt"
+    _, first = train(_config(4), checkpoint, log=lambda _: None)
+    assert first["steps"] == 4 and first["validation"][-1]["step"] == 4
+    lines = []
+    model, history = train(_config(6), checkpoint, log=lines.append)
+    assert "resumed at step 4" in lines[0]
+    assert history["steps"] == 6 and [v["step"] for v in history["validation"]] == [4, 6]
+
+
+def test_train_cli_exports_weights_and_records_the_manifest(tmp_path, capsys):
+    weights = tmp_path / "grey.pt"
+    args = ["train-denoiser", "--channels", "1", "--steps", "3", "--batch", "2", "--patch", "32", "--pool", "2"]
+    args += ["--source-size", "64"]
+    args += ["--arch-kwargs", '{"nc": [8, 8, 8, 8], "nb": 1}', "-o", str(weights), "--name", "tiny-grey"]
+    assert main(args) == 0
+    manifest = (tmp_path / "manifest.json").read_text()
+    assert '"tiny-grey"' in manifest and "distinv train-denoiser --channels 1" in manifest
+    model = load_denoiser(weights, arch="DRUNet", arch_kwargs=TINY, channels=1)
+    checkpoint = load_denoiser(tmp_path / "grey.checkpoint.pt")  # knows its architecture
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():  # float16 export: equal to about 1e-3
+        assert torch.allclose(model(x, 0.1), checkpoint(x, 0.1), atol=1e-2)
+
+
+def test_shipped_models_load_by_name_and_run():
+    models = shipped_models()
+    for name, entry in models.items():
+        model = load_denoiser(f"shipped:{name}")
+        x = torch.rand(1, entry["channels"], 32, 32)
+        with torch.no_grad():
+            assert model(x, 0.1).shape == x.shape
+        assert entry["trained"]["command"].startswith("distinv train-denoiser")
+    with pytest.raises(ValueError, match="no shipped model 'nonexistent'"):
+        load_denoiser("shipped:nonexistent")
+
+
+class _FakeResponse:
+    def __init__(self, payload: bytes):
+        self._body = io.BytesIO(payload)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def info(self):
+        return email.message.Message()  # no Content-Length header
+
+    def read(self, size: int = -1) -> bytes:
+        return self._body.read(size)
+
+
+def test_download_route_loads_published_weights_served_over_http(tmp_path, monkeypatch):
+    reference = build_network("DnCNN", 3, {})
+    payload = io.BytesIO()
+    torch.save(reference.state_dict(), payload)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "urlopen", lambda *a, **k: _FakeResponse(payload.getvalue()))
+    model = load_denoiser("download:DnCNN", channels=3)
+    for a, b in zip(model.state_dict().values(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_download_offline_is_a_clear_error_not_a_hang(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    with pytest.raises(RuntimeError, match="could not be downloaded.*Offline, use a shipped model"):
+        load_denoiser("download:DnCNN", channels=3)
+
+
+def test_unknown_sources_are_named():
+    with pytest.raises(ValueError, match="neither a shipped model"):
+        load_denoiser("/no/such/weights.pt")
+    with pytest.raises(ValueError, match="arch='Nope'"):
+        build_network("Nope", 3, {})
