@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -73,8 +74,10 @@ def test_window_counts_per_rank_differ_by_at_most_one(case):
 @given(st.lists(st.integers(1, 3000), min_size=2, max_size=3).map(tuple), st.integers(1, 8))
 def test_default_plan_gives_every_rank_the_same_number_of_windows(shape, world):
     plan = TilePlan.build(shape, world, None, 16, 8)
-    blocks = math.prod(-(-s // 8) for s in shape)
-    if blocks >= world:
+    blocks = [-(-s // 8) for s in shape]  # aligned blocks per axis: a grid can cut each axis at most this often
+    # cuts per axis up to `world` suffice: gcd(g_i, world) keeps a product divisible by world
+    grids = itertools.product(*(range(1, min(b, world) + 1) for b in blocks))
+    if any(math.prod(g) % world == 0 for g in grids):  # e.g. not 5 ranks over a 2 x 3 block image
         assert len(plan.windows) % world == 0
         assert len({len(plan.windows_of(r)) for r in range(world)}) == 1
 
