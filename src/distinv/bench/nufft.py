@@ -25,9 +25,8 @@ def choose_backend(backend: str, device: torch.device | str) -> str:
     if backend == "auto":
         on_cpu = torch.device(device).type == "cpu"
         return "finufft" if on_cpu and importlib.util.find_spec("finufft") else "torchkbnufft"
-    missing = {"finufft": "finufft", "torchkbnufft": "torchkbnufft"}[backend]
-    if importlib.util.find_spec(missing) is None:
-        raise ImportError(f"backend={backend!r} needs the {missing} package: pip install {missing}")
+    if importlib.util.find_spec(backend) is None:  # the backend is named after its package
+        raise ImportError(f"backend={backend!r} needs the {backend} package: pip install {backend}")
     if backend == "finufft" and torch.device(device).type != "cpu":
         raise ValueError("backend='finufft' runs on CPU only: use backend='torchkbnufft' on GPU.")
     return backend

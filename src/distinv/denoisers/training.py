@@ -74,14 +74,12 @@ def build_network(arch: str, channels: int, arch_kwargs: dict) -> torch.nn.Modul
     return cls(**kwargs)
 
 
-def synthetic_image(config: TrainConfig, rng: random.Random) -> torch.Tensor:
-    """A dead-leaves image, drawn at up to 3x the source size and downscaled (antialiased): ``(C, S, S)``."""
-    factor = rng.uniform(1.0, 3.0)
-    big = round(config.source_size * factor)
-    image = dead_leaves(big, big, seed=rng.randrange(2**31), colour=config.channels == 3)
-    if big != config.source_size:
-        size = [config.source_size, config.source_size]
-        image = F.interpolate(image, size=size, mode="bilinear", antialias=True, align_corners=False)
+def synthetic_image(channels: int, size: int, rng: random.Random) -> torch.Tensor:
+    """A dead-leaves image, drawn at up to 3x ``size`` and downscaled (antialiased): ``(C, size, size)``."""
+    big = round(size * rng.uniform(1.0, 3.0))
+    image = dead_leaves(big, big, seed=rng.randrange(2**31), colour=channels == 3)
+    if big != size:
+        image = F.interpolate(image, size=[size, size], mode="bilinear", antialias=True, align_corners=False)
     return image[0].clamp(0, 1)
 
 
@@ -120,12 +118,7 @@ def random_crops(pool: list[torch.Tensor], count: int, size: int, rng: random.Ra
 def validation_set(config: TrainConfig) -> torch.Tensor:
     """Eight synthetic images, seeds apart from training's, ``(8, C, 128, 128)``."""
     rng = random.Random(10_000 + config.seed)
-    saved = config.source_size
-    config.source_size = 128
-    try:
-        return torch.stack([synthetic_image(config, rng) for _ in range(8)])
-    finally:
-        config.source_size = saved
+    return torch.stack([synthetic_image(config.channels, 128, rng) for _ in range(8)])
 
 
 @torch.no_grad()
@@ -185,14 +178,14 @@ def train(
         log(f"resumed at step {history['steps']} from {checkpoint}")
 
     user = folder_images(config.image_dir, config.channels, config.patch) if config.image_dir else []
-    pool = [synthetic_image(config, rng) for _ in range(config.pool)]
+    pool = [synthetic_image(config.channels, config.source_size, rng) for _ in range(config.pool)]
     validation = validation_set(config)
     model.train()
     started, step_time = time.perf_counter(), 0.0
     while history["steps"] < config.steps:
         step = history["steps"]
         if step % config.renew_every == 0 and step > 0:
-            pool[rng.randrange(len(pool))] = synthetic_image(config, rng)
+            pool[rng.randrange(len(pool))] = synthetic_image(config.channels, config.source_size, rng)
         tic = time.perf_counter()
         clean = random_crops(pool + user, config.batch, config.patch, rng).to(device)
         sigma = torch.rand(config.batch, 1, 1, 1, device=device) * config.sigma_max

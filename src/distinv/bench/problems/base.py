@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +14,7 @@ from ...comm import sum_over_ranks
 from ...context import DistributedContext
 from ...distribute import distribute
 from ...physics import DistributedStackedLinearPhysics
+from ...pnp import psnr
 
 OperatorFactory = Callable[[int, torch.device, Any], LinearPhysics]
 # init(problem, physics, y_local) -> first iterate: each rank's terms, summed over ranks inside.
@@ -75,8 +75,7 @@ class Problem:
         return self.init(self, physics, y_local)
 
     def psnr(self, estimate: torch.Tensor) -> float:
-        mse = torch.mean((estimate.detach().cpu().clamp(0, self.data_range) - self.ground_truth) ** 2).item()
-        return float("inf") if mse == 0 else 10 * math.log10(self.data_range**2 / mse)
+        return psnr(estimate.detach().cpu(), self.ground_truth, self.data_range)
 
 
 def weighted_sum_of_terms(

@@ -24,17 +24,21 @@ def block_bounds(length: int, num_blocks: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
+def _centred(count: int) -> torch.Tensor:
+    """``count`` evenly spaced offsets spanning [-0.5, 0.5] (float64), or ``[0]`` for one."""
+    return torch.linspace(-0.5, 0.5, count, dtype=torch.float64) if count > 1 else torch.zeros(1, dtype=torch.float64)
+
+
 def _nufft(index: int, device: torch.device, shared: dict):
     start, stop = shared["blocks"][index]
-    part = slice(start, stop)
-    if shared["split"] == "time":
-        omega, weight = shared["omega"][:, part], shared["weight"][part]
-    else:
-        omega, weight = shared["omega"][:, :, part], shared["weight"][:, part]
+    axis = 0 if shared["split"] == "time" else 1  # of the (T, C, B) visibility grid
+    omega = shared["omega"].narrow(axis + 1, start, stop - start).reshape(2, -1)
+    if shared["weight"] is None:  # natural weighting: every visibility counts the same, no multiply
+        return radio_operator(shared["size_hw"], omega, None, backend=shared["backend"], device=device)
     # The operator is sqrt(w) * NUFFT, so A^T y is the w-weighted dirty image and ||A x - y||^2 the w-weighted
     # misfit; the measured visibilities carry the same factor on their noise.
-    root_w = weight.reshape(-1).sqrt()
-    op = radio_operator(shared["size_hw"], omega.reshape(2, -1), root_w, backend=shared["backend"], device=device)
+    root_w = shared["weight"].narrow(axis, start, stop - start).reshape(-1).sqrt()
+    op = radio_operator(shared["size_hw"], omega, root_w, backend=shared["backend"], device=device)
     op.noise_scale = root_w.to(device)
     return op
 
@@ -111,21 +115,15 @@ def build(
             f"operator needs at least one {split} step; lower num_operators or raise num_{split}s."
         )
 
-    hour_angles = torch.linspace(-0.5, 0.5, num_times, dtype=torch.float64) * duration_hours * (math.pi / 12)
-    if num_times == 1:
-        hour_angles = torch.zeros(1, dtype=torch.float64)
-    offsets = torch.linspace(-0.5, 0.5, num_channels, dtype=torch.float64) if num_channels > 1 else torch.zeros(1)
-    wavelengths = SPEED_OF_LIGHT / (frequency_hz + bandwidth_hz * offsets.to(torch.float64))
+    hour_angles = _centred(num_times) * duration_hours * (math.pi / 12)
+    wavelengths = SPEED_OF_LIGHT / (frequency_hz + bandwidth_hz * _centred(num_channels))
     layout = antenna_layout(num_antennas, seed=seed)
     uv = earth_rotation_uv(baselines(layout), hour_angles, wavelengths, latitude_deg, declination_deg)
     omega = uv / uv.abs().max() * (math.pi * uv_extent)  # (2, T, C, B): (u, v) in radians per pixel
     omega = torch.stack([omega[1], omega[0]]).float()  # rows follow v (north), columns u (east)
-    grid = (2 * size, 2 * size)
-    weight = (
-        torch.ones(omega.shape[1:])
-        if weighting == "natural"
-        else uniform_weights(omega.reshape(2, -1), grid).reshape(omega.shape[1:])
-    )
+    weight = None  # natural
+    if weighting == "uniform":
+        weight = uniform_weights(omega.reshape(2, -1), (2 * size, 2 * size)).reshape(omega.shape[1:])
 
     blocks = block_bounds(num_blocks, num_operators)
     per_step = omega[0].numel() // num_blocks
