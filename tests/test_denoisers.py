@@ -11,7 +11,7 @@ import torch
 
 from distinv.cli import main
 from distinv.denoisers import load_denoiser, shipped_models
-from distinv.denoisers.training import TrainConfig, build_network, train
+from distinv.denoisers.training import ResidualDenoiser, TrainConfig, build_network, train
 
 TINY = {"nc": [8, 8, 8, 8], "nb": 1}
 
@@ -53,6 +53,17 @@ def test_train_cli_exports_weights_and_records_the_manifest(tmp_path, capsys):
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():  # float16 export: equal to about 1e-3
         assert torch.allclose(model(x, 0.1), checkpoint(x, 0.1), atol=1e-2)
+
+
+def test_residual_denoiser_starts_as_the_identity_and_leaves_clean_images_alone_at_sigma_zero():
+    model = build_network("DRUNet", 1, TINY, residual=True)
+    assert isinstance(model, ResidualDenoiser) and model.size_multiple == 8
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x, 0.0), x)
+        assert not torch.equal(model(x, torch.tensor([0.1, 0.2])), x)
+        model.zero_last_convolution()
+        assert torch.equal(model(x, torch.tensor([0.1, 0.2])), x)
 
 
 def test_shipped_models_load_by_name_and_run():

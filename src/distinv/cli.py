@@ -105,6 +105,7 @@ def train_denoiser_command(args: argparse.Namespace) -> int:
         pool=args.pool,
         source_size=args.source_size,
         seed=args.seed,
+        residual=not args.no_residual,
     )
     output = Path(args.output)
     checkpoint = Path(args.checkpoint) if args.checkpoint else output.with_suffix(".checkpoint.pt")
@@ -164,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="cpu")
     train.add_argument("--threads", type=int, default=None, help="CPU threads")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--no-residual", action="store_true", help="the network outputs the image (default: it predicts the noise)"
+    )
     train.set_defaults(run=train_denoiser_command)
     return parser
 

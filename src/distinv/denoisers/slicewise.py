@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from deepinv.models import Denoiser
 
 
-class SlicewiseDenoiser3D(torch.nn.Module):
+class SlicewiseDenoiser3D(Denoiser):
     """``(B, C, D, H, W)`` volumes through a 2D denoiser ``(N, C, h, w) -> (N, C, h, w)``: the slices across
     each axis in ``axes`` form a batch of ``slices_per_call`` at most, and the per-axis results are averaged.
     Works on the windows of the tiled distributed denoiser (each window is a smaller volume)."""

@@ -1,7 +1,8 @@
 """Train a Gaussian denoiser on synthetic images (and the user's folder), on CPU or GPU, resumable.
 
 The network sees ``x + sigma * n`` and ``sigma`` (blind over a range of levels, sigma as input as in DRUNet) and
-learns ``x`` with an L1 loss. Training images are dead-leaves images, drawn larger than the crops and
+learns ``x`` with an L1 loss; by default it predicts the noise (:class:`ResidualDenoiser`), so that a weak noise
+level leaves an image almost untouched. Training images are dead-leaves images, drawn larger than the crops and
 downscaled by a random factor (antialiased), so that edges fall between pixels as in photographs; a pool of
 them is renewed as training goes. A user folder of images adds its crops to the pool.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from deepinv.models import Denoiser
 
 from ..bench.data import dead_leaves
 
@@ -36,6 +38,7 @@ class TrainConfig:
     :param patch: crop size (pixels); ``batch``: crops per step.
     :param pool: synthetic images kept at a time; one is replaced every ``renew_every`` steps.
     :param image_dir: optional folder of the user's images, added to the pool.
+    :param residual: wrap the network in :class:`ResidualDenoiser` (it predicts the noise).
     """
 
     arch: str = "DRUNet"
@@ -52,13 +55,47 @@ class TrainConfig:
     renew_every: int = 50
     image_dir: str | None = None
     validation_sigmas: tuple[float, ...] = (15 / 255, 25 / 255, 50 / 255)
+    residual: bool = True
     validate_every: int = 500
     checkpoint_every: int = 250
     seed: int = 0
 
 
-def build_network(arch: str, channels: int, arch_kwargs: dict) -> torch.nn.Module:
-    """A deepinv denoiser by class name, untrained (no download)."""
+class ResidualDenoiser(Denoiser):
+    """``D(x, sigma) = x - sigma * N(x, sigma)``: the network ``N`` predicts the noise in units of sigma.
+
+    Why: a network that must reproduce the image itself (DRUNet's head has no skip from the input) learns the
+    identity only approximately; a small one trained briefly blurs fine detail even at sigma = 0, which caps a
+    plug-and-play reconstruction whose last iterations use a small sigma. Here the change to the input is
+    at most sigma times the network's output, zero at sigma = 0, and the target (unit-variance noise) is the
+    same at every level. The network's last convolution starts at zero: training starts from the identity.
+    """
+
+    def __init__(self, network: torch.nn.Module):
+        super().__init__()
+        self.network = network
+
+    @property
+    def size_multiple(self) -> int:
+        from ..processing import size_multiple_of
+
+        return size_multiple_of(self.network)
+
+    def zero_last_convolution(self) -> None:
+        last = [m for m in self.network.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d)][-1]
+        torch.nn.init.zeros_(last.weight)
+        if last.bias is not None:
+            torch.nn.init.zeros_(last.bias)
+
+    def forward(self, x: torch.Tensor, sigma: float | torch.Tensor, **kwargs) -> torch.Tensor:
+        scale = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        scale = scale.reshape(-1, *[1] * (x.ndim - 1)) if scale.ndim else scale
+        return x - scale * self.network(x, sigma, **kwargs)
+
+
+def build_network(arch: str, channels: int, arch_kwargs: dict, residual: bool = False) -> torch.nn.Module:
+    """A deepinv denoiser by class name, untrained (no download); ``residual``: wrapped in
+    :class:`ResidualDenoiser`."""
     import deepinv.models as models
 
     cls = getattr(models, arch, None)
@@ -71,7 +108,8 @@ def build_network(arch: str, channels: int, arch_kwargs: dict) -> torch.nn.Modul
             kwargs.setdefault(name, channels)
     if "pretrained" in params:
         kwargs.setdefault("pretrained", None)
-    return cls(**kwargs)
+    network = cls(**kwargs)
+    return ResidualDenoiser(network) if residual else network
 
 
 def synthetic_image(channels: int, size: int, rng: random.Random) -> torch.Tensor:
@@ -153,7 +191,9 @@ def train(
     checkpoint = Path(checkpoint)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    model = build_network(config.arch, config.channels, config.arch_kwargs).to(device)
+    model = build_network(config.arch, config.channels, config.arch_kwargs, config.residual).to(device)
+    if config.residual:
+        model.zero_last_convolution()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     decay = math.log(config.lr_final / config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: math.exp(decay * min(s / config.steps, 1)))
@@ -240,6 +280,7 @@ def manifest_entry(config: TrainConfig, history: dict, command: str, weights: Pa
         "arch": config.arch,
         "arch_kwargs": config.arch_kwargs,
         "channels": config.channels,
+        "residual": config.residual,
         "trained": {
             "command": command,
             "data": "dead leaves (synthetic)" + (f" + {config.image_dir}" if config.image_dir else ""),

@@ -36,13 +36,15 @@ def load_denoiser(
     arch: str = "DRUNet",
     arch_kwargs: dict | None = None,
     channels: int = 3,
+    residual: bool | None = None,
 ) -> torch.nn.Module:
     """A denoiser ``model(x, sigma)`` in eval mode.
 
     :param source: ``"shipped:NAME"`` (or a bare shipped NAME); a file written by ``distinv train-denoiser``
         (a checkpoint, which knows its architecture, or exported weights, described by ``arch``,
-        ``arch_kwargs`` and ``channels``); or ``"download:ARCH"`` for deepinv's published weights of
-        ``ARCH`` (online only; offline this fails within 30 s with a clear error).
+        ``arch_kwargs``, ``channels`` and ``residual``, which by default is read from the weights' names); or
+        ``"download:ARCH"`` for deepinv's published weights of ``ARCH`` (online only; offline this fails within
+        30 s with a clear error).
     """
     source = str(source)
     models = shipped_models()
@@ -51,7 +53,7 @@ def load_denoiser(
         if name not in models:
             raise ValueError(f"source={source!r}: no shipped model {name!r}; shipped: {sorted(models)}.")
         entry = models[name]
-        model = build_network(entry["arch"], entry["channels"], entry["arch_kwargs"])
+        model = build_network(entry["arch"], entry["channels"], entry["arch_kwargs"], entry.get("residual", False))
         model.load_state_dict(_to_float32(torch.load(WEIGHTS_DIR / entry["file"], map_location="cpu")))
     elif source.startswith("download:"):
         model = _download(source.removeprefix("download:"), channels, arch_kwargs or {})
@@ -64,10 +66,14 @@ def load_denoiser(
         state = torch.load(path, map_location="cpu", weights_only=False)
         if isinstance(state, dict) and "config" in state and "model" in state:  # a training checkpoint
             config = state["config"]
-            model = build_network(config["arch"], config["channels"], config["arch_kwargs"])
+            model = build_network(
+                config["arch"], config["channels"], config["arch_kwargs"], config.get("residual", False)
+            )
             state = state["model"]
         else:
-            model = build_network(arch, channels, arch_kwargs if arch_kwargs is not None else {})
+            if residual is None:  # a ResidualDenoiser's weights are its network's, under "network."
+                residual = all(k.startswith("network.") for k in state)
+            model = build_network(arch, channels, arch_kwargs if arch_kwargs is not None else {}, residual)
         model.load_state_dict(_to_float32(state))
     return model.to(device).eval()
 
