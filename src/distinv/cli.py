@@ -1,4 +1,5 @@
-"""Command line: ``distinv plan`` (tiles over ranks), ``distinv preview`` (PNGs of a benchmark problem)."""
+"""Command line: ``distinv run`` (a benchmark config), ``distinv results`` (its summary), ``distinv plan`` (tiles
+over ranks), ``distinv preview`` (PNGs of a benchmark problem), ``distinv train-denoiser``."""
 
 from __future__ import annotations
 
@@ -123,9 +124,44 @@ def train_denoiser_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_command(args: argparse.Namespace) -> int:
+    """Validate the config, then run (or plan, or submit) its grid of runs."""
+    from .bench.config import ConfigError, load_config
+    from .bench.runner import run_config
+
+    overrides = {"output": args.output} if args.output else {}
+    try:
+        config = load_config(args.config, slurm=args.slurm, overrides=overrides)
+    except ConfigError as exc:
+        raise SystemExit(f"distinv run: {args.config}: {exc}") from None
+    return run_config(config, only=args.only, redo=args.redo, dry_run=args.dry_run, slurm=args.slurm, srun=args.srun)
+
+
+def results_command(args: argparse.Namespace) -> int:
+    """Print the per-run summary of a results folder."""
+    from .bench.results import format_summary, summarise, table_path
+
+    if not table_path(args.directory).exists():
+        raise SystemExit(f"distinv results: no {table_path(args.directory)}; run `distinv run CONFIG` first.")
+    print(format_summary(summarise(args.directory)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distinv", description="Distributed inverse problems with deepinv.")
     commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a benchmark config (configs/quick.yml) and print its summary")
+    run.add_argument("config", help="a YAML config, e.g. configs/quick.yml")
+    run.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
+    run.add_argument("--only", nargs="+", default=None, help="runs whose key contains all these words")
+    run.add_argument("--redo", action="store_true", help="run again what the table already has (default: resume)")
+    run.add_argument("--slurm", action="store_true", help="submit each run as a SLURM job (submitit)")
+    run.add_argument("--srun", action="store_true", help="run each as a job step of the current SLURM allocation")
+    run.add_argument("-o", "--output", default=None, help="results folder (default: the config's output)")
+    run.set_defaults(run=run_command)
+    results = commands.add_parser("results", help="summarise a results folder")
+    results.add_argument("directory", help="the folder holding results.parquet")
+    results.set_defaults(run=results_command)
     plan = commands.add_parser("plan", help="print how a signal is tiled over ranks")
     plan.add_argument("--shape", type=int, nargs="+", required=True, help="C then spatial sizes, e.g. 3 4096 4096")
     plan.add_argument("--world", type=int, required=True, help="number of ranks")

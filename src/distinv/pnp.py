@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .context import DistributedContext
 from .linalg import conjugate_gradient
 from .physics import DistributedStackedLinearPhysics
 
@@ -33,8 +34,12 @@ class IterationRecord:
     data_s: float
     denoiser_s: float
     comm_s: float
+    data_comm_s: float
+    denoiser_comm_s: float
     total_s: float
     relative_change: float
+    data_peak_bytes: int | None = None
+    denoiser_peak_bytes: int | None = None
 
 
 def sigma_schedule(sigma_start: float, sigma_end: float, iterations: int) -> list[float]:
@@ -80,6 +85,14 @@ class _Clock:
         self.seconds = time.perf_counter() - self._start
 
 
+def _peak(device: torch.device, enabled: bool):
+    from contextlib import nullcontext
+
+    from .bench.measure import PeakMemory
+
+    return PeakMemory(device) if enabled else nullcontext()
+
+
 def data_prox(
     physics: DistributedStackedLinearPhysics,
     aty: torch.Tensor,
@@ -111,6 +124,8 @@ def pnp(
     ground_truth: torch.Tensor | None = None,
     data_range: float = 1.0,
     callback: Callable[[IterationRecord, torch.Tensor], None] | None = None,
+    ctx: DistributedContext | None = None,
+    measure_memory: bool = False,
 ) -> tuple[torch.Tensor, list[IterationRecord]]:
     """Run a plug-and-play algorithm; returns the last iterate and one record per iteration.
 
@@ -126,6 +141,12 @@ def pnp(
     :param sigma: the denoiser's noise level, or one per iteration (see :func:`sigma_schedule`).
     :param relaxation: ``x <- (1 - r) x + r T(x)``, in (0, 2).
     :param tol: stop once ``||x_k+1 - x_k|| / ||x_k|| < tol`` (the same decision on every rank).
+    :param physics: distinv's distributed physics, or any linear physics with ``A_adjoint``, ``A_adjoint_A``
+        and ``compute_sqnorm`` (deepinv's stacked or distributed physics, for comparisons).
+    :param ctx: the context whose ``comm_seconds`` count communication (default ``physics.ctx`` if it has
+        them, else none is counted).
+    :param measure_memory: record each step's peak memory (process resident set on CPU, CUDA peak allocated on
+        GPU) in ``data_peak_bytes`` and ``denoiser_peak_bytes``.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm={algorithm!r}: choose one of {ALGORITHMS}.")
@@ -136,7 +157,9 @@ def pnp(
     sigmas = [float(sigma)] * iterations if isinstance(sigma, int | float) else [float(s) for s in sigma]
     if len(sigmas) != iterations:
         raise ValueError(f"sigma has {len(sigmas)} levels for iterations={iterations}: give one per iteration.")
-    ctx = physics.ctx
+    ctx = ctx if ctx is not None else getattr(physics, "ctx", None)
+    comm_seconds = (lambda: ctx.comm_seconds) if hasattr(ctx, "comm_seconds") else (lambda: 0.0)
+    device = x0.device
     if step is None:
         step = 1.0 / float(physics.compute_sqnorm(x0, verbose=False))
     aty = physics.A_adjoint(y)
@@ -145,8 +168,8 @@ def pnp(
     u = torch.zeros_like(x) if algorithm == "admm" else None
     records: list[IterationRecord] = []
     for k in range(iterations):
-        comm_before, start = ctx.comm_seconds, time.perf_counter()
-        with _Clock(ctx.device) as data_clock:
+        comm_before, start = comm_seconds(), time.perf_counter()
+        with _peak(device, measure_memory) as data_memory, _Clock(device) as data_clock:
             if algorithm == "pgd":
                 z = x - step * (physics.A_adjoint_A(x) - aty)
             elif algorithm == "hqs":
@@ -154,7 +177,8 @@ def pnp(
             else:
                 v = data_prox(physics, aty, x - u, step, x, cg_iterations, 1e-6)
                 z = v + u
-        with _Clock(ctx.device) as denoiser_clock:
+        comm_middle = comm_seconds()
+        with _peak(device, measure_memory) as denoiser_memory, _Clock(device) as denoiser_clock:
             denoised = denoiser(z, sigmas[k])
         new = denoised if relaxation == 1.0 else (1 - relaxation) * x + relaxation * denoised
         if algorithm == "admm":
@@ -168,9 +192,13 @@ def pnp(
             ssim=ssim(x, reference, data_range) if reference is not None else None,
             data_s=data_clock.seconds,
             denoiser_s=denoiser_clock.seconds,
-            comm_s=ctx.comm_seconds - comm_before,
+            comm_s=comm_seconds() - comm_before,
+            data_comm_s=comm_middle - comm_before,
+            denoiser_comm_s=comm_seconds() - comm_middle,
             total_s=time.perf_counter() - start,
             relative_change=change,
+            data_peak_bytes=data_memory.peak_total_bytes if measure_memory else None,
+            denoiser_peak_bytes=denoiser_memory.peak_total_bytes if measure_memory else None,
         )
         records.append(record)
         if callback is not None:

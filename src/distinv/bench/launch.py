@@ -1,10 +1,19 @@
-"""Starting N local ranks of a script with ``torch.distributed.run`` (torchrun)."""
+"""Starting the ranks of a run: locally with ``torch.distributed.run``'s API (or a script under torchrun), on a
+cluster as a SLURM job (submitit) or a job step of an existing allocation (``srun``)."""
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 import socket
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .config import RunSpec
 
 
 def free_port() -> int:
@@ -31,3 +40,121 @@ def torchrun_command(script: str, nproc: int, script_args: Sequence[str] = ()) -
         script,
         *script_args,
     ]
+
+
+@dataclass
+class RunOutcome:
+    """How one run ended: ``ok``, or the first failing rank with its error, and where its logs are."""
+
+    key: str
+    ok: bool
+    seconds: float
+    log_dir: Path
+    failed_rank: int | None = None
+    error: str | None = None
+
+
+def launch_local(spec: RunSpec, output: Path, config_hash: str = "") -> RunOutcome:
+    """Run ``spec`` on ``spec.world_size`` local processes through ``torch.distributed.run``'s API
+    (``elastic_launch``): one process per device, each rank's output in ``output/logs/<key>/``.
+
+    A rank that raises fails the run: the launcher stops the other ranks (which may be waiting in a collective)
+    at once and reports the first failure's rank and exception. A collective that hangs fails after the run's
+    ``timeout_s``.
+    """
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from .worker import run_rank
+
+    log_dir = Path(output) / "logs" / spec.key
+    if log_dir.exists():
+        shutil.rmtree(log_dir)
+    log_dir.mkdir(parents=True)
+    launch = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=spec.world_size,
+        run_id=spec.key,
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{free_port()}",
+        max_restarts=0,
+        monitor_interval=0.1,
+        start_method="spawn",
+        logs_specs=DefaultLogsSpecs(log_dir=str(log_dir), redirects=Std.ALL, tee=Std.NONE),
+    )
+    started = time.perf_counter()
+    quiet = logging.getLogger("torch.distributed.elastic")
+    level, quiet.level = quiet.level, logging.CRITICAL  # the agent logs every start and stop at INFO/ERROR
+    try:
+        elastic_launch(launch, run_rank)(json.dumps(asdict(spec)), str(output), config_hash)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        return RunOutcome(spec.key, False, time.perf_counter() - started, log_dir, rank, _failure_text(failure))
+    finally:
+        quiet.level = level
+    return RunOutcome(spec.key, True, time.perf_counter() - started, log_dir)
+
+
+def _failure_text(failure) -> str:
+    """The failing rank's traceback (from the error file ``@record`` writes), else its exit code."""
+    message = failure.message
+    if isinstance(message, dict):
+        inner = message.get("message", message)
+        if isinstance(inner, dict):
+            trace = inner.get("extraInfo", {}).get("py_callstack")
+            return str(trace or inner.get("message") or inner).strip()
+        trace = message.get("extraInfo", {}).get("py_callstack")
+        return str(trace or inner).strip()
+    return str(message or f"exit code {failure.exitcode}").strip()
+
+
+def srun_command(spec: RunSpec, output: Path, config_hash: str = "", tasks_per_node: int | None = None) -> list[str]:
+    """The command that runs ``spec`` as one job step inside an existing SLURM allocation (one task per rank;
+    :class:`distinv.DistributedContext` reads the ranks from SLURM's variables)."""
+    per_node = tasks_per_node or spec.world_size
+    nodes = -(-spec.world_size // per_node)
+    command = [
+        "srun",
+        f"--ntasks={spec.world_size}",
+        f"--nodes={nodes}",
+        f"--ntasks-per-node={min(per_node, spec.world_size)}",
+    ]
+    if spec.device == "cuda":
+        command.append("--gpus-per-task=1")
+    command += [f"--cpus-per-task={spec.threads_per_rank}", "--kill-on-bad-exit=1"]
+    return command + [sys.executable, "-m", "distinv.bench.worker", json.dumps(asdict(spec)), str(output), config_hash]
+
+
+def slurm_executor(spec: RunSpec, slurm: dict, folder: Path):
+    """A submitit executor sized for ``spec`` (nothing is submitted): ``ceil(world / per_node)`` nodes, one task
+    per rank, one GPU per task on ``cuda``; partition, QoS, account and setup lines from the config's ``slurm``."""
+    import submitit
+
+    per_node = slurm.get("tasks_per_node") or (slurm["gpus_per_node"] if spec.device == "cuda" else spec.world_size)
+    per_node = max(1, min(per_node, spec.world_size))
+    executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
+    parameters = {
+        "nodes": -(-spec.world_size // per_node),
+        "tasks_per_node": per_node,
+        "cpus_per_task": max(slurm.get("cpus_per_task") or 1, spec.threads_per_rank),
+        "timeout_min": slurm["time_min"],
+        "name": spec.key,
+        "slurm_setup": list(slurm.get("setup") or []),
+    }
+    if spec.device == "cuda":
+        parameters["gpus_per_node"] = per_node
+    for key in ("partition", "qos", "account"):
+        if slurm.get(key):
+            parameters[f"slurm_{key}"] = slurm[key]
+    executor.update_parameters(**parameters)
+    return executor
+
+
+def submit_slurm(spec: RunSpec, slurm: dict, output: Path, config_hash: str = ""):
+    """Submit ``spec`` as one SLURM job; every task runs :func:`~distinv.bench.worker.run_rank`."""
+    from .worker import run_rank
+
+    executor = slurm_executor(spec, slurm, Path(output) / "slurm")
+    return executor.submit(run_rank, json.dumps(asdict(spec)), str(output), config_hash)

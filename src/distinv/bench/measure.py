@@ -25,7 +25,7 @@ def _release_cached_heap() -> None:
 
 class PeakMemory:
     """``with PeakMemory(device) as m: ...`` then ``m.peak_bytes``: the most memory the block held above the
-    level at its start.
+    level at its start, and ``m.peak_total_bytes``: the most the process (CPU) or torch (GPU) held in all.
 
     On CPU this reads Linux's peak resident set (``VmHWM``) after resetting it (``/proc/self/clear_refs``), so
     it counts every allocation of the process (torch's and the rest), sampled by the kernel, not polled.
@@ -33,7 +33,7 @@ class PeakMemory:
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
-        self.peak_bytes = 0
+        self.peak_bytes = self.peak_total_bytes = 0
 
     def __enter__(self) -> PeakMemory:
         if self.device.type == "cuda":
@@ -52,4 +52,5 @@ class PeakMemory:
             peak = torch.cuda.max_memory_allocated(self.device)
         else:
             peak = _status_kib("VmHWM") * 1024
+        self.peak_total_bytes = peak
         self.peak_bytes = max(0, peak - self._before)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from . import highres_blur, radio, tomography_2d, tomography_3d
@@ -21,4 +22,16 @@ def build(name: str, **params: Any) -> Problem:
     return BUILDERS[name](**params)
 
 
-__all__ = ["BUILDERS", "Problem", "build"]
+def check(name: str, **params: Any) -> None:
+    """Raise the error :func:`build` would raise for these parameters, without building anything (no image,
+    no operator): unknown problem, unknown parameter, or a value the problem refuses."""
+    if name not in BUILDERS:
+        raise ValueError(f"problem={name!r}: choose one of {sorted(BUILDERS)}.")
+    accepted = [p for p in inspect.signature(BUILDERS[name]).parameters if p != "check_only"]
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"{name} has no parameter {', '.join(map(repr, unknown))}: its parameters are {accepted}.")
+    BUILDERS[name](**params, check_only=True)
+
+
+__all__ = ["BUILDERS", "Problem", "build", "check"]

@@ -37,8 +37,10 @@ def build(
     sigma_minor: float = 0.5,
     image: str | Path | None = None,
     seed: int = 0,
-) -> Problem:
-    """``size``: an int (square) or ``(height, width)``; ``image``: a user file, else a dead-leaves image."""
+    check_only: bool = False,
+) -> Problem | None:
+    """``size``: an int (square) or ``(height, width)``; ``image``: a user file, else a dead-leaves image.
+    ``check_only``: validate the parameters and return None (nothing is built)."""
     height, width = (size, size) if isinstance(size, int) else tuple(size)
     if min(height, width) < MIN_SIZE:
         raise ValueError(f"size={size}: highres_blur needs at least {MIN_SIZE} pixels per side.")
@@ -46,6 +48,10 @@ def build(
     check_positive("noise_sigma", noise_sigma)
     check_positive("sigma_major", sigma_major, strict=True)
     check_positive("sigma_minor", sigma_minor, strict=True)
+    if image is not None and not Path(image).is_file():
+        raise ValueError(f"image={str(image)!r} is not a file: give a PNG/JPEG/TIFF path, or none for dead leaves.")
+    if check_only:
+        return None
     x = load_image(image, height, width) if image is not None else dead_leaves(height, width, seed=seed)
     shared = {
         "k": num_operators,

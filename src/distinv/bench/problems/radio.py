@@ -75,7 +75,8 @@ def build(
     noise_sigma: float = 1e-3,
     backend: str = "auto",
     seed: int = 0,
-) -> Problem:
+    check_only: bool = False,
+) -> Problem | None:
     """Visibilities: ``num_antennas (num_antennas - 1) / 2`` baselines x ``num_times`` x ``num_channels``.
 
     :param split: ``"time"`` (K contiguous time ranges) or ``"channel"`` (K contiguous channel ranges).
@@ -114,6 +115,8 @@ def build(
             f"num_operators={num_operators} is larger than num_{split}s={num_blocks}: splitting by {split}, every "
             f"operator needs at least one {split} step; lower num_operators or raise num_{split}s."
         )
+    if check_only:
+        return None
 
     hour_angles = _centred(num_times) * duration_hours * (math.pi / 12)
     wavelengths = SPEED_OF_LIGHT / (frequency_hz + bandwidth_hz * _centred(num_channels))

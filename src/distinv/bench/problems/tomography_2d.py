@@ -60,7 +60,8 @@ def angle_block_problem(
     noise_sigma: float,
     seed: int,
     init_name: str,
-) -> Problem:
+    check_only: bool = False,
+) -> Problem | None:
     """A tomography problem whose K operators are interleaved blocks of ``num_angles`` angles; ``phantom(size)``
     is built only once the parameters are valid."""
     if size < min_size:
@@ -72,6 +73,8 @@ def angle_block_problem(
             f"num_operators={num_operators} is larger than num_angles={num_angles}: every operator "
             "needs at least one angle."
         )
+    if check_only:
+        return None
     costs = [float(block_angles(i, num_angles, num_operators).numel()) for i in range(num_operators)]
     return Problem(
         name=name,
@@ -88,8 +91,13 @@ def angle_block_problem(
 
 
 def build(
-    size: int = 256, num_angles: int = 180, num_operators: int = 4, noise_sigma: float = 0.01, seed: int = 0
-) -> Problem:
+    size: int = 256,
+    num_angles: int = 180,
+    num_operators: int = 4,
+    noise_sigma: float = 0.01,
+    seed: int = 0,
+    check_only: bool = False,
+) -> Problem | None:
     return angle_block_problem(
         "tomography_2d",
         shepp_logan_2d,
@@ -101,4 +109,5 @@ def build(
         noise_sigma,
         seed,
         "FBP",
+        check_only,
     )

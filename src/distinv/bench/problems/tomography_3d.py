@@ -58,8 +58,13 @@ def _radon3d(index: int, device: torch.device, shared: dict) -> SlicewiseRadon:
 
 
 def build(
-    size: int = 64, num_angles: int = 90, num_operators: int = 4, noise_sigma: float = 0.01, seed: int = 0
-) -> Problem:
+    size: int = 64,
+    num_angles: int = 90,
+    num_operators: int = 4,
+    noise_sigma: float = 0.01,
+    seed: int = 0,
+    check_only: bool = False,
+) -> Problem | None:
     return angle_block_problem(
         "tomography_3d",
         shepp_logan_3d,
@@ -71,4 +76,5 @@ def build(
         noise_sigma,
         seed,
         "FBP (slice by slice)",
+        check_only,
     )

@@ -1,0 +1,141 @@
+"""The three engines a benchmark compares, each giving the PnP loop what it calls on the same problem.
+
+- ``distinv``: :func:`distinv.distribute` of the problem's operators (balanced by cost) and of the denoiser.
+- ``deepinv``: deepinv's ``deepinv.distributed`` module on the same process group, with the same tiling
+  settings (its defaults where ours are automatic); its collectives are timed like ours.
+- ``none``: the untiled single-device baseline: deepinv's ``StackedLinearPhysics`` of all K operators and the
+  bare denoiser on the whole image (world size 1 only).
+
+Every engine measures and initialises through an :class:`OperatorView` of the operators it holds, so the
+data and the start are the same for all three (noise is seeded per operator).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..comm import sum_over_ranks
+from ..context import DistributedContext
+from .problems.base import Problem
+
+DEEPINV_PATCH, DEEPINV_OVERLAP = 256, 64  # deepinv.distributed.distribute's defaults
+
+
+@dataclass
+class OperatorView:
+    """The operators one rank holds under some engine, for :meth:`Problem.measure` and the init recipes:
+    ``local_indexes``, ``local_physics``, ``ctx`` (ours, for the sums over ranks) and ``A_adjoint``."""
+
+    ctx: DistributedContext
+    local_indexes: list[int]
+    local_physics: list[Any]
+
+    def A_adjoint(self, y_local) -> torch.Tensor:  # noqa: N802 - deepinv's name
+        like = self.local_physics[0].A_adjoint(y_local[0]) if self.local_physics else None
+        terms = [op.A_adjoint(y) for op, y in zip(self.local_physics, y_local, strict=True)]
+        if like is None:
+            raise RuntimeError("this rank holds no operator; use the distinv engine's physics for A_adjoint.")
+        return sum_over_ranks(self.ctx, terms, like.shape, like.dtype, like.device)
+
+
+@dataclass
+class Engine:
+    """What one run of an engine uses: ``physics`` (``A_adjoint``, ``A_adjoint_A``, ``compute_sqnorm``),
+    ``denoiser(x, sigma)`` and the :class:`OperatorView` to measure and initialise with."""
+
+    name: str
+    physics: Any
+    denoiser: Any
+    view: Any
+
+
+def build_engine(name: str, ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict) -> Engine:
+    """Distribute (or not) the problem's operators and the denoiser ``model`` the way engine ``name`` does.
+
+    :param tiling: ``patch_size``, ``overlap`` and ``max_batch_size`` for the tiled denoiser (``patch_size``
+        ``None``: distinv plans its windows itself, deepinv gets its default 256).
+    """
+    if name == "distinv":
+        from ..distribute import distribute
+
+        physics = problem.distribute(ctx)
+        denoiser = distribute(model, ctx, type_object="denoiser", **_distinv_tiling(tiling))
+        return Engine(name, physics, denoiser, physics)
+    if name == "deepinv":
+        return _deepinv_engine(ctx, problem, model, tiling)
+    if name == "none":
+        if ctx.world_size != 1:
+            raise ValueError(f"engine='none' is the single-device baseline: world size {ctx.world_size} given.")
+        from deepinv.physics import StackedLinearPhysics
+
+        operators = [problem.factory(i, ctx.device, problem.shared) for i in range(problem.num_operators)]
+        view = OperatorView(ctx, list(range(problem.num_operators)), operators)
+        return Engine(name, StackedLinearPhysics(operators), model, view)
+    raise ValueError(f"engine={name!r}: choose 'distinv', 'deepinv' or 'none'.")
+
+
+def _distinv_tiling(tiling: dict) -> dict:
+    return {"patch_size": tiling.get("patch_size"), "overlap": tiling.get("overlap", 32)} | (
+        {"max_batch_size": tiling["max_batch_size"]} if tiling.get("max_batch_size") else {}
+    )
+
+
+def _deepinv_engine(ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict) -> Engine:
+    import deepinv.distributed as theirs
+
+    their_ctx = theirs.DistributedContext(device_mode="gpu" if ctx.device.type == "cuda" else "cpu")
+    their_ctx.__enter__()  # adopts our process group; left open for the run (it made nothing to clean up)
+    time_collectives(their_ctx, ctx)
+    physics = theirs.distribute(
+        problem.factory,
+        their_ctx,
+        num_operators=problem.num_operators,
+        type_object="linear_physics",
+        factory_kwargs=problem.shared,
+    )
+    patch = tiling.get("patch_size") or DEEPINV_PATCH
+    overlap = tiling.get("overlap") if tiling.get("overlap") is not None else DEEPINV_OVERLAP
+    smallest = min(problem.ground_truth.shape[2:])
+    if patch >= smallest:  # it refuses a patch as large as the image
+        patch = max(8, (smallest - 1) // 8 * 8)
+    denoiser = theirs.distribute(
+        model, their_ctx, patch_size=patch, overlap=overlap, max_batch_size=tiling.get("max_batch_size")
+    )
+    view = OperatorView(ctx, list(physics.local_indexes), list(physics.local_physics))
+    return Engine("deepinv", _DeepinvPhysics(physics), denoiser, view)
+
+
+class _DeepinvPhysics:
+    """deepinv's distributed physics as the PnP loop calls it: ``compute_sqnorm`` made global (its default
+    bounds the norm by the largest local one, which makes PGD's step too long when K > 1), and the local
+    measurements handed to ``A_adjoint`` as a plain list (it maps a TensorList whole onto each operator)."""
+
+    def __init__(self, physics):
+        self._physics = physics
+
+    def __getattr__(self, name: str):
+        return getattr(self._physics, name)
+
+    def compute_sqnorm(self, x0: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self._physics.compute_sqnorm(x0, local_only=False, **kwargs)
+
+    def A_adjoint(self, y, **kwargs) -> torch.Tensor:  # noqa: N802 - deepinv's name
+        return self._physics.A_adjoint(list(y), **kwargs)
+
+
+def time_collectives(their_ctx: Any, ctx: DistributedContext) -> None:
+    """Count the wall time of every collective of deepinv's context in ``ctx.comm_seconds`` (they all go through
+    its methods); the communication itself is untouched."""
+    for method in ("all_reduce", "broadcast", "all_gather", "all_gather_object", "broadcast_object_list"):
+        original = getattr(their_ctx, method)
+
+        @functools.wraps(original)
+        def timed(*args, _original=original, **kwargs):
+            with ctx.communicating():
+                return _original(*args, **kwargs)
+
+        setattr(their_ctx, method, timed)

@@ -1,0 +1,163 @@
+"""``distinv run``: the grid of a config, one run after the other, skipping those already in the table.
+
+Locally each run gets its own ranks (``torch.distributed.run``'s API); a run that fails is recorded as failed
+(rank, exception, log folder) and the next one starts. With ``slurm`` every run is submitted as a job; with
+``srun`` each becomes a job step of the current allocation.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from .config import Config, RunSpec
+from .launch import RunOutcome, launch_local, srun_command, submit_slurm
+from .results import append_rows, finished_runs, format_summary, summarise
+
+PROGRESS_DIR = ".progress"
+
+
+def select(runs: list[RunSpec], only: list[str] | None) -> list[RunSpec]:
+    """Runs whose key contains every word of ``only`` (e.g. ``["radio", "distinv"]``)."""
+    return [r for r in runs if not only or all(word in r.key for word in only)]
+
+
+def run_config(
+    config: Config,
+    only: list[str] | None = None,
+    redo: bool = False,
+    dry_run: bool = False,
+    slurm: bool = False,
+    srun: bool = False,
+    out: Callable[[str], None] = print,
+    live: bool | None = None,
+) -> int:
+    """Run (or plan, or submit) the config's grid; returns the exit status: 0 if every run finished, 1 if some
+    failed. ``live``: redraw one progress line in place (default: when stdout is a terminal)."""
+    output = config.output
+    runs = select(config.runs(), only)
+    done = set() if redo else finished_runs(output)
+    todo = [r for r in runs if r.key not in done]
+    out(f"{config.raw['name']}: {len(runs)} runs, {len(runs) - len(todo)} already in {output}, {len(todo)} to do")
+    if dry_run:
+        for spec in runs:
+            out(f"  {'done' if spec.key in done else 'todo'}  {spec.key}")
+        return 0
+    if slurm:
+        for spec in todo:
+            job = submit_slurm(spec, config.raw["slurm"], output, config.hash)
+            out(f"  submitted {spec.key}: SLURM job {job.job_id}")
+        out(f"results will be appended to {output}/results.parquet as jobs finish")
+        return 0
+    live = sys.stdout.isatty() if live is None else live
+    failed = []
+    for number, spec in enumerate(todo, 1):
+        label = f"[{number}/{len(todo)}] {spec.key}"
+        if srun:
+            outcome = _run_srun(spec, config)
+        else:
+            launch = lambda s=spec: launch_local(s, output, config.hash)  # noqa: E731
+            outcome = _with_progress(launch, spec, output, label, out, live)
+        if outcome.ok:
+            out(f"{label}: done in {outcome.seconds:.1f} s")
+            continue
+        failed.append(outcome)
+        append_rows(output, [failure_row(spec, outcome, config.hash)])
+        last = (outcome.error or "").strip().splitlines()
+        out(
+            f"{label}: FAILED on rank {outcome.failed_rank} after {outcome.seconds:.1f} s: "
+            f"{last[-1] if last else 'no message'} (logs: {outcome.log_dir})"
+        )
+    summary = summarise(output)
+    if summary:
+        out("")
+        out(format_summary(summary))
+    if failed:
+        out(f"{len(failed)} run(s) failed: " + ", ".join(f.key for f in failed))
+    return 1 if failed else 0
+
+
+def failure_row(spec: RunSpec, outcome: RunOutcome, config_hash: str) -> dict:
+    """The table's record of a failed run (so reports show it, and a resumed run retries it)."""
+    fields = {k: v for k, v in asdict(spec).items() if k not in ("tiling", "solver", "denoiser", "params")}
+    return {
+        "run_key": spec.key,
+        "group": spec.group,
+        "config_hash": config_hash,
+        "status": "failed",
+        "error": outcome.error,
+        "failed_rank": outcome.failed_rank,
+        "log_dir": str(outcome.log_dir),
+        **fields,
+        "params": spec.params,
+        "solver": spec.solver,
+        "denoiser_model": spec.denoiser["model"],
+        "tiling": spec.tiling,
+        "started": time.time() - outcome.seconds,
+    }
+
+
+def _with_progress(
+    launch: Callable[[], RunOutcome],
+    spec: RunSpec,
+    output: Path,
+    label: str,
+    out: Callable[[str], None],
+    live: bool,
+) -> RunOutcome:
+    """Run ``launch`` in a thread while showing the iteration and PSNR rank 0 reports in its progress file."""
+    progress = Path(output) / PROGRESS_DIR / f"{spec.key}.json"
+    progress.unlink(missing_ok=True)
+    result: list[RunOutcome] = []
+    thread = threading.Thread(target=lambda: result.append(launch()), daemon=True)
+    thread.start()
+    shown = None
+    while thread.is_alive():
+        thread.join(0.5)
+        try:
+            state = json.loads(progress.read_text())
+        except (OSError, ValueError):
+            continue
+        line = f"{label}: iteration {state['iteration']}/{spec.solver['iterations']}" + (
+            f", PSNR {state['psnr']:.2f} dB" if state.get("psnr") is not None else ""
+        )
+        if line != shown:
+            if live:
+                sys.stdout.write("\r\033[K" + line)
+                sys.stdout.flush()
+            else:
+                out(line)
+            shown = line
+    if live and shown:
+        sys.stdout.write("\r\033[K")
+    progress.unlink(missing_ok=True)
+    return result[0]
+
+
+def _run_srun(spec: RunSpec, config: Config) -> RunOutcome:
+    log_dir = config.output / "logs" / spec.key
+    log_dir.mkdir(parents=True, exist_ok=True)
+    command = srun_command(spec, config.output, config.hash, config.raw["slurm"].get("tasks_per_node"))
+    started = time.perf_counter()
+    with open(log_dir / "srun.log", "w") as log:
+        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    seconds = time.perf_counter() - started
+    if code == 0:
+        return RunOutcome(spec.key, True, seconds, log_dir)
+    tail = (log_dir / "srun.log").read_text()[-4000:]
+    return RunOutcome(spec.key, False, seconds, log_dir, None, tail or f"srun exit code {code}")
+
+
+def write_progress(output: str | Path, key: str, iteration: int, psnr: float | None) -> None:
+    """Rank 0's note of where its run is (read by the progress display)."""
+    path = Path(output) / PROGRESS_DIR / f"{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"iteration": iteration, "psnr": psnr}))
+    tmp.replace(path)

@@ -1,0 +1,171 @@
+"""One run on one rank: build the problem, the engine and the denoiser, reconstruct with PnP, record rows.
+
+:func:`run_rank` is what every rank executes, whoever started it (``torch.distributed.run``'s API locally,
+submitit or ``srun`` on a cluster); rank 0 gathers the rows of all ranks and appends them to the results table.
+``python -m distinv.bench.worker SPEC_JSON OUTPUT`` runs it from a shell (e.g. under ``srun``).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch.distributed.elastic.multiprocessing.errors import record
+
+from .config import RunSpec
+
+
+def load_model(spec: RunSpec, channels: int, volume: bool) -> torch.nn.Module:
+    """The run's denoiser: ``auto`` is the shipped model of the problem's channel count; volumes get the 2D
+    model slice by slice along three axes."""
+    from ..denoisers import load_denoiser
+    from ..denoisers.slicewise import SlicewiseDenoiser3D
+
+    source = spec.denoiser["model"]
+    if source == "auto":
+        source = "shipped:drunet-small-colour" if channels == 3 else "shipped:drunet-small-grey"
+    model = load_denoiser(source, channels=channels)
+    return SlicewiseDenoiser3D(model) if volume else model
+
+
+def sigma_levels(solver: dict) -> float | list[float]:
+    from ..pnp import sigma_schedule
+
+    sigma = solver["sigma"]
+    if isinstance(sigma, list | tuple):
+        return sigma_schedule(sigma[0], sigma[-1], solver["iterations"]) if len(sigma) == 2 else sigma[0]
+    return float(sigma)
+
+
+def environment(ctx) -> dict:
+    """What the numbers depend on besides the config."""
+    import deepinv
+
+    import distinv
+
+    hosts: list = [None] * ctx.world_size
+    ctx.all_gather_object(hosts, socket.gethostname())
+    device_name = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else platform.processor()
+    return {
+        "torch_version": torch.__version__,
+        "deepinv_version": deepinv.__version__,
+        "distinv_version": distinv.__version__,
+        "git_commit": git_commit(),
+        "device_type": ctx.device.type,
+        "device_name": device_name or platform.machine(),
+        "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else "none",
+        "threads_per_rank": torch.get_num_threads(),
+        "host_count": len(set(hosts)),
+        "hostname": socket.gethostname(),
+    }
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+@record
+def run_rank(spec_json: str, output: str, config_hash: str = "") -> int:
+    """Run ``spec`` on this rank (inside whatever launch started it); rank 0 appends the rows to ``output``."""
+    from .. import DistributedContext
+    from ..pnp import pnp
+    from .engines import build_engine
+    from .problems import build
+    from .results import append_rows
+    from .runner import write_progress
+
+    warnings.simplefilter("ignore")
+    spec = RunSpec(**json.loads(spec_json))
+    started = time.time()
+    with DistributedContext(
+        seed=spec.seed,
+        device_mode="gpu" if spec.device == "cuda" else "cpu",
+        num_threads=spec.threads_per_rank,
+        timeout=spec.timeout_s,
+    ) as ctx:
+        if ctx.world_size != spec.world_size:
+            raise RuntimeError(f"run {spec.key} wants {spec.world_size} ranks, the launch gave {ctx.world_size}.")
+        problem = build(spec.problem, size=spec.size, **spec.params)
+        model = load_model(spec, problem.ground_truth.shape[1], problem.ground_truth.ndim == 5).to(ctx.device)
+        engine = build_engine(spec.engine, ctx, problem, model, spec.tiling)
+
+        def progress(record, _x) -> None:
+            write_progress(output, spec.key, record.iteration, record.psnr)
+
+        with torch.no_grad():
+            y = problem.measure(engine.view)
+            x0 = problem.initial(engine.view, y)
+            init_psnr = problem.psnr(x0)
+            solver = spec.solver
+            x, records = pnp(
+                solver["algorithm"],
+                engine.physics,
+                engine.denoiser,
+                y,
+                x0,
+                sigma_levels(solver),
+                iterations=solver["iterations"],
+                step=solver["step"],
+                relaxation=solver["relaxation"],
+                tol=solver["tol"],
+                cg_iterations=solver["cg_iterations"],
+                ground_truth=problem.ground_truth if ctx.rank == 0 else None,  # the iterate is replicated
+                data_range=problem.data_range,
+                ctx=ctx,
+                measure_memory=True,
+                callback=progress if ctx.rank == 0 else None,
+            )
+        env = environment(ctx)
+        base = {
+            "run_key": spec.key,
+            "group": spec.group,
+            "config_hash": config_hash,
+            "status": "ok",
+            "error": None,
+            **{k: v for k, v in asdict(spec).items() if k not in ("tiling", "solver", "denoiser", "params")},
+            "params": spec.params,
+            "solver": spec.solver,
+            "denoiser_model": spec.denoiser["model"],
+            "tiling": spec.tiling,
+            "rank": ctx.rank,
+            "init": problem.init_name,
+            "init_psnr": init_psnr,
+            "started": started,
+            **env,
+        }
+        rows = [{**base, **asdict(r)} for r in records]
+        everyone: list = [None] * ctx.world_size
+        ctx.all_gather_object(everyone, rows)
+        if ctx.rank == 0:
+            append_rows(output, [row for rank_rows in everyone for row in rank_rows])
+            save_reconstruction(Path(output) / "previews" / f"{spec.key}.png", x)
+    return 0
+
+
+def save_reconstruction(path: Path, x: torch.Tensor) -> None:
+    """The last iterate as a PNG (a volume: its middle z-slice), written atomically."""
+    from torchvision.utils import save_image
+
+    image = x[:, :, x.shape[2] // 2] if x.ndim == 5 else x
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    save_image(image.detach().float().clamp(0, 1).cpu(), tmp)
+    tmp.replace(path)
+
+
+if __name__ == "__main__":
+    sys.exit(run_rank(*sys.argv[1:]))
