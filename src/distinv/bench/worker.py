@@ -24,15 +24,22 @@ from .config import RunSpec
 
 
 def load_model(spec: RunSpec, channels: int, volume: bool) -> torch.nn.Module:
-    """The run's denoiser: ``auto`` is the shipped model of the problem's channel count; volumes get the 2D
-    model slice by slice along three axes."""
+    """The run's denoiser: ``auto`` is the shipped model of the problem's channel count; ``python:module:name``
+    calls ``name(channels)`` from an importable module (your own network); anything else goes to
+    :func:`~distinv.denoisers.load_denoiser`. Volumes get the 2D model slice by slice along three axes."""
+    import importlib
+
     from ..denoisers import load_denoiser
     from ..denoisers.slicewise import SlicewiseDenoiser3D
 
     source = spec.denoiser["model"]
     if source == "auto":
         source = "shipped:drunet-small-colour" if channels == 3 else "shipped:drunet-small-grey"
-    model = load_denoiser(source, channels=channels)
+    if source.startswith("python:"):
+        module, _, name = source.removeprefix("python:").partition(":")
+        model = getattr(importlib.import_module(module), name)(channels)
+    else:
+        model = load_denoiser(source, channels=channels)
     return SlicewiseDenoiser3D(model) if volume else model
 
 
