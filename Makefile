@@ -22,9 +22,9 @@ lint: setup
 test: lint
 	$(PY) -m pytest
 
-# Until the benchmark runner exists: the engine on 2 CPU ranks (gloo), checked against one process.
+# The benchmark's embedded default: four problems, engines none/distinv/deepinv, 1 and 2 CPU ranks; resumable.
 demo: setup
-	$(PY) examples/engine_demo.py --nproc 2
+	$(VENV)/bin/distinv run configs/quick.yml
 
 # Engine timings side by side with deepinv's distributed module (see benchmarks/README.md).
 bench: setup

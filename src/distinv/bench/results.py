@@ -68,8 +68,8 @@ def finished_runs(directory: str | Path) -> set[str]:
 
 def summarise(directory: str | Path) -> list[dict]:
     """Per run: world size, final PSNR, median seconds per iteration by component (the first iteration, a
-    warm-up, left out when there are more) and, against the untiled baseline of its group (engine ``none``),
-    speedup and parallel efficiency (DESIGN: S = T_baseline / T_N, E = S / N)."""
+    warm-up, left out when there are more) and speedup and parallel efficiency against its baseline
+    (:func:`baseline_of`; S = T_baseline / T_N, E = S N_baseline / N)."""
     runs: dict[str, list[dict]] = defaultdict(list)
     for row in read_rows(directory):
         runs[row["run_key"]].append(row)
@@ -96,20 +96,32 @@ def summarise(directory: str | Path) -> list[dict]:
         peaks = [max(r.get("data_peak_bytes") or 0, r.get("denoiser_peak_bytes") or 0) for r in rows]
         entry["peak_bytes"] = max(peaks) if peaks else None
         summary.append(entry)
-    baselines = defaultdict(list)
     for e in summary:
-        if e["engine"] == "none" and e["status"] == "ok":
-            baselines[e["group"]].append(e)
-    for e in summary:
-        base = baselines.get(e["group"])
+        base, label = baseline_of(e, summary)
         if e["status"] != "ok" or not base:
             continue
+        e["baseline"] = label
+        scale = base[0]["world_size"]
         for component in ("total_s", "denoiser_s", "data_s"):
             reference = statistics.median(b[component] for b in base)
             speedup = reference / e[component] if e[component] > 0 else None
             e[f"speedup_{component[:-2]}"] = speedup
-            e[f"efficiency_{component[:-2]}"] = speedup / e["world_size"] if speedup else None
+            e[f"efficiency_{component[:-2]}"] = speedup * scale / e["world_size"] if speedup else None
     return summary
+
+
+def baseline_of(entry: dict, summary: list[dict]) -> tuple[list[dict], str]:
+    """The runs an entry's speedup is measured against: the untiled single-device runs (engine ``none``) of its
+    group, else (when the problem does not fit one device) distinv's runs at the smallest world size."""
+    group = [e for e in summary if e["group"] == entry["group"] and e["status"] == "ok"]
+    untiled = [e for e in group if e["engine"] == "none"]
+    if untiled:
+        return untiled, "untiled single device"
+    ours = [e for e in group if e["engine"] == "distinv"]
+    if not ours:
+        return [], ""
+    smallest = min(e["world_size"] for e in ours)
+    return [e for e in ours if e["world_size"] == smallest], f"distinv at {smallest} device(s)"
 
 
 def format_summary(summary: list[dict]) -> str:
@@ -137,7 +149,8 @@ def format_summary(summary: list[dict]) -> str:
             f"{e['comm_s']:5.2f}s {_ratio(e, 'speedup_total'):>7} {_ratio(e, 'speedup_denoiser'):>8} {eff:>5}"
         )
     lines.append("times: median seconds per iteration (slowest rank, first iteration left out); speedups against")
-    lines.append("the untiled single-device run (engine none) of the same problem and size.")
+    bases = sorted({e["baseline"] for e in summary if e.get("baseline")})
+    lines.append(f"the same problem and size run by: {' / '.join(bases) or 'no baseline in the table'}.")
     return "\n".join(lines)
 
 
