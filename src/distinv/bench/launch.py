@@ -90,11 +90,31 @@ def launch_local(spec: RunSpec, output: Path, config_hash: str = "") -> RunOutco
     try:
         elastic_launch(launch, run_rank)(json.dumps(asdict(spec)), str(output), config_hash)
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        return RunOutcome(spec.key, False, time.perf_counter() - started, log_dir, rank, _failure_text(failure))
+        rank, text = _root_cause(exc.failures, log_dir)
+        return RunOutcome(spec.key, False, time.perf_counter() - started, log_dir, rank, text)
     finally:
         quiet.level = level
     return RunOutcome(spec.key, True, time.perf_counter() - started, log_dir)
+
+
+PEER_ERRORS = ("DistBackendError", "gloo", "NCCL", "Connection closed", "Connection reset", "Broken pipe", "Signal")
+
+
+def _root_cause(failures: dict, log_dir: Path) -> tuple[int, str]:
+    """The rank that failed first and its traceback: from the ranks' own error files (``rank<R>.error.json``,
+    exact times), preferring an error of the rank's own over a collective broken by a peer that had died;
+    else from the launcher's record of the failed processes."""
+    reports = []
+    for path in log_dir.glob("rank*.error.json"):
+        try:
+            reports.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    if reports:
+        first = min(reports, key=lambda r: (any(m in r["error"] for m in PEER_ERRORS), r["time"], r["rank"]))
+        return first["rank"], first["error"].strip()
+    rank, failure = min(failures.items(), key=lambda item: (item[1].timestamp, item[0]))
+    return rank, _failure_text(failure)
 
 
 def _failure_text(failure) -> str:

@@ -87,7 +87,25 @@ def git_commit() -> str | None:
 
 @record
 def run_rank(spec_json: str, output: str, config_hash: str = "") -> int:
-    """Run ``spec`` on this rank (inside whatever launch started it); rank 0 appends the rows to ``output``."""
+    """Run ``spec`` on this rank (inside whatever launch started it); rank 0 appends the rows to ``output``.
+    An exception is also written to ``output/logs/<key>/rank<R>.error.json`` (rank, time, traceback): the
+    launcher reads these to name the rank that failed first."""
+    import os
+    import traceback
+
+    try:
+        return _run_rank(spec_json, output, config_hash)
+    except BaseException as exc:
+        rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+        key = RunSpec(**json.loads(spec_json)).key
+        path = Path(output) / "logs" / key / f"rank{rank}.error.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record_ = {"rank": rank, "time": time.time(), "error": traceback.format_exc(), "type": type(exc).__name__}
+        path.write_text(json.dumps(record_))
+        raise
+
+
+def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
     from .. import DistributedContext
     from ..pnp import pnp
     from .engines import build_engine
