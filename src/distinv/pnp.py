@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -86,8 +87,6 @@ class _Clock:
 
 
 def _peak(device: torch.device, enabled: bool):
-    from contextlib import nullcontext
-
     from .bench.measure import PeakMemory
 
     return PeakMemory(device) if enabled else nullcontext()

@@ -14,7 +14,6 @@ import copy
 import difflib
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,7 +152,9 @@ def available_devices(device: str) -> int:
         import torch
 
         return torch.cuda.device_count()
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    from ..context import available_cores
+
+    return available_cores()
 
 
 def load_config(path: str | Path, slurm: bool = False, overrides: dict | None = None) -> Config:

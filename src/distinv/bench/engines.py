@@ -28,18 +28,17 @@ DEEPINV_PATCH, DEEPINV_OVERLAP = 256, 64  # deepinv.distributed.distribute's def
 @dataclass
 class OperatorView:
     """The operators one rank holds under some engine, for :meth:`Problem.measure` and the init recipes:
-    ``local_indexes``, ``local_physics``, ``ctx`` (ours, for the sums over ranks) and ``A_adjoint``."""
+    ``local_indexes``, ``local_physics``, ``ctx`` (ours, for the sums over ranks) and ``A_adjoint``; ``image``
+    gives the shape and dtype of a rank's zero term when it holds no operator."""
 
     ctx: DistributedContext
     local_indexes: list[int]
     local_physics: list[Any]
+    image: torch.Tensor
 
     def A_adjoint(self, y_local) -> torch.Tensor:  # noqa: N802 - deepinv's name
-        like = self.local_physics[0].A_adjoint(y_local[0]) if self.local_physics else None
         terms = [op.A_adjoint(y) for op, y in zip(self.local_physics, y_local, strict=True)]
-        if like is None:
-            raise RuntimeError("this rank holds no operator; use the distinv engine's physics for A_adjoint.")
-        return sum_over_ranks(self.ctx, terms, like.shape, like.dtype, like.device)
+        return sum_over_ranks(self.ctx, terms, self.image.shape, self.image.dtype, self.ctx.device)
 
 
 @dataclass
@@ -73,15 +72,16 @@ def build_engine(name: str, ctx: DistributedContext, problem: Problem, model: to
         from deepinv.physics import StackedLinearPhysics
 
         operators = [problem.factory(i, ctx.device, problem.shared) for i in range(problem.num_operators)]
-        view = OperatorView(ctx, list(range(problem.num_operators)), operators)
+        view = OperatorView(ctx, list(range(problem.num_operators)), operators, problem.ground_truth)
         return Engine(name, StackedLinearPhysics(operators), model, view)
     raise ValueError(f"engine={name!r}: choose 'distinv', 'deepinv' or 'none'.")
 
 
 def _distinv_tiling(tiling: dict) -> dict:
-    return {"patch_size": tiling.get("patch_size"), "overlap": tiling.get("overlap", 32)} | (
-        {"max_batch_size": tiling["max_batch_size"]} if tiling.get("max_batch_size") else {}
-    )
+    kwargs = {"patch_size": tiling.get("patch_size"), "overlap": tiling.get("overlap", 32)}
+    if tiling.get("max_batch_size"):  # else distinv's default for the device
+        kwargs["max_batch_size"] = tiling["max_batch_size"]
+    return kwargs
 
 
 def _deepinv_engine(ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict) -> Engine:
@@ -105,7 +105,7 @@ def _deepinv_engine(ctx: DistributedContext, problem: Problem, model: torch.nn.M
     denoiser = theirs.distribute(
         model, their_ctx, patch_size=patch, overlap=overlap, max_batch_size=tiling.get("max_batch_size")
     )
-    view = OperatorView(ctx, list(physics.local_indexes), list(physics.local_physics))
+    view = OperatorView(ctx, list(physics.local_indexes), list(physics.local_physics), problem.ground_truth)
     return Engine("deepinv", _DeepinvPhysics(physics), denoiser, view)
 
 
