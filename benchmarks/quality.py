@@ -33,6 +33,7 @@ class Setting:
     sigma_end: float
     iterations: int
     cg_iterations: int = 10
+    coupling: float | None = None  # if set, DPIR steps sigma_k^2 / (coupling * noise^2) instead of ``step``
     denoiser_kwargs: dict = field(default_factory=dict)
 
 
@@ -73,12 +74,14 @@ def shipped_denoiser(problem_name: str, channels: int, colour: str, grey: str) -
 
 def reconstruct(ctx, problem, setting: Setting, model: torch.nn.Module) -> list:
     from distinv import distribute
-    from distinv.pnp import pnp, sigma_schedule
+    from distinv.pnp import coupled_steps, pnp, sigma_schedule
 
     physics = problem.distribute(ctx)
     y = problem.measure(physics)
     x0 = problem.initial(physics, y)
     denoiser = distribute(model, ctx, **setting.denoiser_kwargs)
+    sigmas = sigma_schedule(setting.sigma_start, setting.sigma_end, setting.iterations)
+    steps = setting.step if setting.coupling is None else coupled_steps(sigmas, problem.noise_sigma, setting.coupling)
     with torch.no_grad():
         x, records = pnp(
             setting.algorithm,
@@ -86,9 +89,9 @@ def reconstruct(ctx, problem, setting: Setting, model: torch.nn.Module) -> list:
             denoiser,
             y,
             x0,
-            sigma_schedule(setting.sigma_start, setting.sigma_end, setting.iterations),
+            sigmas,
             iterations=setting.iterations,
-            step=setting.step,
+            step=steps,
             cg_iterations=setting.cg_iterations,
             ground_truth=problem.ground_truth,
         )

@@ -55,15 +55,16 @@ def test_train_cli_exports_weights_and_records_the_manifest(tmp_path, capsys):
         assert torch.allclose(model(x, 0.1), checkpoint(x, 0.1), atol=1e-2)
 
 
-def test_residual_denoiser_starts_as_the_identity_and_leaves_clean_images_alone_at_sigma_zero():
+def test_residual_denoiser_starts_as_the_identity_and_subtracts_the_predicted_noise():
     model = build_network("DRUNet", 1, TINY, residual=True)
     assert isinstance(model, ResidualDenoiser) and model.size_multiple == 8
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
-        assert torch.equal(model(x, 0.0), x)
-        assert not torch.equal(model(x, torch.tensor([0.1, 0.2])), x)
-        model.zero_last_convolution()
         assert torch.equal(model(x, torch.tensor([0.1, 0.2])), x)
+        torch.nn.init.normal_(model.network.m_tail.weight)
+        noise = model.network(x, 0.1)
+        assert noise.abs().max() > 0
+        assert torch.allclose(model(x, 0.1), x - noise)
 
 
 def test_shipped_models_load_by_name_and_run():

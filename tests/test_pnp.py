@@ -12,7 +12,7 @@ from deepinv.models import DRUNet, TVDenoiser
 from distinv import distribute
 from distinv.bench.problems import build
 from distinv.denoisers.slicewise import SlicewiseDenoiser3D
-from distinv.pnp import pnp, sigma_schedule
+from distinv.pnp import coupled_steps, pnp, sigma_schedule
 
 TOMO = {"size": 48, "num_angles": 30, "num_operators": 3, "noise_sigma": 0.02}
 
@@ -84,6 +84,27 @@ def test_tolerance_stops_early_and_schedule_decreases():
     assert len(records) < 500
 
 
+def test_coupled_steps_follow_dpir_and_a_constant_list_equals_the_scalar_step():
+    sigmas = sigma_schedule(0.2, 0.01, 4)
+    steps = coupled_steps(sigmas, noise_sigma=0.01, coupling=0.25)
+    assert steps == pytest.approx([s**2 / (0.25 * 0.01**2) for s in sigmas])
+    assert steps[-1] == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="noise_sigma=0"):
+        coupled_steps(sigmas, noise_sigma=0)
+    from distinv import DistributedContext
+
+    problem = build("tomography_2d", **TOMO)
+    with DistributedContext(env={}) as ctx:
+        physics = problem.distribute(ctx)
+        y = problem.measure(physics)
+        x0 = problem.initial(physics, y)
+        blur = lambda x, sigma: torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+        scalar, _ = pnp("hqs", physics, blur, y, x0, 0.1, iterations=3, step=2.0)
+        listed, _ = pnp("hqs", physics, blur, y, x0, 0.1, iterations=3, step=[2.0] * 3)
+        varied, _ = pnp("hqs", physics, blur, y, x0, 0.1, iterations=3, step=[2.0, 2.0, 8.0])
+    assert torch.equal(scalar, listed) and not torch.equal(scalar, varied)
+
+
 @pytest.mark.parametrize(
     "kwargs,words",
     [
@@ -91,6 +112,8 @@ def test_tolerance_stops_early_and_schedule_decreases():
         ({"sigma": [0.1, 0.05]}, "sigma has 2 levels"),
         ({"relaxation": 2.5}, "relaxation=2.5"),
         ({"iterations": 0}, "iterations=0"),
+        ({"step": [1.0, 2.0]}, "step=[1.0, 2.0]: give a step > 0, or one per iteration"),
+        ({"step": -1.0}, "step=-1.0"),
     ],
 )
 def test_bad_solver_arguments_name_the_argument(kwargs, words):

@@ -60,6 +60,8 @@ def _ranks_import_the_test_models(monkeypatch):
         ({"solver": {"iterations": 0}}, "solver.iterations=0: give a whole number >= 1"),
         ({"solver": {"sigma": [0.1, 0.05, 0.01]}}, "solver.sigma=[0.1, 0.05, 0.01]: give one level > 0 or [start"),
         ({"solver": {"step": -1}}, "solver.step=-1: give a step > 0"),
+        ({"solver": {"coupling": 0}}, "solver.coupling=0: give a value > 0"),
+        ({"solver": {"coupling": 0.2, "step": 1.0}}, "step and coupling both given"),
         ({"engines": ["distinv", "pytorch"]}, "engines=['distinv', 'pytorch']: give a list drawn from"),
         ({"world_sizes": [1, "2"]}, "world_sizes=[1, '2']: give a list of whole numbers"),
         ({"world_sizes": [1, 100_000], "oversubscribe": False}, "100000 cores needed"),

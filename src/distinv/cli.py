@@ -105,6 +105,7 @@ def train_denoiser_command(args: argparse.Namespace) -> int:
         image_dir=args.image_dir,
         pool=args.pool,
         source_size=args.source_size,
+        min_radius=args.min_radius,
         seed=args.seed,
         residual=not args.no_residual,
     )
@@ -193,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sigma-max", type=float, default=60.0, help="largest noise level, in /255 units")
     train.add_argument("--pool", type=int, default=48, help="synthetic images kept at a time")
     train.add_argument("--source-size", type=int, default=256, help="side of the synthetic images (pixels)")
+    train.add_argument(
+        "--min-radius", type=float, default=2.0, help="smallest dead leaf's radius in pixels (smaller look like noise)"
+    )
     train.add_argument("--image-dir", default=None, help="a folder of your images to add to the synthetic ones")
     train.add_argument("-o", "--output", required=True, help="the exported weights (.pt, float16)")
     train.add_argument("--checkpoint", default=None, help="resumable state (default: OUTPUT.checkpoint.pt)")

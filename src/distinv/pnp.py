@@ -51,6 +51,19 @@ def sigma_schedule(sigma_start: float, sigma_end: float, iterations: int) -> lis
     return [sigma_start * ratio**k for k in range(iterations)]
 
 
+def coupled_steps(sigmas: Sequence[float], noise_sigma: float, coupling: float = 0.23) -> list[float]:
+    """HQS/ADMM steps tied to the denoiser's levels as in DPIR: ``step_k = sigma_k^2 / (coupling * noise^2)``.
+
+    The data prox ``argmin 1/2 ||A x - y||^2 + 1/(2 step) ||x - z||^2`` then weighs the data against the
+    denoiser's prior at the level it is asked to remove: strongly while ``sigma_k`` is large, less as it decreases.
+    ``noise_sigma`` is the measurement noise's standard deviation, in the measurements' units; DPIR uses
+    ``coupling = 0.23``.
+    """
+    if noise_sigma <= 0 or coupling <= 0:
+        raise ValueError(f"noise_sigma={noise_sigma}, coupling={coupling}: both must be > 0.")
+    return [s**2 / (coupling * noise_sigma**2) for s in sigmas]
+
+
 def psnr(x: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
     mse = torch.mean((x.detach().clamp(0, data_range) - reference) ** 2).item()
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
@@ -116,7 +129,7 @@ def pnp(
     x0: torch.Tensor,
     sigma: float | Sequence[float],
     iterations: int = 30,
-    step: float | None = None,
+    step: float | Sequence[float] | None = None,
     relaxation: float = 1.0,
     tol: float | None = None,
     cg_iterations: int = 10,
@@ -133,6 +146,8 @@ def pnp(
     - ``hqs``: ``z <- prox_{step f}(x)`` (conjugate gradient, ``cg_iterations``), ``x <- D(z, sigma)``; ``step``
       defaults to ``1 / ||A||^2`` as well.
     - ``admm``: ``v <- prox_{step f}(x - u)``, ``x <- D(v + u, sigma)``, ``u <- u + v - x``.
+
+    ``step`` may also be one value per iteration (e.g. :func:`coupled_steps`).
 
     :param denoiser: ``denoiser(x, sigma)``, e.g. ``distribute(model, ctx)`` (tiled) or a model.
     :param y: this rank's measurements (``physics.local_indexes`` order) or all K of them.
@@ -161,6 +176,9 @@ def pnp(
     device = x0.device
     if step is None:
         step = 1.0 / float(physics.compute_sqnorm(x0, verbose=False))
+    steps = [float(step)] * iterations if isinstance(step, int | float) else [float(s) for s in step]
+    if len(steps) != iterations or min(steps) <= 0:
+        raise ValueError(f"step={step!r}: give a step > 0, or one per iteration (iterations={iterations}).")
     aty = physics.A_adjoint(y)
     reference = ground_truth.to(x0.device) if ground_truth is not None else None
     x = x0.clone()
@@ -170,11 +188,11 @@ def pnp(
         comm_before, start = comm_seconds(), time.perf_counter()
         with _peak(device, measure_memory) as data_memory, _Clock(device) as data_clock:
             if algorithm == "pgd":
-                z = x - step * (physics.A_adjoint_A(x) - aty)
+                z = x - steps[k] * (physics.A_adjoint_A(x) - aty)
             elif algorithm == "hqs":
-                z = data_prox(physics, aty, x, step, x, cg_iterations, 1e-6)
+                z = data_prox(physics, aty, x, steps[k], x, cg_iterations, 1e-6)
             else:
-                v = data_prox(physics, aty, x - u, step, x, cg_iterations, 1e-6)
+                v = data_prox(physics, aty, x - u, steps[k], x, cg_iterations, 1e-6)
                 z = v + u
         comm_middle = comm_seconds()
         with _peak(device, measure_memory) as denoiser_memory, _Clock(device) as denoiser_clock:

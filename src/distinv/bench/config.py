@@ -27,6 +27,7 @@ SOLVER_DEFAULTS: dict[str, Any] = {
     "algorithm": "hqs",
     "iterations": 10,
     "step": None,
+    "coupling": None,
     "sigma": 0.05,
     "cg_iterations": 5,
     "relaxation": 1.0,
@@ -259,6 +260,11 @@ def _check_solver(solver: dict, where: str, errors: list[str]) -> None:
     step = solver.get("step")
     if step is not None and (not isinstance(step, int | float) or step <= 0):
         errors.append(f"{where}.step={step!r}: give a step > 0, or null for 1 / ||A||^2.")
+    coupling = solver.get("coupling")
+    if coupling is not None and (not isinstance(coupling, int | float) or coupling <= 0):
+        errors.append(f"{where}.coupling={coupling!r}: give a value > 0 (DPIR: 0.23), or null for a fixed step.")
+    if coupling is not None and step is not None:
+        errors.append(f"{where}: step and coupling both given: coupling sets the steps from sigma, drop one.")
 
 
 def _check_problems(c: dict, errors: list[str]) -> None:

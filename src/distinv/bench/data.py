@@ -8,18 +8,24 @@ from pathlib import Path
 import torch
 
 
-def dead_leaves(height: int, width: int, seed: int = 0, colour: bool = True) -> torch.Tensor:
+def dead_leaves(
+    height: int, width: int, seed: int = 0, colour: bool = True, min_radius: float | None = None
+) -> torch.Tensor:
     """A dead-leaves image: disks falling one behind the other (each hides what falls after it) until the
     image is covered, radii from a power law (scale invariant, like natural images), each disk with its own
     colour and a faint oriented texture. Shape ``(1, 3 or 1, height, width)`` in [0, 1]; a 4096x4096 colour
     image takes seconds on one core.
+
+    :param min_radius: smallest radius in pixels (default ``max(height, width) / 256``, at least 1); the largest
+        is ``max(height, width) / 6``.
     """
     g = torch.Generator().manual_seed(seed)
     channels = 3 if colour else 1
     image = torch.zeros(channels, height, width)
     covered = torch.zeros(height, width, dtype=torch.bool)
     scale = max(height, width)
-    r_min, r_max = max(1.0, scale / 256), scale / 6
+    r_max = scale / 6
+    r_min = max(1.0, scale / 256) if min_radius is None else min(float(min_radius), r_max / 2)
     batch = 1000
     for _ in range(200):  # batches; a final background leaf fills what is left
         u = torch.rand(batch, generator=g)

@@ -52,6 +52,16 @@ def sigma_levels(solver: dict) -> float | list[float]:
     return float(sigma)
 
 
+def solver_steps(solver: dict, levels: float | list[float], noise_sigma: float) -> float | list[float] | None:
+    """The solver's ``step``, or DPIR's steps ``sigma_k^2 / (coupling * noise^2)`` when ``coupling`` is set."""
+    from ..pnp import coupled_steps
+
+    if solver.get("coupling") is None:
+        return solver["step"]
+    levels = levels if isinstance(levels, list) else [levels] * solver["iterations"]
+    return coupled_steps(levels, noise_sigma, solver["coupling"])
+
+
 def environment(ctx) -> dict:
     """What the numbers depend on besides the config."""
     import deepinv
@@ -136,15 +146,16 @@ def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
             x0 = problem.initial(engine.view, y)
             init_psnr = problem.psnr(x0)
             solver = spec.solver
+            levels = sigma_levels(solver)
             x, records = pnp(
                 solver["algorithm"],
                 engine.physics,
                 engine.denoiser,
                 y,
                 x0,
-                sigma_levels(solver),
+                levels,
                 iterations=solver["iterations"],
-                step=solver["step"],
+                step=solver_steps(solver, levels, problem.noise_sigma),
                 relaxation=solver["relaxation"],
                 tol=solver["tol"],
                 cg_iterations=solver["cg_iterations"],

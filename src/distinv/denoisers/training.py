@@ -52,6 +52,7 @@ class TrainConfig:
     sigma_max: float = 60 / 255
     pool: int = 48
     source_size: int = 256
+    min_radius: float = 2.0
     renew_every: int = 50
     image_dir: str | None = None
     validation_sigmas: tuple[float, ...] = (15 / 255, 25 / 255, 50 / 255)
@@ -62,13 +63,14 @@ class TrainConfig:
 
 
 class ResidualDenoiser(Denoiser):
-    """``D(x, sigma) = x - sigma * N(x, sigma)``: the network ``N`` predicts the noise in units of sigma.
+    """``D(x, sigma) = x - N(x, sigma)``: the network ``N`` predicts the noise (residual learning, as in DnCNN).
 
     Why: a network that must reproduce the image itself (DRUNet's head has no skip from the input) learns the
-    identity only approximately; a small one trained briefly blurs fine detail even at sigma = 0, which caps a
-    plug-and-play reconstruction whose last iterations use a small sigma. Here the change to the input is
-    at most sigma times the network's output, zero at sigma = 0, and the target (unit-variance noise) is the
-    same at every level. The network's last convolution starts at zero: training starts from the identity.
+    identity only approximately; a small one trained briefly blurs fine detail even at small sigma, which caps a
+    plug-and-play reconstruction whose last iterations use a small sigma. The network's last convolution starts
+    at zero, so training starts from the identity. (Predicting the noise in units of sigma, ``x - sigma N``,
+    would make the identity exact at sigma = 0 but asks the network to divide by sigma: measured on flat
+    patches, 300 steps reach 31.6 dB at sigma 0.05 that way against 43.1 dB this way.)
     """
 
     def __init__(self, network: torch.nn.Module):
@@ -88,9 +90,7 @@ class ResidualDenoiser(Denoiser):
             torch.nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor, **kwargs) -> torch.Tensor:
-        scale = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-        scale = scale.reshape(-1, *[1] * (x.ndim - 1)) if scale.ndim else scale
-        return x - scale * self.network(x, sigma, **kwargs)
+        return x - self.network(x, sigma, **kwargs)
 
 
 def build_network(arch: str, channels: int, arch_kwargs: dict, residual: bool = False) -> torch.nn.Module:
@@ -112,10 +112,12 @@ def build_network(arch: str, channels: int, arch_kwargs: dict, residual: bool = 
     return ResidualDenoiser(network) if residual else network
 
 
-def synthetic_image(channels: int, size: int, rng: random.Random) -> torch.Tensor:
-    """A dead-leaves image, drawn at up to 3x ``size`` and downscaled (antialiased): ``(C, size, size)``."""
+def synthetic_image(channels: int, size: int, rng: random.Random, min_radius: float = 2.0) -> torch.Tensor:
+    """A dead-leaves image, drawn at up to 3x ``size`` and downscaled (antialiased): ``(C, size, size)``; its
+    smallest leaves have ``min_radius`` pixels once downscaled (sub-pixel leaves look like noise and teach the
+    network to keep noise)."""
     big = round(size * rng.uniform(1.0, 3.0))
-    image = dead_leaves(big, big, seed=rng.randrange(2**31), colour=channels == 3)
+    image = dead_leaves(big, big, seed=rng.randrange(2**31), colour=channels == 3, min_radius=min_radius * big / size)
     if big != size:
         image = F.interpolate(image, size=[size, size], mode="bilinear", antialias=True, align_corners=False)
     return image[0].clamp(0, 1)
@@ -156,7 +158,7 @@ def random_crops(pool: list[torch.Tensor], count: int, size: int, rng: random.Ra
 def validation_set(config: TrainConfig) -> torch.Tensor:
     """Eight synthetic images, seeds apart from training's, ``(8, C, 128, 128)``."""
     rng = random.Random(10_000 + config.seed)
-    return torch.stack([synthetic_image(config.channels, 128, rng) for _ in range(8)])
+    return torch.stack([synthetic_image(config.channels, 128, rng, config.min_radius) for _ in range(8)])
 
 
 @torch.no_grad()
@@ -218,14 +220,14 @@ def train(
         log(f"resumed at step {history['steps']} from {checkpoint}")
 
     user = folder_images(config.image_dir, config.channels, config.patch) if config.image_dir else []
-    pool = [synthetic_image(config.channels, config.source_size, rng) for _ in range(config.pool)]
+    pool = [synthetic_image(config.channels, config.source_size, rng, config.min_radius) for _ in range(config.pool)]
     validation = validation_set(config)
     model.train()
     started, step_time = time.perf_counter(), 0.0
     while history["steps"] < config.steps:
         step = history["steps"]
         if step % config.renew_every == 0 and step > 0:
-            pool[rng.randrange(len(pool))] = synthetic_image(config.channels, config.source_size, rng)
+            pool[rng.randrange(len(pool))] = synthetic_image(config.channels, config.source_size, rng, config.min_radius)
         tic = time.perf_counter()
         clean = random_crops(pool + user, config.batch, config.patch, rng).to(device)
         sigma = torch.rand(config.batch, 1, 1, 1, device=device) * config.sigma_max
