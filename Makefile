@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo bench browser clean
 
 setup: $(STAMP)
 
@@ -19,8 +19,17 @@ lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/ruff format --check src tests benchmarks examples
 
-test: lint
+test: lint browser
 	$(PY) -m pytest
+
+# The report's browser test needs Chromium and ChromeDriver: installed from Debian's packages where missing
+# (as root, or through sudo); elsewhere install them yourself, or the test is skipped.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  command -v apt-get >/dev/null && \
+	  { [ "$$(id -u)" = 0 ] && SUDO= || SUDO=sudo; \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; } \
+	  || echo "make browser: could not install chromium and chromedriver; the report's browser test will be skipped"; }
 
 # The benchmark's embedded default: four problems, engines none/distinv/deepinv, 1 and 2 CPU ranks; resumable.
 demo: setup

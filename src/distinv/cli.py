@@ -1,5 +1,6 @@
-"""Command line: ``distinv run`` (a benchmark config), ``distinv results`` (its summary), ``distinv plan`` (tiles
-over ranks), ``distinv preview`` (PNGs of a benchmark problem), ``distinv train-denoiser``."""
+"""Command line: ``distinv run`` (a benchmark config), ``distinv results`` (its summary), ``distinv report`` (its
+HTML dashboard), ``distinv plan`` (tiles over ranks), ``distinv preview`` (PNGs of a benchmark problem),
+``distinv train-denoiser``."""
 
 from __future__ import annotations
 
@@ -148,6 +149,23 @@ def results_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_command(args: argparse.Namespace) -> int:
+    """Write the HTML dashboard of a results folder (and, with ``--static``, every figure as an image)."""
+    from .bench.report import export_static, write_report
+    from .bench.results import table_path
+
+    if not table_path(args.directory).exists():
+        raise SystemExit(f"distinv report: no {table_path(args.directory)}; run `distinv run CONFIG` first.")
+    print(f"wrote {write_report(args.directory, args.output)}")
+    if args.static:
+        try:
+            paths = export_static(args.directory, args.static, args.format)
+        except RuntimeError as exc:
+            raise SystemExit(f"distinv report --static: {exc}") from exc
+        print(f"wrote {len(paths)} figures to {args.static}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distinv", description="Distributed inverse problems with deepinv.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     results = commands.add_parser("results", help="summarise a results folder")
     results.add_argument("directory", help="the folder holding results.parquet")
     results.set_defaults(run=results_command)
+    report = commands.add_parser("report", help="write a results folder's HTML dashboard")
+    report.add_argument("directory", help="the folder holding results.parquet")
+    report.add_argument("-o", "--output", default=None, help="HTML file (default: DIRECTORY/report.html)")
+    report.add_argument("--static", default=None, help="also export every figure to this folder (needs kaleido)")
+    report.add_argument("--format", choices=("png", "svg", "pdf"), default="png", help="static figures' format")
+    report.set_defaults(run=report_command)
     plan = commands.add_parser("plan", help="print how a signal is tiled over ranks")
     plan.add_argument("--shape", type=int, nargs="+", required=True, help="C then spatial sizes, e.g. 3 4096 4096")
     plan.add_argument("--world", type=int, required=True, help="number of ranks")

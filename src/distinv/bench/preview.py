@@ -51,30 +51,46 @@ def uv_plane_amplitudes(visibilities: torch.Tensor, samples_loc: torch.Tensor, s
     return picture.float().view(1, size, size)
 
 
+def image_picture(problem: Problem, x: torch.Tensor) -> torch.Tensor:
+    """An image or volume of the problem (ground truth, start, reconstruction) as ``(C, H, W)`` in [0, 1]: a
+    volume's middle z-slice; radio skies through an asinh stretch."""
+    asinh = 0.02 if problem.name == "radio" else None
+    return _stretch(_middle_slice(x.detach().float().cpu())[0], 0.0, problem.data_range, asinh)
+
+
+def measurement_picture(problem: Problem, operator, y: torch.Tensor) -> torch.Tensor:
+    """One measurement as ``(C, H, W)`` in [0, 1]: radio visibilities on the uv plane, others min-max scaled."""
+    y = y.detach().cpu()
+    if problem.name == "radio":
+        return uv_plane_amplitudes(y, operator.samples_loc.cpu(), problem.ground_truth.shape[-1])
+    y = _middle_slice(y)[0].float()
+    return _stretch(y, y.min().item(), y.max().item())
+
+
+def save_pictures(pictures: dict[str, torch.Tensor], out_dir: str | Path) -> dict[str, Path]:
+    """``name.png`` for each picture, each written atomically (a reader never sees half a file)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, picture in pictures.items():
+        tmp = _save(picture, out / f".{name}.tmp.png")
+        paths[name] = tmp.replace(out / f"{name}.png")
+    return paths
+
+
 def write_previews(problem: Problem, out_dir: str | Path) -> tuple[dict[str, Path], float]:
     """Build the problem in this process, measure, start a reconstruction and write ``ground_truth.png``,
     ``measurement.png`` (operator 0) and ``initial.png``. Returns the paths and the start's PSNR (dB)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     with DistributedContext(env={}) as ctx:
         physics = problem.distribute(ctx)
         y_local = problem.measure(physics)
         x0 = problem.initial(physics, y_local).cpu()
-        first, y0 = physics.local_physics[0], y_local[0].cpu()
-    truth = _middle_slice(problem.ground_truth)[0]
-    start = _middle_slice(x0)[0]
-    radio = problem.name == "radio"
-    asinh = 0.02 if radio else None
-    pictures = {
-        "ground_truth": _stretch(truth, 0.0, problem.data_range, asinh),
-        "initial": _stretch(start, 0.0, problem.data_range, asinh),
-    }
-    if radio:
-        pictures["measurement"] = uv_plane_amplitudes(y0, first.samples_loc.cpu(), truth.shape[-1])
-    else:
-        y = _middle_slice(y0)[0]
-        pictures["measurement"] = _stretch(y, y.min().item(), y.max().item())
-    return {name: _save(picture, out / f"{name}.png") for name, picture in pictures.items()}, problem.psnr(x0)
+        pictures = {
+            "ground_truth": image_picture(problem, problem.ground_truth),
+            "measurement": measurement_picture(problem, physics.local_physics[0], y_local[0]),
+            "initial": image_picture(problem, x0),
+        }
+    return save_pictures(pictures, out_dir), problem.psnr(x0)
 
 
 def describe(problem: Problem, x0_psnr: float) -> str:

@@ -85,9 +85,9 @@ def summarise(directory: str | Path) -> list[dict]:
             continue
         iterations = sorted({r["iteration"] for r in rows})
         timed = iterations[1:] if len(iterations) > 1 else iterations
-        for component in ("total_s", "data_s", "denoiser_s", "comm_s"):
+        for component in ("total_s", "data_s", "denoiser_s", "comm_s", "data_comm_s", "denoiser_comm_s"):
             # an iteration lasts as long as its slowest rank
-            per_iteration = [max(r[component] for r in rows if r["iteration"] == i) for i in timed]
+            per_iteration = [max(r.get(component) or 0.0 for r in rows if r["iteration"] == i) for i in timed]
             entry[component] = statistics.median(per_iteration)
         last = [r for r in rows if r["iteration"] == iterations[-1] and r.get("psnr") is not None]
         entry["psnr"] = last[0]["psnr"] if last else None

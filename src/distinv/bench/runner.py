@@ -76,8 +76,11 @@ def run_config(
         )
     summary = summarise(output)
     if summary:
+        from .report import write_report
+
         out("")
         out(format_summary(summary))
+        out(f"report: {write_report(output)}")
     if failed:
         out(f"{len(failed)} run(s) failed: " + ", ".join(f.key for f in failed))
     return 1 if failed else 0

@@ -188,19 +188,22 @@ def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
         ctx.all_gather_object(everyone, rows)
         if ctx.rank == 0:
             append_rows(output, [row for rank_rows in everyone for row in rank_rows])
-            save_reconstruction(Path(output) / "previews" / f"{spec.key}.png", x)
+            save_previews(Path(output) / "previews", spec, problem, engine.view, y, x0, x)
     return 0
 
 
-def save_reconstruction(path: Path, x: torch.Tensor) -> None:
-    """The last iterate as a PNG (a volume: its middle z-slice), written atomically."""
-    from torchvision.utils import save_image
+def save_previews(folder: Path, spec: RunSpec, problem, view, y: list, x0: torch.Tensor, x: torch.Tensor) -> None:
+    """``previews/<run key>.png`` (the reconstruction) and, once per comparison group, the group's ground truth,
+    one measurement (rank 0's first) and start in ``previews/<group>/``."""
+    from .preview import image_picture, measurement_picture, save_pictures
 
-    image = x[:, :, x.shape[2] // 2] if x.ndim == 5 else x
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    save_image(image.detach().float().clamp(0, 1).cpu(), tmp)
-    tmp.replace(path)
+    group = folder / spec.group
+    if not (group / "initial.png").exists():
+        pictures = {"ground_truth": image_picture(problem, problem.ground_truth), "initial": image_picture(problem, x0)}
+        if view.local_physics:
+            pictures["measurement"] = measurement_picture(problem, view.local_physics[0], y[0])
+        save_pictures(pictures, group)
+    save_pictures({spec.key: image_picture(problem, x)}, folder)
 
 
 if __name__ == "__main__":

@@ -227,7 +227,9 @@ def train(
     while history["steps"] < config.steps:
         step = history["steps"]
         if step % config.renew_every == 0 and step > 0:
-            pool[rng.randrange(len(pool))] = synthetic_image(config.channels, config.source_size, rng, config.min_radius)
+            pool[rng.randrange(len(pool))] = synthetic_image(
+                config.channels, config.source_size, rng, config.min_radius
+            )
         tic = time.perf_counter()
         clean = random_crops(pool + user, config.batch, config.patch, rng).to(device)
         sigma = torch.rand(config.batch, 1, 1, 1, device=device) * config.sigma_max
