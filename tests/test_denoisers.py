@@ -60,6 +60,7 @@ def test_residual_denoiser_starts_as_the_identity_and_subtracts_the_predicted_no
     assert isinstance(model, ResidualDenoiser) and model.size_multiple == 8
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
+        model.zero_last_convolution()  # as training does
         assert torch.equal(model(x, torch.tensor([0.1, 0.2])), x)
         torch.nn.init.normal_(model.network.m_tail.weight)
         noise = model.network(x, 0.1)

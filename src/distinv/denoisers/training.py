@@ -113,11 +113,16 @@ def build_network(arch: str, channels: int, arch_kwargs: dict, residual: bool = 
 
 
 def synthetic_image(channels: int, size: int, rng: random.Random, min_radius: float = 2.0) -> torch.Tensor:
-    """A dead-leaves image, drawn at up to 3x ``size`` and downscaled (antialiased): ``(C, size, size)``; its
-    smallest leaves have ``min_radius`` pixels once downscaled (sub-pixel leaves look like noise and teach the
-    network to keep noise)."""
+    """A dead-leaves image ``(C, size, size)``: half of them drawn at ``size`` with hard pixel edges and leaves of
+    at least ``min_radius / 2`` to ``min_radius`` pixels (like the benchmark's ground truths), half drawn at up to
+    3x ``size`` and downscaled with antialiasing (soft edges, like a camera's), leaves of at least ``min_radius``
+    pixels once downscaled. Sub-pixel leaves are left out: they look like noise and teach the network to keep it;
+    soft edges alone teach it that every hard edge is noise."""
+    seed, colour = rng.randrange(2**31), channels == 3
+    if rng.random() < 0.5:
+        return dead_leaves(size, size, seed=seed, colour=colour, min_radius=min_radius * rng.uniform(0.5, 1.0))[0]
     big = round(size * rng.uniform(1.0, 3.0))
-    image = dead_leaves(big, big, seed=rng.randrange(2**31), colour=channels == 3, min_radius=min_radius * big / size)
+    image = dead_leaves(big, big, seed=seed, colour=colour, min_radius=min_radius * big / size)
     if big != size:
         image = F.interpolate(image, size=[size, size], mode="bilinear", antialias=True, align_corners=False)
     return image[0].clamp(0, 1)
