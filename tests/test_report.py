@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from distinv.bench.config import validate
-from distinv.bench.report import build_figures, observations, write_report
+from distinv.bench.report import build_figures, export_static, observations, write_report
 from distinv.bench.results import read_rows, summarise
 from distinv.bench.runner import run_config
 
@@ -188,3 +188,10 @@ def test_the_report_renders_in_headless_chromium_offline_with_every_figure_and_n
     keep = os.environ.get("DISTINV_REPORT_SCREENSHOT")
     if keep:
         shutil.copy(shot, keep)
+
+
+def test_every_figure_exports_as_an_image_for_papers(results, tmp_path):
+    if _chromium() is None:  # kaleido draws with a local Chrome/Chromium
+        pytest.skip("no chromium here (make test installs it on Debian)")
+    paths = export_static(results, tmp_path / "figures", "svg")
+    assert len(paths) == 8 and all(p.read_text().lstrip().startswith("<svg") for p in paths)
