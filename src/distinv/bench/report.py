@@ -21,7 +21,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .results import read_rows, summarise
+from .results import last_line, read_rows, summarise
 
 ENGINE_NAMES = {"distinv": "distinv", "deepinv": "deepinv's module", "none": "untiled, 1 device"}
 ENGINE_ORDER = {"none": 0, "distinv": 1, "deepinv": 2}
@@ -102,10 +102,9 @@ def observations(problem: str, summary: list[dict]) -> list[str]:
                 + (f" (all {len(finals)} runs within {spread:.3f} dB)." if len(finals) > 1 else ".")
             )
     for e in failed:
-        message = (e.get("error") or "").strip().splitlines()
         lines.append(
             f"FAILED: {size_label(e['size'])}, {ENGINE_NAMES.get(e['engine'], e['engine'])} at {e['world_size']} "
-            f"devices ({e['run_key']}): {message[-1] if message else 'no message'}"
+            f"devices ({e['run_key']}): {last_line(e.get('error'), 'no message')}"
         )
     return lines
 
@@ -339,10 +338,9 @@ def runs_table_html(summary: list[dict]) -> str:
     body = []
     for e in sorted(summary, key=lambda e: (e["problem"], e["run_key"])):
         if e["status"] != "ok":
-            message = (e.get("error") or "").strip().splitlines()
             body.append(
                 f'<tr class="failed"><td>{html.escape(e["run_key"])}</td><td>FAILED</td><td>{e["world_size"]}</td>'
-                f'<td colspan="3">{html.escape(message[-1] if message else "")}</td></tr>'
+                f'<td colspan="3">{html.escape(last_line(e.get("error")))}</td></tr>'
             )
             continue
         psnr = f"{e['psnr']:.2f}" if e.get("psnr") is not None else "n/a"

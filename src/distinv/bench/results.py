@@ -134,10 +134,9 @@ def format_summary(summary: list[dict]) -> str:
     order = {"none": 0, "distinv": 1, "deepinv": 2}
     for e in sorted(summary, key=lambda e: (e["problem"], str(e["size"]), order.get(e["engine"], 3), e["world_size"])):
         if e["status"] != "ok":
-            message = (e.get("error") or "").strip().splitlines()
             lines.append(
                 f"{e['problem']:<14} {e['size']!s:>7} {e['engine']:<8} {e['world_size']:>5} FAILED: "
-                + (message[-1] if message else "")
+                + last_line(e.get("error"))
             )
             continue
         psnr = f"{e['psnr']:6.2f}" if e.get("psnr") is not None else "   n/a"
@@ -152,6 +151,12 @@ def format_summary(summary: list[dict]) -> str:
     bases = sorted({e["baseline"] for e in summary if e.get("baseline")})
     lines.append(f"the same problem and size run by: {' / '.join(bases) or 'no baseline in the table'}.")
     return "\n".join(lines)
+
+
+def last_line(error: str | None, default: str = "") -> str:
+    """The last line of an error's traceback (the exception and its message)."""
+    lines = (error or "").strip().splitlines()
+    return lines[-1] if lines else default
 
 
 def _ratio(entry: dict, name: str) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import Config, RunSpec
 from .launch import RunOutcome, launch_local, srun_command, submit_slurm
-from .results import append_rows, finished_runs, format_summary, summarise
+from .results import append_rows, finished_runs, format_summary, last_line, summarise
 
 PROGRESS_DIR = ".progress"
 
@@ -69,10 +69,9 @@ def run_config(
             continue
         failed.append(outcome)
         append_rows(output, [failure_row(spec, outcome, config.hash)])
-        last = (outcome.error or "").strip().splitlines()
         out(
             f"{label}: FAILED on rank {outcome.failed_rank} after {outcome.seconds:.1f} s: "
-            f"{last[-1] if last else 'no message'} (logs: {outcome.log_dir})"
+            f"{last_line(outcome.error, 'no message')} (logs: {outcome.log_dir})"
         )
     summary = summarise(output)
     if summary:

@@ -1,10 +1,10 @@
 """Train a Gaussian denoiser on synthetic images (and the user's folder), on CPU or GPU, resumable.
 
 The network sees ``x + sigma * n`` and ``sigma`` (blind over a range of levels, sigma as input as in DRUNet) and
-learns ``x`` with an L1 loss; by default it predicts the noise (:class:`ResidualDenoiser`), so that a weak noise
-level leaves an image almost untouched. Training images are dead-leaves images, drawn larger than the crops and
-downscaled by a random factor (antialiased), so that edges fall between pixels as in photographs; a pool of
-them is renewed as training goes. A user folder of images adds its crops to the pool.
+learns ``x`` with an L1 loss; by default it predicts the noise (:class:`ResidualDenoiser`) and starts as the
+identity. Training images are dead-leaves images (:func:`synthetic_image`): half with hard pixel edges, half
+drawn larger and downscaled (antialiased, edges between pixels as in photographs); a pool of them is renewed as
+training goes. A user folder of images adds its crops to the pool.
 """
 
 from __future__ import annotations
