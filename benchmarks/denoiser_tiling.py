@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from distinv.bench.launch import torchrun_command
-from distinv.bench.measure import PeakMemory
+from distinv.memory import PeakMemory
 
 SIGMA = 0.1
 

@@ -100,7 +100,7 @@ class _Clock:
 
 
 def _peak(device: torch.device, enabled: bool):
-    from .bench.measure import PeakMemory
+    from .memory import PeakMemory
 
     return PeakMemory(device) if enabled else nullcontext()
 

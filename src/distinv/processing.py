@@ -25,16 +25,20 @@ it assumes, as a replicated loss does, that every rank back-propagates the same 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
+from .autotune import AutoPlan, NetworkProfile, cached_profile, choose_plan, default_probe_shapes, profile_network
 from .balance import assign_balanced_counts
 from .comm import Layout, gather_items
 from .context import DistributedContext
 from .halo import exchange_windows
+from .memory import default_memory_budget, parse_bytes
 from .strategies import TilingStrategy, check_strategy
 from .tiling import Window, validate_tiling
 
@@ -77,15 +81,20 @@ class DistributedProcessing(torch.nn.Module):
     :param tiling_strategy: ``"overlap_tiling"`` (halos of ``overlap`` where windows meet), ``"basic"`` (no
         halo), or a :class:`~distinv.strategies.DistributedSignalStrategy` instance.
     :param patch_size: owned size per window and dim; ``None`` (default): the fewest, largest windows, a
-        multiple of the world size, within ``max_window_pixels``.
+        multiple of the world size, within ``max_window_pixels``; ``"auto"``: the windows that minimise the
+        predicted time within ``memory_budget``, from the network's measured cost (see :mod:`distinv.autotune`).
     :param overlap: halo in pixels on each side where windows meet (rounded up to the size multiple).
     :param tiling_dims: dims to cut (an int or a tuple, dims >= 2); default all spatial dims.
     :param max_batch_size: most windows per network call. ``None``: one at a time on CPU (a batch adds memory,
-        not speed, on a core), all of a rank's same-size windows at once on GPU.
+        not speed, on a core), all of a rank's same-size windows at once on GPU; ``"auto"``: the batch that
+        minimises the predicted time within ``memory_budget`` (for the given or the automatic windows).
     :param size_multiple: the network's size multiple (default: 8 for DRUNet, else 1).
     :param max_window_pixels: the largest window, in pixels of the tiled dims, for the automatic plan
         (``patch_size=None``). ``"auto"``: ``CPU_MAX_WINDOW_PIXELS`` on CPU (faster per pixel, and per-rank
         memory falls), no limit on GPU; ``None``: no limit (one window per rank).
+    :param memory_budget: for ``"auto"``: bytes (or ``"2GB"``) one call may add per rank; default half the
+        free GPU memory, or half the host's available memory shared by its ranks. The same on every rank
+        (the smallest), as are the measured costs (the largest): every rank picks the same plan.
     """
 
     def __init__(
@@ -94,12 +103,13 @@ class DistributedProcessing(torch.nn.Module):
         processor: Callable[..., torch.Tensor],
         *,
         tiling_strategy: str | Any = "overlap_tiling",
-        patch_size: int | Sequence[int] | None = None,
+        patch_size: int | Sequence[int] | None | str = None,
         overlap: int | Sequence[int] = DEFAULT_OVERLAP,
         tiling_dims: int | Sequence[int] | None = None,
-        max_batch_size: int | None = None,
+        max_batch_size: int | None | str = None,
         size_multiple: int | None = None,
         max_window_pixels: int | str | None = "auto",
+        memory_budget: int | str | None = None,
         **deepinv_options: Any,
     ):
         super().__init__()
@@ -113,8 +123,14 @@ class DistributedProcessing(torch.nn.Module):
                 )
         elif tiling_strategy is not None:
             check_strategy(tiling_strategy)
-        if max_batch_size is not None and max_batch_size < 1:
-            raise ValueError(f"max_batch_size={max_batch_size}: it must be at least 1 (or None: no limit).")
+        if (
+            max_batch_size is not None
+            and max_batch_size != "auto"
+            and (isinstance(max_batch_size, str) or max_batch_size < 1)
+        ):
+            raise ValueError(f"max_batch_size={max_batch_size!r}: it must be at least 1, None (no limit) or 'auto'.")
+        if isinstance(patch_size, str) and patch_size != "auto":
+            raise ValueError(f"patch_size={patch_size!r}: give pixels per window and dim, None or 'auto'.")
         unknown = set(deepinv_options) - {
             "dtype",
             "checkpoint_batches",
@@ -132,12 +148,13 @@ class DistributedProcessing(torch.nn.Module):
         self.tiling_dims = tiling_dims
         on_cpu = ctx.device.type == "cpu"
         self.max_batch_size = max_batch_size if max_batch_size is not None else (1 if on_cpu else None)
+        self.memory_budget = parse_bytes(memory_budget) if memory_budget is not None else None
         self.size_multiple = size_multiple or size_multiple_of(processor)
         if max_window_pixels == "auto":
             max_window_pixels = CPU_MAX_WINDOW_PIXELS if on_cpu else None
         self.max_window_pixels = max_window_pixels
         self._strategies: dict[tuple, TilingStrategy] = {}
-        validate_tiling(patch_size, self.overlap, self.size_multiple)  # on every rank, before any collective
+        validate_tiling(None if patch_size == "auto" else patch_size, self.overlap, self.size_multiple)
 
     # ------------------------------------------------------------------ public
     def forward(
@@ -155,7 +172,7 @@ class DistributedProcessing(torch.nn.Module):
                 return self._from_shard(x, sigma, args, kwargs, gather)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor or a Shard, got {type(x).__name__}.")
-        strategy = self.strategy_for(x.shape)
+        strategy = self.strategy_for(x.shape, self._prober(sigma, args, kwargs))
         call = self._caller(sigma, x.shape, args, kwargs)
         if not isinstance(strategy, TilingStrategy):
             return self._run_custom(strategy, x, call)
@@ -205,8 +222,11 @@ class DistributedProcessing(torch.nn.Module):
         )
 
     # ------------------------------------------------------------------ plan
-    def strategy_for(self, shape: Sequence[int]) -> Any:
-        """The strategy for inputs of ``shape``; a built-in one carries its :class:`TilePlan` as ``.plan``."""
+    def strategy_for(self, shape: Sequence[int], probe: Callable | None = None) -> Any:
+        """The strategy for inputs of ``shape``; a built-in one carries its :class:`TilePlan` as ``.plan``
+        (and, planned automatically, its :class:`~distinv.autotune.AutoPlan` as ``.auto``). An automatic plan
+        is made on the first call for a shape, on every rank together: ``probe(x)`` runs the network on the
+        probe windows (default: ``processor(x, 0.05)``)."""
         shape = tuple(shape)
         if len(shape) < 3:
             raise ValueError(f"x has shape {shape}: expected (B, C, *spatial), e.g. (B, C, H, W).")
@@ -214,6 +234,19 @@ class DistributedProcessing(torch.nn.Module):
             return self.tiling_strategy
         dims = self._tiling_dims(len(shape))
         key = (shape, dims)
+        if key not in self._strategies and self._is_auto:
+            auto = self._auto_plan(shape, dims, probe or self._prober(0.05, (), {}))
+            strategy = TilingStrategy(
+                shape,
+                dims,
+                self.ctx.world_size,
+                auto.patch_size,
+                self.overlap,
+                self.size_multiple,
+                auto.max_window_pixels,
+            )
+            strategy.auto = auto
+            self._strategies[key] = strategy
         if key not in self._strategies:
             self._strategies[key] = TilingStrategy(
                 shape,
@@ -225,6 +258,56 @@ class DistributedProcessing(torch.nn.Module):
                 self.max_window_pixels,
             )
         return self._strategies[key]
+
+    @property
+    def _is_auto(self) -> bool:
+        return self.patch_size == "auto" or self.max_batch_size == "auto"
+
+    def _auto_plan(self, shape: tuple[int, ...], dims: tuple[int, ...], probe: Callable) -> AutoPlan:
+        """Measure the network (once per network, device, dtype and signal layout), agree over ranks on the
+        costs (largest) and the budget (smallest), and choose the plan."""
+        device, dtype = self.ctx.device, torch.get_default_dtype()
+        spatial = [shape[d] for d in dims]
+        key = (str(device), dtype, shape[0], shape[1], len(dims))
+        budget = self.memory_budget or default_memory_budget(device)
+
+        shapes = default_probe_shapes(spatial, self.size_multiple, shape[0], device)
+
+        def measure():
+            return profile_network(
+                probe, shape[1], shapes, samples=shape[0], device=device, dtype=dtype, budget_bytes=budget
+            )
+
+        profile = cached_profile(self.processor, key, measure)
+        # Every rank probes the same windows; those a rank could not run (memory) count as infinitely costly.
+        count = len(shapes)
+        values = torch.full((count + 1, 2), math.inf, dtype=torch.float64)
+        values[: len(profile.probes)] = profile.as_tensor()
+        values[count] = -float(budget)
+        values = self.ctx.all_reduce(values.to(device), op=dist.ReduceOp.MAX).cpu()
+        kept = [i for i in range(count) if math.isfinite(values[i, 0])]
+        agreed = NetworkProfile(tuple(profile.probes[i] for i in kept)).with_values(values[kept])
+        return choose_plan(
+            agreed,
+            shape,
+            dims,
+            self.ctx.world_size,
+            int(-values[count, 1]),
+            halo=self.overlap,
+            multiple=self.size_multiple,
+            patch_size=self.patch_size,
+            batch=self.max_batch_size,
+            max_window_pixels=self.max_window_pixels,
+            itemsize=torch.finfo(dtype).bits // 8,
+        )
+
+    def _prober(self, sigma: Any, args: tuple, kwargs: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The network on a probe window with a level like ``sigma`` (a map's mean; a per-sample level as is)."""
+        if isinstance(sigma, torch.Tensor) and sigma.ndim > 1:
+            sigma = float(sigma.mean())
+        if sigma is None:
+            return lambda x: self.processor(x, *args, **kwargs)
+        return lambda x: self.processor(x, sigma, *args, **kwargs)
 
     def _tiling_dims(self, ndim: int) -> tuple[int, ...]:
         if self.tiling_dims is None:
@@ -284,7 +367,8 @@ class DistributedProcessing(torch.nn.Module):
             by_size.setdefault(w.size, []).append(w)
         pieces: dict[int, torch.Tensor] = {}
         for group in by_size.values():
-            step = self.max_batch_size or len(group)
+            auto = getattr(strategy, "auto", None)
+            step = auto.batch if auto is not None else self.max_batch_size or len(group)
             for start in range(0, len(group), step):
                 chunk = group[start : start + step]
                 indices = [strategy.index(w.slices) for w in chunk]

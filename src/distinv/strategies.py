@@ -50,6 +50,8 @@ class TilingStrategy(DistributedSignalStrategy):
     :param patch_size, overlap, multiple, max_window_pixels, world_size: as in :meth:`TilePlan.build`.
     """
 
+    auto = None  # the AutoPlan (windows, batch, predictions) when the engine planned automatically
+
     def __init__(
         self,
         img_size: Sequence[int],

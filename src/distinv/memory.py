@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -54,3 +56,42 @@ class PeakMemory:
             peak = _status_kib("VmHWM") * 1024
         self.peak_total_bytes = peak
         self.peak_bytes = max(0, peak - self._before)
+
+
+def default_memory_budget(device: torch.device | str = "cpu", fraction: float = 0.5) -> int:
+    """Bytes one rank may use for a denoiser call: ``fraction`` of the device's free memory (GPU), or of the
+    host's available memory shared by the ranks on this host (``LOCAL_WORLD_SIZE``, CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(fraction * free)
+    available = _meminfo_kib("MemAvailable") * 1024
+    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return int(fraction * available / local_ranks)
+
+
+def _meminfo_kib(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/meminfo has no {field}")
+
+
+def parse_bytes(value: int | float | str) -> int:
+    """``2_000_000``, ``"512MB"``, ``"1.5 GiB"`` -> bytes (K/M/G/T, decimal; KiB/MiB/GiB/TiB, binary)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError(f"memory_budget={value}: give a positive number of bytes, or e.g. '2GB'.")
+        return int(value)
+    text = str(value).strip().replace(" ", "")
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+    units |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    match = re.fullmatch(r"([0-9.eE+-]+)([A-Za-z]*)", text)
+    number, unit = (match.group(1), match.group(2).upper()) if match else ("", "")
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in units or amount <= 0:
+        raise ValueError(f"memory_budget={value!r}: give bytes as a positive number with an optional unit, e.g. '2GB'.")
+    return int(amount * units[unit])
