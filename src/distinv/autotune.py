@@ -11,7 +11,8 @@ within a memory budget.
    the fewest-windows plans under growing window limits) with every batch from 1 to a rank's window count.
    Predicted time per rank: the sum over its network calls. Predicted memory per rank: its largest call, the
    batch's input copy, the window outputs it holds until the gather, and two full-size buffers (the gathered
-   pieces and the output). The fastest plan within the budget wins; ties go to less memory.
+   pieces and the output). The fastest plan within the budget wins; ties go to less memory. Calls larger than
+   twice the largest probe are not considered: the model does not know how the time per pixel goes there.
 
 Windows come from :class:`~distinv.tiling.TilePlan` and are aligned to the network's size multiple, so the
 memory spikes of odd shapes (cuDNN picks other algorithms for widths not divisible by 8) cannot happen
@@ -32,10 +33,10 @@ import torch
 from .memory import PeakMemory
 from .tiling import TilePlan, _round_up
 
-# Probes stop at this many pixels per call (one CPU core: ~1 s for DRUNet 16..128); beyond, the model
-# extrapolates. A GPU probes further: its time per pixel keeps falling with size.
+# Probes stop at this many pixels per call (one CPU core: ~1.5 s for DRUNet 16..128), or earlier when a call
+# exceeds the memory budget. A GPU probes further: its time per pixel keeps falling with size.
 CPU_PROBE_PIXELS = 2**19
-GPU_PROBE_PIXELS = 2**22
+GPU_PROBE_PIXELS = 2**24
 FIRST_PROBE_PIXELS = 2**12
 MAX_WINDOWS_PER_RANK = 256
 
@@ -253,6 +254,18 @@ def predict(
     return seconds, memory
 
 
+def largest_call(plan: TilePlan, batch: int, samples: int = 1) -> int:
+    """Pixels in the largest network call of any rank: ``samples`` x windows in one batch x window pixels."""
+    most = 0
+    for rank in range(plan.world_size):
+        by_size: dict[tuple[int, ...], int] = {}
+        for w in plan.windows_of(rank):
+            by_size[w.size] = by_size.get(w.size, 0) + 1
+        for size, count in by_size.items():
+            most = max(most, samples * min(batch, count) * math.prod(size))
+    return most
+
+
 def candidate_tilings(
     shape: Sequence[int], world_size: int, halo: int | Sequence[int], multiple: int
 ) -> list[tuple[int | None, int | None, TilePlan]]:
@@ -318,6 +331,7 @@ def choose_plan(
     else:
         fixed = TilePlan.build(shape, world_size, patch_size, halo, multiple, max_window_pixels)
         tilings = [(patch_size, max_window_pixels, fixed)]
+    reach = 2 * profile.probes[-1].pixels
     best, smallest = None, None
     for patch, limit, plan in tilings:
         most = max(len(plan.windows_of(r)) for r in range(world_size)) or 1
@@ -326,6 +340,8 @@ def choose_plan(
         else:
             batches = [most if batch is None else min(int(batch), most)]
         for b in batches:
+            if patch_size == "auto" and largest_call(plan, b, samples) > reach:
+                continue
             seconds, memory = predict(profile, plan, b, samples, channels, itemsize)
             smallest = max(memory) if smallest is None else min(smallest, max(memory))
             if max(memory) > budget_bytes:

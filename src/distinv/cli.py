@@ -15,15 +15,29 @@ from .tiling import TilePlan
 
 
 def plan_command(args: argparse.Namespace) -> int:
-    """Print the tile plan for a signal ``C x spatial...`` over ``--world`` ranks."""
+    """Print the tile plan for a signal ``C x spatial...`` over ``--world`` ranks; with ``--patch auto`` or
+    ``--batch-size auto``, the plan chosen from ``--denoiser``'s measured cost, and its predictions."""
     channels, *spatial = args.shape
     if not spatial:
         raise SystemExit("--shape needs the channel count and at least one spatial size, e.g. --shape 3 4096 4096")
+    patch = None if args.patch is None or args.patch == "auto" else _positive_int("--patch", args.patch)
+    auto = None
     try:
-        plan = TilePlan.build(spatial, args.world, args.patch, args.overlap, args.multiple, args.max_window_pixels)
+        if args.patch == "auto" or args.batch_size == "auto":
+            auto = _auto_plan(args, channels, spatial, patch)
+            plan = auto.plan
+        else:
+            plan = TilePlan.build(spatial, args.world, patch, args.overlap, args.multiple, args.max_window_pixels)
     except ValueError as exc:
         raise SystemExit(f"distinv plan: {exc}") from None
     summary = plan.summary(batch=args.batch, channels=channels, itemsize=args.bytes_per_value)
+    if auto is not None:
+        summary |= {
+            "batch_size": auto.batch,
+            "predicted_seconds_per_rank": list(auto.seconds_per_rank),
+            "predicted_bytes_per_rank": list(auto.bytes_per_rank),
+            "memory_budget_bytes": auto.budget_bytes,
+        }
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -31,18 +45,74 @@ def plan_command(args: argparse.Namespace) -> int:
         f"{len(plan.windows)} windows (grid {'x'.join(map(str, plan.grid))}) over {args.world} ranks; "
         f"halo {plan.halo}, size multiple {plan.multiple}"
     )
-    print(f"{'rank':>4} {'windows':>7} {'pixels processed':>17} {'pixels owned':>13} {'overhead':>8}")
+    if auto is not None:
+        print(f"automatic plan for {args.denoiser} on {args.device}: {auto.describe()}")
+    extra = f" {'predicted s':>11} {'predicted MiB':>13}" if auto is not None else ""
+    print(f"{'rank':>4} {'windows':>7} {'pixels processed':>17} {'pixels owned':>13} {'overhead':>8}{extra}")
     for rank in range(args.world):
         processed = summary["pixels_processed_per_rank"][rank]
         owned = summary["pixels_owned_per_rank"][rank]
-        print(
+        line = (
             f"{rank:>4} {summary['windows_per_rank'][rank]:>7} {processed:>17,} {owned:>13,} "
             f"{processed / owned if owned else 0:>8.3f}"
         )
+        if auto is not None:
+            line += f" {auto.seconds_per_rank[rank]:>11.3f} {auto.bytes_per_rank[rank] / 2**20:>13.0f}"
+        print(line)
     print(f"pixels processed / image pixels: {summary['overhead']:.3f}")
     print(f"predicted load imbalance (max / mean processed): {summary['predicted_imbalance']:.3f}")
     print(f"bytes each rank receives in the output all-gather: {summary['bytes_received_per_rank']:,}")
     return 0
+
+
+def _positive_int(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SystemExit(f"{name}={text!r}: give a positive number of pixels, or 'auto'.")
+    return value
+
+
+def _auto_plan(args: argparse.Namespace, channels: int, spatial: list[int], patch: int | None):
+    """Measure ``--denoiser`` here (one process, ``--threads`` threads: one rank's share) and choose the plan
+    for ``--world`` such ranks."""
+    import torch
+
+    from .autotune import cached_profile, choose_plan, default_probe_shapes, profile_network
+    from .denoisers import load_denoiser
+    from .memory import default_memory_budget, parse_bytes
+    from .processing import size_multiple_of
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    network = load_denoiser(args.denoiser, device=device, channels=channels)
+    multiple = max(args.multiple, size_multiple_of(network))
+    budget = parse_bytes(args.memory_budget) if args.memory_budget else default_memory_budget(device)
+    samples = args.batch
+    shapes = default_probe_shapes(spatial, multiple, samples, device)
+    profile = cached_profile(
+        network,
+        (str(device), channels),
+        lambda: profile_network(
+            lambda x: network(x, 0.05), channels, shapes, samples=samples, device=device, budget_bytes=budget
+        ),
+    )
+    batch = "auto" if args.batch_size == "auto" else None if args.batch_size is None else int(args.batch_size)
+    return choose_plan(
+        profile,
+        (samples, channels, *spatial),
+        tuple(range(2, 2 + len(spatial))),
+        args.world,
+        budget,
+        halo=args.overlap,
+        multiple=multiple,
+        patch_size="auto" if args.patch == "auto" else patch,
+        batch=batch,
+        max_window_pixels=args.max_window_pixels,
+        itemsize=args.bytes_per_value,
+    )
 
 
 def _parameter(text: str) -> tuple[str, Any]:
@@ -190,7 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="print how a signal is tiled over ranks")
     plan.add_argument("--shape", type=int, nargs="+", required=True, help="C then spatial sizes, e.g. 3 4096 4096")
     plan.add_argument("--world", type=int, required=True, help="number of ranks")
-    plan.add_argument("--patch", type=int, default=None, help="owned size per window (default: automatic)")
+    plan.add_argument(
+        "--patch", default=None, help="owned size per window; default: fewest windows; 'auto': fastest measured"
+    )
+    plan.add_argument("--batch-size", default=None, help="windows per network call, or 'auto' (with --denoiser)")
+    plan.add_argument(
+        "--denoiser",
+        default="shipped:drunet-small-colour",
+        help="for 'auto': shipped:NAME, a weights file, or untrained:ARCH (e.g. untrained:DRUNet)",
+    )
+    plan.add_argument("--device", default="cpu", help="for 'auto': where to measure (cpu, cuda)")
+    plan.add_argument("--threads", type=int, default=1, help="for 'auto' on CPU: threads per rank")
+    plan.add_argument("--memory-budget", default=None, help="for 'auto': per rank, e.g. 2GB (default: half free)")
     plan.add_argument("--overlap", type=int, default=32, help="halo where windows meet (pixels)")
     plan.add_argument("--multiple", type=int, default=8, help="the network's size multiple (8 for DRUNet)")
     plan.add_argument("--max-window-pixels", type=int, default=None, help="largest window memory allows")

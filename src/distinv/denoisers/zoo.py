@@ -44,7 +44,8 @@ def load_denoiser(
         (a checkpoint, which knows its architecture, or exported weights, described by ``arch``,
         ``arch_kwargs``, ``channels`` and ``residual``, which by default is read from the weights' names); or
         ``"download:ARCH"`` for deepinv's published weights of ``ARCH`` (online only; offline this fails within
-        30 s with a clear error).
+        30 s with a clear error); or ``"untrained:ARCH"``: ``ARCH`` with random weights (seed 0), for measuring
+        cost, never quality.
     """
     source = str(source)
     models = shipped_models()
@@ -57,11 +58,15 @@ def load_denoiser(
         model.load_state_dict(_to_float32(torch.load(WEIGHTS_DIR / entry["file"], map_location="cpu")))
     elif source.startswith("download:"):
         model = _download(source.removeprefix("download:"), channels, arch_kwargs or {})
+    elif source.startswith("untrained:"):
+        torch.manual_seed(0)
+        model = build_network(source.removeprefix("untrained:"), channels, arch_kwargs or {})
     else:
         path = Path(source)
         if not path.is_file():
             raise ValueError(
-                f"source={source!r} is neither a shipped model ({sorted(models)}), 'download:ARCH', nor a file."
+                f"source={source!r} is neither a shipped model ({sorted(models)}), 'download:ARCH', "
+                "'untrained:ARCH', nor a file."
             )
         state = torch.load(path, map_location="cpu", weights_only=False)
         if isinstance(state, dict) and "config" in state and "model" in state:  # a training checkpoint
