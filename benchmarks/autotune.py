@@ -8,7 +8,7 @@ above its level before the call. ``auto`` is timed after its first call, which m
 memory against its budget; writes JSON to ``--out``.
 
     python benchmarks/autotune.py                                    # 1024x1024, 2 ranks, about 5 minutes
-    python benchmarks/autotune.py --budgets 256MiB 1GB               # auto under several budgets
+    python benchmarks/autotune.py --budgets 128MiB 1GB --reps 5    # budgets for auto, more calls
 """
 
 from __future__ import annotations
@@ -81,6 +81,13 @@ def worker(args) -> None:
                 "budget_bytes": auto.budget_bytes,
                 "planning_s": planning[budget],
             }
+        from distinv.autotune import _PROFILES
+
+        profile = next(iter(_PROFILES[net].values()))
+        mine["profile"] = [
+            {"pixels": p.pixels, "us_per_pixel": 1e6 * p.seconds / p.pixels, "peak_bytes": p.peak_bytes}
+            for p in profile.probes
+        ]
         per_rank = [None] * ctx.world_size
         ctx.all_gather_object(per_rank, mine)
         if ctx.rank == 0:
@@ -93,7 +100,7 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=2, help="ranks (one CPU core or one GPU each)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--reps", type=int, default=3, help="timed calls per setting (median reported)")
-    parser.add_argument("--budgets", nargs="+", default=["256MiB", "1GiB"], help="memory budgets for auto")
+    parser.add_argument("--budgets", nargs="+", default=["128MiB", "256MiB", "1GiB"], help="budgets for auto")
     parser.add_argument("--out", default="results/benchmarks/autotune.json")
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -112,6 +119,7 @@ def main() -> None:
     worker_out.unlink()
 
     rows = {}
+    profiles = [r.pop("profile") for r in per_rank]
     for name in per_rank[0]:
         ranks = [r[name] for r in per_rank]
         rows[name] = {"s": max(r["s"] for r in ranks), "peak_bytes": max(r["peak_bytes"] for r in ranks)}
@@ -128,6 +136,12 @@ def main() -> None:
     print(f"  {'setting':26s} {'time/call':>10s} {'vs best':>8s} {'peak MiB/rank':>14s}")
     for name, row in sorted(rows.items(), key=lambda kv: kv[1]["s"]):
         print(f"  {name:26s} {row['s']:9.2f}s {row['s'] / manual[best]['s']:7.2f}x {row['peak_bytes'] / 2**20:13.0f}")
+    print("  network profile (each rank's own, before the ranks agree on the largest):")
+    for rank, probes in enumerate(profiles):
+        text = ", ".join(
+            f"{p['pixels']} px {p['us_per_pixel']:.2f} us/px {p['peak_bytes'] / 2**20:.0f} MiB" for p in probes
+        )
+        print(f"    rank {rank}: {text}")
     summary = {}
     for budget in args.budgets:
         row = rows[f"auto {budget}"]
@@ -158,6 +172,7 @@ def main() -> None:
         "device": args.device,
         "torch": torch.__version__,
         "rows": rows,
+        "profiles": profiles,
         "best_manual": best,
         "summary": summary,
     }

@@ -1,5 +1,6 @@
 """Command line: ``distinv run`` (a benchmark config), ``distinv results`` (its summary), ``distinv report`` (its
-HTML dashboard), ``distinv plan`` (tiles over ranks), ``distinv preview`` (PNGs of a benchmark problem),
+HTML dashboard), ``distinv insights`` (shape vs memory, batch vs throughput), ``distinv plan`` (tiles over ranks,
+or the automatic plan), ``distinv preview`` (PNGs of a benchmark problem),
 ``distinv train-denoiser``."""
 
 from __future__ import annotations
@@ -221,11 +222,15 @@ def results_command(args: argparse.Namespace) -> int:
 
 def report_command(args: argparse.Namespace) -> int:
     """Write the HTML dashboard of a results folder (and, with ``--static``, every figure as an image)."""
+    from .bench.insights import TABLE
     from .bench.report import export_static, write_report
     from .bench.results import table_path
 
-    if not table_path(args.directory).exists():
-        raise SystemExit(f"distinv report: no {table_path(args.directory)}; run `distinv run CONFIG` first.")
+    if not (table_path(args.directory).exists() or table_path(args.directory, TABLE).exists()):
+        raise SystemExit(
+            f"distinv report: no {table_path(args.directory)}; run `distinv run CONFIG` (or `distinv insights "
+            "STUDY`) first."
+        )
     print(f"wrote {write_report(args.directory, args.output)}")
     if args.static:
         try:
@@ -233,6 +238,27 @@ def report_command(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             raise SystemExit(f"distinv report --static: {exc}") from exc
         print(f"wrote {len(paths)} figures to {args.static}")
+    return 0
+
+
+def insights_command(args: argparse.Namespace) -> int:
+    """Run an insight study from its config, then print its observations and write the report."""
+    from .bench.config import ConfigError
+    from .bench.insights import DEFAULT_CONFIGS, TABLE, load_insight_config, run_study
+    from .bench.insights_report import FIGURES
+    from .bench.report import write_report
+    from .bench.results import read_rows
+
+    try:
+        config = load_insight_config(args.config or DEFAULT_CONFIGS[args.study], args.study)
+    except ConfigError as exc:
+        raise SystemExit(f"distinv insights {args.study}: {exc}") from None
+    if args.output:
+        config.output = args.output
+    run_study(config, redo=args.redo)
+    for note in FIGURES[args.study][1](read_rows(config.output, TABLE)):
+        print(f"  {note}")
+    print(f"report: {write_report(config.output)}")
     return 0
 
 
@@ -257,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--static", default=None, help="also export every figure to this folder (needs kaleido)")
     report.add_argument("--format", choices=("png", "svg", "pdf"), default="png", help="static figures' format")
     report.set_defaults(run=report_command)
+    insights = commands.add_parser("insights", help="a GPU insight study: shape vs memory, batch vs throughput")
+    insights.add_argument("study", choices=("shape-memory", "batch-throughput"))
+    insights.add_argument("--config", default=None, help="YAML (default: configs/insights_<study>.yml)")
+    insights.add_argument("-o", "--output", default=None, help="results folder (default: the config's output)")
+    insights.add_argument("--redo", action="store_true", help="measure again what the table already has")
+    insights.set_defaults(run=insights_command)
     plan = commands.add_parser("plan", help="print how a signal is tiled over ranks")
     plan.add_argument("--shape", type=int, nargs="+", required=True, help="C then spatial sizes, e.g. 3 4096 4096")
     plan.add_argument("--world", type=int, required=True, help="number of ranks")

@@ -386,9 +386,13 @@ def write_report(results_dir: str | Path, output: str | Path | None = None) -> P
 
     directory = Path(results_dir)
     rows = read_rows(directory)
-    if not rows:
-        raise ValueError(f"results_dir={str(results_dir)!r} has no results table: run `distinv run CONFIG` first.")
-    summary = summarise(directory)
+    insight_sections = insights_html(directory)
+    if not rows and not insight_sections:
+        raise ValueError(
+            f"results_dir={str(results_dir)!r} has no results table: run `distinv run CONFIG` (or `distinv "
+            "insights STUDY`) first."
+        )
+    summary = summarise(directory) if rows else []
     figures = build_figures(rows, summary)
     sections = []
     for problem in sorted({e["problem"] for e in summary}):
@@ -408,17 +412,23 @@ def write_report(results_dir: str | Path, output: str | Path | None = None) -> P
             f'<h3>Observations</h3><ul class="observations">{items}</ul>{plots}'
             f"<h3>Previews</h3>{previews_html(problem, summary, directory) or '<p>no preview images</p>'}</section>"
         )
-    env = rows[0]
-    meta = (
-        f"{len(summary)} runs ({sum(e['status'] != 'ok' for e in summary)} failed) from {html.escape(str(directory))}; "
-        f"torch {env.get('torch_version')}, deepinv {env.get('deepinv_version')}, distinv {env.get('distinv_version')}"
-        f", commit {str(env.get('git_commit') or 'unknown')[:10]}, {env.get('device_name')} ({env.get('backend')})"
-    )
+    if rows:
+        env = rows[0]
+        meta = (
+            f"{len(summary)} runs ({sum(e['status'] != 'ok' for e in summary)} failed) from "
+            f"{html.escape(str(directory))}; torch {env.get('torch_version')}, deepinv {env.get('deepinv_version')}, "
+            f"distinv {env.get('distinv_version')}, commit {str(env.get('git_commit') or 'unknown')[:10]}, "
+            f"{env.get('device_name')} ({env.get('backend')})"
+        )
+        runs = f"<h2>All runs</h2>{runs_table_html(summary)}"
+    else:
+        meta, runs = f"insight studies from {html.escape(str(directory))}", ""
+    sections += insight_sections
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>distinv benchmark report</title>"
         f"<style>{STYLE}</style><script>{get_plotlyjs()}</script></head><body>"
         f"<h1>distinv benchmark report</h1><p class='meta'>{meta}</p>{''.join(sections)}"
-        f"<h2>All runs</h2>{runs_table_html(summary)}</body></html>"
+        f"{runs}</body></html>"
     )
     out = Path(output) if output else directory / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -426,6 +436,33 @@ def write_report(results_dir: str | Path, output: str | Path | None = None) -> P
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)
     return out
+
+
+def studies_in(insight_rows: list[dict]) -> list[str]:
+    """The insight studies with at least one measurement."""
+    from .insights import STUDIES
+
+    return [s for s in STUDIES if any(r.get("study") == s and r.get("status") == "ok" for r in insight_rows)]
+
+
+def insights_html(directory: Path) -> list[str]:
+    """One section per insight study in ``directory/insights.parquet``: observations, then its figure."""
+    from .insights import TABLE
+    from .insights_report import FIGURES
+
+    rows = read_rows(directory, TABLE)
+    sections = []
+    for study in studies_in(rows):
+        figure, observe, title = FIGURES[study]
+        fid = f"insight-{study}"
+        items = "".join(f"<li>{html.escape(n)}</li>" for n in observe(rows))
+        plot = figure(rows).to_html(full_html=False, include_plotlyjs=False, div_id=fid, config={"displaylogo": False})
+        sections.append(
+            f'<section class="insight" id="{study}"><h2>{html.escape(title)}</h2>'
+            f'<h3>Observations</h3><ul class="observations">{items}</ul>'
+            f'<div class="figure" data-figure="{fid}">{plot}</div></section>'
+        )
+    return sections
 
 
 def export_static(results_dir: str | Path, folder: str | Path, fmt: str = "png") -> list[Path]:
@@ -436,8 +473,13 @@ def export_static(results_dir: str | Path, folder: str | Path, fmt: str = "png")
         import kaleido  # noqa: F401
     except ImportError as exc:
         raise RuntimeError("static export needs kaleido: pip install kaleido (it drives a local Chrome).") from exc
+    from .insights import TABLE
+    from .insights_report import FIGURES
+
     rows = read_rows(results_dir)
-    figures = build_figures(rows, summarise(results_dir))
+    figures = build_figures(rows, summarise(results_dir) if rows else [])
+    insight_rows = read_rows(results_dir, TABLE)
+    figures |= {f"insight-{s}": FIGURES[s][0](insight_rows) for s in studies_in(insight_rows)}
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

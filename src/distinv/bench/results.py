@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 TABLE = "results.parquet"
 
 
-def table_path(directory: str | Path) -> Path:
-    return Path(directory) / TABLE
+def table_path(directory: str | Path, table: str = TABLE) -> Path:
+    return Path(directory) / table
 
 
 @contextmanager
@@ -37,22 +37,23 @@ def _locked(directory: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def read_rows(directory: str | Path) -> list[dict]:
-    path = table_path(directory)
+def read_rows(directory: str | Path, table: str = TABLE) -> list[dict]:
+    path = table_path(directory, table)
     return pq.read_table(path).to_pylist() if path.exists() else []
 
 
-def append_rows(directory: str | Path, rows: Iterable[dict]) -> Path:
-    """Add rows to the table atomically (columns may differ between rows: missing ones are null)."""
+def append_rows(directory: str | Path, rows: Iterable[dict], table: str = TABLE) -> Path:
+    """Add rows to the table atomically (columns may differ between rows: missing ones are null); ``table``:
+    the file in ``directory`` (the insight studies keep theirs apart)."""
     directory = Path(directory)
     rows = [_flat(r) for r in rows]
     with _locked(directory):
-        everything = read_rows(directory) + rows
+        everything = read_rows(directory, table) + rows
         columns = list(dict.fromkeys(k for r in everything for k in r))
-        table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in everything])
-        path = table_path(directory)
-        tmp = path.with_name(f".{TABLE}.{os.getpid()}.tmp")
-        pq.write_table(table, tmp)
+        data = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in everything])
+        path = table_path(directory, table)
+        tmp = path.with_name(f".{table}.{os.getpid()}.tmp")
+        pq.write_table(data, tmp)
         os.replace(tmp, path)
     return path
 
