@@ -70,13 +70,15 @@ def test_predicted_time_sums_each_ranks_calls_and_memory_counts_its_largest_call
 # ---------------------------------------------------------------- choice
 def test_choice_is_the_fastest_candidate_within_the_budget():
     profile, size = cpu_like_profile(), (1, 3, 1024, 1024)
-    roomy = choose_plan(profile, size, (2, 3), 2, 10**12, halo=32, multiple=8)
+    roomy = choose_plan(profile, size, (2, 3), 2, 10**12, halo=32, multiple=8, headroom=1.0)
     # the CPU-like model punishes calls beyond 2^18 pixels and per-call overheads: mid-size windows win
     largest = max(w.pixels for w in roomy.plan.windows) * roomy.batch
     assert 2**15 < largest <= 2**18 + 2**16
     tight_budget = int(max(roomy.bytes_per_rank) * 0.6)
-    tight = choose_plan(profile, size, (2, 3), 2, tight_budget, halo=32, multiple=8)
+    tight = choose_plan(profile, size, (2, 3), 2, tight_budget, halo=32, multiple=8, headroom=1.0)
     assert max(tight.bytes_per_rank) <= tight_budget
+    kept = choose_plan(profile, size, (2, 3), 2, 2 * tight_budget, halo=32, multiple=8, headroom=2.0)
+    assert max(kept.bytes_per_rank) * 2.0 <= 2 * tight_budget
     assert max(tight.seconds_per_rank) >= max(roomy.seconds_per_rank)
 
 

@@ -81,7 +81,14 @@ def _auto_plan(args: argparse.Namespace, channels: int, spatial: list[int], patc
     for ``--world`` such ranks."""
     import torch
 
-    from .autotune import cached_profile, choose_plan, default_probe_shapes, profile_network
+    from .autotune import (
+        CPU_MEMORY_HEADROOM,
+        MEMORY_HEADROOM,
+        cached_profile,
+        choose_plan,
+        default_probe_shapes,
+        profile_network,
+    )
     from .denoisers import load_denoiser
     from .memory import default_memory_budget, parse_bytes
     from .processing import size_multiple_of
@@ -113,6 +120,7 @@ def _auto_plan(args: argparse.Namespace, channels: int, spatial: list[int], patc
         batch=batch,
         max_window_pixels=args.max_window_pixels,
         itemsize=args.bytes_per_value,
+        headroom=CPU_MEMORY_HEADROOM if device.type == "cpu" else MEMORY_HEADROOM,
     )
 
 

@@ -33,7 +33,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .autotune import AutoPlan, NetworkProfile, cached_profile, choose_plan, default_probe_shapes, profile_network
+from .autotune import (
+    CPU_MEMORY_HEADROOM,
+    MEMORY_HEADROOM,
+    AutoPlan,
+    NetworkProfile,
+    cached_profile,
+    choose_plan,
+    default_probe_shapes,
+    profile_network,
+)
 from .balance import assign_balanced_counts
 from .comm import Layout, gather_items
 from .context import DistributedContext
@@ -298,6 +307,7 @@ class DistributedProcessing(torch.nn.Module):
             patch_size=self.patch_size,
             batch=self.max_batch_size,
             max_window_pixels=self.max_window_pixels,
+            headroom=CPU_MEMORY_HEADROOM if device.type == "cpu" else MEMORY_HEADROOM,
             itemsize=torch.finfo(dtype).bits // 8,
         )
 
