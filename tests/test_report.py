@@ -117,7 +117,7 @@ def test_figures_carry_data_and_labelled_axes(results):
 
 
 def test_a_folder_without_a_table_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="has no results table: run `distinv run CONFIG` first"):
+    with pytest.raises(ValueError, match="has no results table: run `distinv run CONFIG`"):
         write_report(tmp_path)
 
 
