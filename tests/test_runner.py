@@ -76,6 +76,8 @@ def _ranks_import_the_test_models(monkeypatch):
         ({"problems": [{**TOMO, "params": {"size": 3}}]}, "the size goes in sizes"),
         ({"problems": [{**TOMO, "sweep": 1}]}, "problems[0].sweep is not a config key"),
         ({"tiling": {"patch": 64}}, "tiling.patch is not a config key: did you mean tiling.patch_size?"),
+        ({"problems": [{**TOMO, "tiling": {"halo": 4}}]}, "problems[0].tiling.halo is not a config key"),
+        ({"problems": [{**TOMO, "tiling": 8}]}, "problems[0].tiling: give a mapping that overrides the top-level"),
     ],
 )
 def test_each_config_rule_names_its_key_and_the_fix(tmp_path, change, message):
@@ -112,6 +114,24 @@ def test_grid_expands_sizes_engines_world_sizes_and_repetitions_with_stable_keys
     base = [r for r in runs if r.engine == "none" and r.size == 32 and r.repetition == 0][0]
     assert base.key.startswith("tomography_2d-32-none-w1-r0-")
     assert len({r.group for r in runs if r.size == 32 and r.repetition == 0}) == 1
+
+
+def test_a_problem_overrides_the_top_level_tiling_key_by_key(tmp_path):
+    raw = _config(tmp_path, tiling={"overlap": 32, "max_batch_size": 4})
+    raw["problems"].append({**TOMO, "name": "tomography_3d", "tiling": {"overlap": 8}})
+    by_problem = {r.problem: r.tiling for r in validate(raw).runs()}
+    assert by_problem["tomography_2d"] == {"patch_size": None, "overlap": 32, "max_batch_size": 4}
+    assert by_problem["tomography_3d"] == {"patch_size": None, "overlap": 8, "max_batch_size": 4}
+
+
+def test_deepinv_gets_half_the_smallest_side_when_its_default_patch_does_not_fit():
+    from distinv.bench.engines import deepinv_patch
+
+    assert deepinv_patch(256, (512, 512), given=False) == 256
+    assert deepinv_patch(256, (256, 300), given=False) == 128  # two windows a side, as for two ranks
+    assert deepinv_patch(256, (32, 32, 32), given=False) == 16
+    assert deepinv_patch(64, (32, 32), given=True) == 24  # a given patch shrinks only as far as deepinv needs
+    assert deepinv_patch(256, (12, 12), given=False) == 8
 
 
 def test_tiny_runs_at_world_sizes_1_and_2_write_the_table_and_a_resume_skips_them(tmp_path):

@@ -64,7 +64,7 @@ TOP_DEFAULTS: dict[str, Any] = {
     "tiling": {},
     "slurm": {},
 }
-PROBLEM_KEYS = {"name", "sizes", "params", "solver", "denoiser"}
+PROBLEM_KEYS = {"name", "sizes", "params", "solver", "denoiser", "tiling"}
 
 
 class ConfigError(ValueError):
@@ -137,7 +137,7 @@ class Config:
                                     repetition=rep,
                                     solver=solver,
                                     denoiser=denoiser,
-                                    tiling={**TILING_DEFAULTS, **c["tiling"]},
+                                    tiling={**TILING_DEFAULTS, **c["tiling"], **entry.get("tiling", {})},
                                     device=c["device"],
                                     threads_per_rank=c["threads_per_rank"],
                                     timeout_s=float(c["timeout_s"]),
@@ -288,7 +288,7 @@ def _check_problems(c: dict, errors: list[str]) -> None:
         if not isinstance(params, dict) or "size" in params:
             errors.append(f"{where}.params: give a mapping of the problem's parameters (the size goes in sizes).")
             params = {}
-        for key in ("solver", "denoiser"):
+        for key in ("solver", "denoiser", "tiling"):
             if not isinstance(entry.get(key, {}), dict):
                 errors.append(f"{where}.{key}: give a mapping that overrides the top-level {key}.")
         if isinstance(entry.get("solver"), dict):
@@ -296,6 +296,8 @@ def _check_problems(c: dict, errors: list[str]) -> None:
             _check_solver(entry["solver"], f"{where}.solver", errors)
         if isinstance(entry.get("denoiser"), dict):
             _unknown(entry["denoiser"], DENOISER_DEFAULTS, f"{where}.denoiser.", errors)
+        if isinstance(entry.get("tiling"), dict):
+            _unknown(entry["tiling"], TILING_DEFAULTS, f"{where}.tiling.", errors)
         for size in sizes:
             try:
                 check(entry["name"], size=size, **params)

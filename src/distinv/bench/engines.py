@@ -99,14 +99,25 @@ def _deepinv_engine(ctx: DistributedContext, problem: Problem, model: torch.nn.M
     )
     patch = tiling.get("patch_size") or DEEPINV_PATCH
     overlap = tiling.get("overlap") if tiling.get("overlap") is not None else DEEPINV_OVERLAP
-    smallest = min(problem.ground_truth.shape[2:])
-    if patch >= smallest:  # it refuses a patch as large as the image
-        patch = max(8, (smallest - 1) // 8 * 8)
+    patch = deepinv_patch(patch, problem.ground_truth.shape[2:], given=tiling.get("patch_size") is not None)
     denoiser = theirs.distribute(
         model, their_ctx, patch_size=patch, overlap=overlap, max_batch_size=tiling.get("max_batch_size")
     )
     view = OperatorView(ctx, list(physics.local_indexes), list(physics.local_physics), problem.ground_truth)
     return Engine("deepinv", _DeepinvPhysics(physics), denoiser, view)
+
+
+def deepinv_patch(patch: int, spatial: tuple[int, ...], given: bool) -> int:
+    """The patch deepinv's module gets on an image of ``spatial`` size: it refuses a patch as large as the
+    image, so its default 256 on a smaller image becomes half the smallest side (a multiple of 8, at least 8),
+    which gives every rank of two a window, as distinv's planner would; a patch the user gave is shrunk only as
+    far as deepinv needs (the largest multiple of 8 below the smallest side)."""
+    smallest = min(spatial)
+    if patch < smallest:
+        return patch
+    if given:
+        return max(8, (smallest - 1) // 8 * 8)
+    return max(8, smallest // 2 // 8 * 8)
 
 
 class _DeepinvPhysics:
