@@ -11,7 +11,7 @@ import torch
 
 from distinv.cli import main
 from distinv.denoisers import load_denoiser, shipped_models
-from distinv.denoisers.training import ResidualDenoiser, TrainConfig, build_network, train
+from distinv.denoisers.training import ResidualDenoiser, TrainConfig, build_network, denoising_loss, train
 
 TINY = {"nc": [8, 8, 8, 8], "nb": 1}
 
@@ -53,6 +53,31 @@ def test_train_cli_exports_weights_and_records_the_manifest(tmp_path, capsys):
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():  # float16 export: equal to about 1e-3
         assert torch.allclose(model(x, 0.1), checkpoint(x, 0.1), atol=1e-2)
+
+
+def test_per_sigma_loss_counts_every_noise_level_alike():
+    clean = torch.zeros(2, 1, 4, 4)
+    sigma = torch.tensor([0.02, 0.2])
+    estimate = clean + sigma.view(-1, 1, 1, 1) / 2  # each crop off by half its sigma
+    assert torch.isclose(denoising_loss("l1", estimate, clean, sigma), torch.tensor(0.055))
+    weighted = (estimate - clean).abs().flatten(1).mean(1) / (sigma + 1 / 255)
+    assert torch.isclose(denoising_loss("l1_per_sigma", estimate, clean, sigma), weighted.mean())
+    assert weighted[0] / weighted[1] > 0.7  # plain L1: 0.1
+
+
+def test_fine_tuning_starts_from_the_given_weights_and_a_mismatch_is_named(tmp_path):
+    train(_config(2), tmp_path / "base.pt", log=lambda _: None)
+    base = load_denoiser(tmp_path / "base.pt")
+    tuned = TrainConfig(**{**_config(1).__dict__, "init": str(tmp_path / "base.pt"), "lr": 1e-12})
+    model, _ = train(tuned, tmp_path / "tuned.pt", log=lambda _: None)
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():  # one step at a negligible learning rate: still the base weights
+        assert torch.allclose(model(x, 0.1), base(x, 0.1), atol=1e-6)
+    other = TrainConfig(**{**tuned.__dict__, "arch_kwargs": {"nc": [4, 4, 4, 4], "nb": 1}})
+    with pytest.raises(ValueError, match="does not fit arch='DRUNet'"):
+        train(other, tmp_path / "other.pt", log=lambda _: None)
+    with pytest.raises(ValueError, match="loss='l2'"):
+        train(TrainConfig(**{**_config(1).__dict__, "loss": "l2"}), tmp_path / "l2.pt", log=lambda _: None)
 
 
 def test_residual_denoiser_starts_as_the_identity_and_subtracts_the_predicted_noise():

@@ -188,6 +188,8 @@ def train_denoiser_command(args: argparse.Namespace) -> int:
         min_radius=args.min_radius,
         seed=args.seed,
         residual=not args.no_residual,
+        loss=args.loss,
+        init=args.init,
     )
     output = Path(args.output)
     checkpoint = Path(args.checkpoint) if args.checkpoint else output.with_suffix(".checkpoint.pt")
@@ -342,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--min-radius", type=float, default=2.0, help="smallest dead leaf's radius in pixels (smaller look like noise)"
     )
+    train.add_argument(
+        "--loss",
+        choices=("l1", "l1_per_sigma"),
+        default="l1",
+        help="l1_per_sigma divides each crop's L1 error by sigma + 1/255: every noise level counts alike",
+    )
+    train.add_argument("--init", default=None, help="fine-tune from these weights: shipped:NAME or a .pt file")
     train.add_argument("--image-dir", default=None, help="a folder of your images to add to the synthetic ones")
     train.add_argument("-o", "--output", required=True, help="the exported weights (.pt, float16)")
     train.add_argument("--checkpoint", default=None, help="resumable state (default: OUTPUT.checkpoint.pt)")
