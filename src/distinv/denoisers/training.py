@@ -227,7 +227,9 @@ def train(
         try:
             model.load_state_dict(_init_weights(config.init))
         except RuntimeError as exc:
-            raise ValueError(f"init={config.init!r} does not fit arch={config.arch!r} {config.arch_kwargs}: {exc}")
+            raise ValueError(
+                f"init={config.init!r} does not fit arch={config.arch!r} {config.arch_kwargs}: {exc}"
+            ) from None
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     decay = math.log(config.lr_final / config.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: math.exp(decay * min(s / config.steps, 1)))
