@@ -11,7 +11,14 @@ import torch
 
 from distinv.cli import main
 from distinv.denoisers import load_denoiser, shipped_models
-from distinv.denoisers.training import ResidualDenoiser, TrainConfig, build_network, denoising_loss, train
+from distinv.denoisers.training import (
+    ResidualDenoiser,
+    TrainConfig,
+    build_network,
+    denoising_loss,
+    radio_sky_image,
+    train,
+)
 
 TINY = {"nc": [8, 8, 8, 8], "nb": 1}
 
@@ -49,6 +56,8 @@ def test_train_cli_exports_weights_and_records_the_manifest(tmp_path, capsys):
     manifest = (tmp_path / "manifest.json").read_text()
     assert '"tiny-grey"' in manifest and "distinv train-denoiser --channels 1" in manifest
     model = load_denoiser(weights, arch="DRUNet", arch_kwargs=TINY, channels=1)
+    with pytest.raises(ValueError, match="does not fit arch='DRUNet', arch_kwargs=None"):
+        load_denoiser(weights, channels=1)  # deepinv's default DRUNet is wider than the one trained
     checkpoint = load_denoiser(tmp_path / "grey.checkpoint.pt")  # knows its architecture
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():  # float16 export: equal to about 1e-3
@@ -78,6 +87,25 @@ def test_fine_tuning_starts_from_the_given_weights_and_a_mismatch_is_named(tmp_p
         train(other, tmp_path / "other.pt", log=lambda _: None)
     with pytest.raises(ValueError, match="loss='l2'"):
         train(TrainConfig(**{**_config(1).__dict__, "loss": "l2"}), tmp_path / "l2.pt", log=lambda _: None)
+
+
+def test_radio_sky_training_draws_dark_skies_never_the_benchmarks_and_is_grey_only(tmp_path):
+    import random
+
+    from distinv.bench.data import radio_sky
+
+    sky = radio_sky_image(64, random.Random(0))
+    assert sky.shape == (1, 64, 64) and sky.max() == 1 and sky.min() >= 0
+    assert (sky < 1e-3).float().mean() > 0.3  # mostly dark background
+    rng = random.Random(0)
+    for _ in range(20):  # the benchmark's sky (seed 0, default sources) is not drawn
+        assert not torch.equal(radio_sky_image(64, rng)[None], radio_sky(64))
+    _, history = train(TrainConfig(**{**_config(2).__dict__, "synthetic": "radio-sky"}), tmp_path / "r.pt", log=print)
+    assert history["steps"] == 2
+    with pytest.raises(ValueError, match="synthetic='radio-sky' is grey: give channels=1"):
+        train(TrainConfig(**{**_config(1).__dict__, "synthetic": "radio-sky", "channels": 3}), tmp_path / "c.pt")
+    with pytest.raises(ValueError, match="synthetic='leaves'"):
+        train(TrainConfig(**{**_config(1).__dict__, "synthetic": "leaves"}), tmp_path / "l.pt")
 
 
 def test_residual_denoiser_starts_as_the_identity_and_subtracts_the_predicted_noise():

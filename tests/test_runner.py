@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from distinv.bench.config import ConfigError, load_config, validate
@@ -229,3 +230,17 @@ def test_slurm_jobs_are_sized_from_the_config_and_nothing_is_submitted(tmp_path,
     command = srun_command(spec, tmp_path, "abc", tasks_per_node=4)
     assert command[:4] == ["srun", "--ntasks=8", "--nodes=2", "--ntasks-per-node=4"]
     assert "--gpus-per-task=1" in command and command[-4:-3] == ["distinv.bench.worker"]
+
+
+def test_auto_denoiser_is_the_shipped_model_for_the_problem(tmp_path):
+    from distinv.bench.worker import load_model
+    from distinv.denoisers import load_denoiser
+
+    problems = [{"name": name, "sizes": [32]} for name in ("radio", "tomography_2d", "highres_blur")]
+    runs = {spec.problem: spec for spec in validate(_config(tmp_path, problems=problems)).runs()}
+    expected = {"radio": ("drunet-small-radio", 1), "tomography_2d": ("drunet-small-grey", 1)}
+    expected["highres_blur"] = ("drunet-small-colour", 3)
+    for problem, (name, channels) in expected.items():
+        chosen = load_model(runs[problem], channels, volume=False).state_dict()
+        for key, value in load_denoiser(f"shipped:{name}").state_dict().items():
+            assert torch.equal(chosen[key], value), (problem, key)

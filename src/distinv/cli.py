@@ -190,6 +190,7 @@ def train_denoiser_command(args: argparse.Namespace) -> int:
         residual=not args.no_residual,
         loss=args.loss,
         init=args.init,
+        synthetic=args.synthetic,
     )
     output = Path(args.output)
     checkpoint = Path(args.checkpoint) if args.checkpoint else output.with_suffix(".checkpoint.pt")
@@ -351,6 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="l1_per_sigma divides each crop's L1 error by sigma + 1/255: every noise level counts alike",
     )
     train.add_argument("--init", default=None, help="fine-tune from these weights: shipped:NAME or a .pt file")
+    train.add_argument(
+        "--synthetic",
+        choices=("dead-leaves", "radio-sky"),
+        default="dead-leaves",
+        help="the synthetic training images: dead leaves (grey or colour) or radio skies (grey)",
+    )
     train.add_argument("--image-dir", default=None, help="a folder of your images to add to the synthetic ones")
     train.add_argument("-o", "--output", required=True, help="the exported weights (.pt, float16)")
     train.add_argument("--checkpoint", default=None, help="resumable state (default: OUTPUT.checkpoint.pt)")

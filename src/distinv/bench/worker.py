@@ -22,9 +22,12 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from .config import RunSpec
 
+AUTO_MODELS = {"radio": "shipped:drunet-small-radio"}  # problems whose images are unlike dead leaves
+
 
 def load_model(spec: RunSpec, channels: int, volume: bool) -> torch.nn.Module:
-    """The run's denoiser: ``auto`` is the shipped model of the problem's channel count; ``python:module:name``
+    """The run's denoiser: ``auto`` is the shipped model for the problem (radio: the one trained on radio skies,
+    otherwise the grey or colour one by the problem's channel count); ``python:module:name``
     calls ``name(channels)`` from an importable module (your own network); anything else goes to
     :func:`~distinv.denoisers.load_denoiser`. Volumes get the 2D model slice by slice along three axes."""
     import importlib
@@ -34,7 +37,8 @@ def load_model(spec: RunSpec, channels: int, volume: bool) -> torch.nn.Module:
 
     source = spec.denoiser["model"]
     if source == "auto":
-        source = "shipped:drunet-small-colour" if channels == 3 else "shipped:drunet-small-grey"
+        by_channels = "shipped:drunet-small-colour" if channels == 3 else "shipped:drunet-small-grey"
+        source = AUTO_MODELS.get(spec.problem, by_channels)
     if source.startswith("python:"):
         module, _, name = source.removeprefix("python:").partition(":")
         model = getattr(importlib.import_module(module), name)(channels)

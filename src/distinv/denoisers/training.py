@@ -3,8 +3,9 @@
 The network sees ``x + sigma * n`` and ``sigma`` (blind over a range of levels, sigma as input as in DRUNet) and
 learns ``x`` with an L1 loss; by default it predicts the noise (:class:`ResidualDenoiser`) and starts as the
 identity. Training images are dead-leaves images (:func:`synthetic_image`): half with hard pixel edges, half
-drawn larger and downscaled (antialiased, edges between pixels as in photographs); a pool of them is renewed as
-training goes. A user folder of images adds its crops to the pool.
+drawn larger and downscaled (antialiased, edges between pixels as in photographs), or synthetic radio skies
+(:func:`radio_sky_image`, for radio interferometry); a pool of them is renewed as training goes. A user folder of
+images adds its crops to the pool.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from deepinv.models import Denoiser
 
-from ..bench.data import dead_leaves
+from ..bench.data import dead_leaves, radio_sky
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -45,6 +46,8 @@ class TrainConfig:
         identical, which caps a plug-and-play reconstruction whose last iterations use a small sigma).
     :param init: start from these weights (``shipped:NAME`` or an exported ``.pt``; fine-tuning) instead of the
         identity; a fresh optimiser either way.
+    :param synthetic: the synthetic images: ``dead-leaves`` (natural-image-like, grey or colour) or ``radio-sky``
+        (grey; point and Gaussian sources on a dark sky over decades of brightness, as a radio image).
     """
 
     arch: str = "DRUNet"
@@ -68,9 +71,12 @@ class TrainConfig:
     seed: int = 0
     loss: str = "l1"
     init: str | None = None
+    synthetic: str = "dead-leaves"
 
 
 LOSSES = ("l1", "l1_per_sigma")
+SYNTHETIC = ("dead-leaves", "radio-sky")
+FIRST_TRAINING_SEED = 1000  # radio skies draw seeds from here on: the benchmarks' ground truths use 0, 1, ...
 SIGMA_FLOOR = 1 / 255  # l1_per_sigma's weight at sigma 0 is 255, at 60/255 about 4
 
 
@@ -132,12 +138,18 @@ def build_network(arch: str, channels: int, arch_kwargs: dict, residual: bool = 
     return ResidualDenoiser(network) if residual else network
 
 
-def synthetic_image(channels: int, size: int, rng: random.Random, min_radius: float = 2.0) -> torch.Tensor:
-    """A dead-leaves image ``(C, size, size)``: half of them drawn at ``size`` with hard pixel edges and leaves of
-    at least ``min_radius / 2`` to ``min_radius`` pixels (like the benchmark's ground truths), half drawn at up to
-    3x ``size`` and downscaled with antialiasing (soft edges, like a camera's), leaves of at least ``min_radius``
-    pixels once downscaled. Sub-pixel leaves are left out: they look like noise and teach the network to keep it;
-    soft edges alone teach it that every hard edge is noise."""
+def synthetic_image(
+    channels: int, size: int, rng: random.Random, min_radius: float = 2.0, kind: str = "dead-leaves"
+) -> torch.Tensor:
+    """A training image ``(C, size, size)`` in [0, 1] of the ``kind`` in :data:`SYNTHETIC`.
+
+    ``dead-leaves``: half of them drawn at ``size`` with hard pixel edges and leaves of at least ``min_radius / 2``
+    to ``min_radius`` pixels (like the benchmark's ground truths), half drawn at up to 3x ``size`` and downscaled
+    with antialiasing (soft edges, like a camera's), leaves of at least ``min_radius`` pixels once downscaled.
+    Sub-pixel leaves are left out: they look like noise and teach the network to keep it; soft edges alone teach
+    it that every hard edge is noise. ``radio-sky``: see :func:`radio_sky_image`."""
+    if kind == "radio-sky":
+        return radio_sky_image(size, rng)
     seed, colour = rng.randrange(2**31), channels == 3
     if rng.random() < 0.5:
         return dead_leaves(size, size, seed=seed, colour=colour, min_radius=min_radius * rng.uniform(0.5, 1.0))[0]
@@ -146,6 +158,19 @@ def synthetic_image(channels: int, size: int, rng: random.Random, min_radius: fl
     if big != size:
         image = F.interpolate(image, size=[size, size], mode="bilinear", antialias=True, align_corners=False)
     return image[0].clamp(0, 1)
+
+
+def radio_sky_image(size: int, rng: random.Random) -> torch.Tensor:
+    """A grey synthetic radio sky ``(1, size, size)``, peak 1 (the benchmark's generator, never its seeds): 4 to
+    24 Gaussian sources and ``size / 16`` to ``size / 4`` point sources, dynamic range 1e2 to 1e4. A denoiser
+    trained on dead leaves has never seen an isolated bright pixel on a flat dark background, and smooths it."""
+    return radio_sky(
+        size,
+        dynamic_range=10 ** rng.uniform(2.0, 4.0),
+        num_extended=rng.randint(4, 24),
+        num_points=rng.randint(max(1, size // 16), max(1, size // 4)),
+        seed=rng.randrange(FIRST_TRAINING_SEED, 2**31),
+    )[0]
 
 
 def folder_images(image_dir: str | Path, channels: int, min_size: int) -> list[torch.Tensor]:
@@ -183,7 +208,9 @@ def random_crops(pool: list[torch.Tensor], count: int, size: int, rng: random.Ra
 def validation_set(config: TrainConfig) -> torch.Tensor:
     """Eight synthetic images, seeds apart from training's, ``(8, C, 128, 128)``."""
     rng = random.Random(10_000 + config.seed)
-    return torch.stack([synthetic_image(config.channels, 128, rng, config.min_radius) for _ in range(8)])
+    return torch.stack(
+        [synthetic_image(config.channels, 128, rng, config.min_radius, config.synthetic) for _ in range(8)]
+    )
 
 
 @torch.no_grad()
@@ -221,6 +248,10 @@ def train(
     model = build_network(config.arch, config.channels, config.arch_kwargs, config.residual).to(device)
     if config.loss not in LOSSES:
         raise ValueError(f"loss={config.loss!r}: choose one of {LOSSES}.")
+    if config.synthetic not in SYNTHETIC:
+        raise ValueError(f"synthetic={config.synthetic!r}: choose one of {SYNTHETIC}.")
+    if config.synthetic == "radio-sky" and config.channels != 1:
+        raise ValueError(f"synthetic='radio-sky' is grey: give channels=1 (got {config.channels}).")
     if config.residual:
         model.zero_last_convolution()
     if config.init:
@@ -254,16 +285,18 @@ def train(
         log(f"resumed at step {history['steps']} from {checkpoint}")
 
     user = folder_images(config.image_dir, config.channels, config.patch) if config.image_dir else []
-    pool = [synthetic_image(config.channels, config.source_size, rng, config.min_radius) for _ in range(config.pool)]
+
+    def new_image() -> torch.Tensor:
+        return synthetic_image(config.channels, config.source_size, rng, config.min_radius, config.synthetic)
+
+    pool = [new_image() for _ in range(config.pool)]
     validation = validation_set(config)
     model.train()
     started, step_time = time.perf_counter(), 0.0
     while history["steps"] < config.steps:
         step = history["steps"]
         if step % config.renew_every == 0 and step > 0:
-            pool[rng.randrange(len(pool))] = synthetic_image(
-                config.channels, config.source_size, rng, config.min_radius
-            )
+            pool[rng.randrange(len(pool))] = new_image()
         tic = time.perf_counter()
         clean = random_crops(pool + user, config.batch, config.patch, rng).to(device)
         sigma = torch.rand(config.batch, 1, 1, 1, device=device) * config.sigma_max
@@ -335,7 +368,8 @@ def manifest_entry(config: TrainConfig, history: dict, command: str, weights: Pa
         "residual": config.residual,
         "trained": {
             "command": command,
-            "data": "dead leaves (synthetic)" + (f" + {config.image_dir}" if config.image_dir else ""),
+            "data": f"{config.synthetic.replace('-', ' ')} (synthetic)"
+            + (f" + {config.image_dir}" if config.image_dir else ""),
             "steps": history["steps"],
             "batch": config.batch,
             "patch": config.patch,

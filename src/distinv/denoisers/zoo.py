@@ -79,7 +79,14 @@ def load_denoiser(
             if residual is None:  # a ResidualDenoiser's weights are its network's, under "network."
                 residual = all(k.startswith("network.") for k in state)
             model = build_network(arch, channels, arch_kwargs if arch_kwargs is not None else {}, residual)
-        model.load_state_dict(_to_float32(state))
+        try:
+            model.load_state_dict(_to_float32(state))
+        except RuntimeError:
+            raise ValueError(
+                f"source={source!r} does not fit arch={arch!r}, arch_kwargs={arch_kwargs}, channels={channels}: "
+                "pass the arch, arch_kwargs and channels it was trained with (a manifest records them), or load "
+                "its training checkpoint, which knows its architecture."
+            ) from None
     return model.to(device).eval()
 
 
