@@ -6,7 +6,7 @@ All PnP runs use the same algorithm, step, sigma schedule and iterations, throug
 the tiled denoiser (one rank, one core). TV gets an oracle: its threshold ``scale * sigma`` takes the best
 ``scale`` of ``--tv-scales`` against the ground truth; the trained denoiser gets no tuning per problem.
 
-    python benchmarks/quality.py                          # about 15 minutes on one core
+    python benchmarks/quality.py                          # about 30 minutes on one core
     python benchmarks/quality.py --problems radio --radio results/training/radio-v1.ckpt
 """
 
