@@ -7,6 +7,10 @@ import it by name); it runs on every rank and its per-rank return values come ba
 
 A rank that raises fails the call with its rank and traceback; the pool is then replaced, since the others
 may be stuck in a collective until the group's timeout.
+
+Every group runs with PyTorch's own collective checking (``TORCH_DISTRIBUTED_DEBUG=DETAIL``): each collective's
+kind, shape and order are compared across ranks, so a rank out of step fails the test at once, naming both sides,
+instead of pairing with another collective or waiting for the timeout.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def _worker(rank: int, world_size: int, port: int, inbox, outbox) -> None:
         LOCAL_WORLD_SIZE=str(world_size),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
+        TORCH_DISTRIBUTED_DEBUG="DETAIL",
     )
     from distinv import DistributedContext
 

@@ -357,6 +357,12 @@ def choose_plan(
             key = (max(seconds), max(memory))
             if best is None or key < best[0]:
                 best = (key, AutoPlan(patch, limit, plan, b, tuple(seconds), tuple(memory), budget_bytes))
+    if best is None and smallest is None:
+        raise ValueError(
+            f"No tiling of a {tuple(img_size)} signal over {world_size} ranks is within twice the largest window the "
+            f"network was measured on ({profile.probes[-1].pixels} pixels): give patch_size and max_batch_size "
+            "yourself."
+        )
     if best is None:
         raise ValueError(
             f"No tiling of a {tuple(img_size)} signal over {world_size} ranks fits memory_budget={budget_bytes} "

@@ -94,12 +94,15 @@ class DistributedDataFidelity(torch.nn.Module):
     ) -> torch.Tensor:
         """``sum_i d_i(A_i x, y_i)`` per sample, shape ``(B,)``, on every rank (this rank's part if not
         ``gather``)."""
-        y_local = self._check(physics, y)
-        ax = physics.A(x, gather=False, **kwargs)
-        terms = [
-            self.fidelity(i).d.fn(ax_i, y_i, *args)
-            for i, ax_i, y_i in zip(physics.local_indexes, ax, y_local, strict=True)
-        ]
+        self._check(physics)
+
+        def work(y_local: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [
+                self.fidelity(i).d.fn(op.A(x, **kwargs), y_i, *args)
+                for i, op, y_i in zip(physics.local_indexes, physics.local_physics, y_local, strict=True)
+            ]
+
+        terms, _ = physics.run_local("data fidelity fn", work, x=x, y=y, collective=gather)
         total = sum_over_ranks(self.ctx, terms, (x.shape[0],), x.real.dtype, x.device, globally=gather)
         return total / physics.num_operators if self.reduction == "mean" else total
 
@@ -113,19 +116,23 @@ class DistributedDataFidelity(torch.nn.Module):
         **kwargs,
     ) -> torch.Tensor:
         """``sum_i J_{A_i}(x)^T grad d_i(A_i x, y_i)``, shaped like ``x``: one image-sized all-reduce."""
-        y_local = self._check(physics, y)
-        terms = []
-        for j, (i, y_i) in enumerate(zip(physics.local_indexes, y_local, strict=True)):
-            op = physics.local_physics[j]
-            ax_i = op.A(x, **kwargs)
-            terms.append(op.A_vjp(x, self.fidelity(i).d.grad(ax_i, y_i, *args), **kwargs))
+        self._check(physics)
+
+        def work(y_local: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [
+                op.A_vjp(x, self.fidelity(i).d.grad(op.A(x, **kwargs), y_i, *args), **kwargs)
+                for i, op, y_i in zip(physics.local_indexes, physics.local_physics, y_local, strict=True)
+            ]
+
+        terms, _ = physics.run_local("data fidelity grad", work, x=x, y=y, collective=gather)
         total = sum_over_ranks(self.ctx, terms, x.shape, x.dtype, x.device, globally=gather)
         return total / physics.num_operators if self.reduction == "mean" else total
 
     def forward(self, x: torch.Tensor, y: Sequence[torch.Tensor], physics: DistributedStackedPhysics, **kwargs):
         return self.fn(x, y, physics, **kwargs)
 
-    def _check(self, physics: Any, y: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    def _check(self, physics: Any) -> None:
+        """Checks that are the same on every rank (the physics object is built identically everywhere)."""
         if not isinstance(physics, DistributedStackedPhysics):
             raise TypeError(
                 f"physics must be the distributed physics from distribute(...), got {type(physics).__name__}."
@@ -135,4 +142,3 @@ class DistributedDataFidelity(torch.nn.Module):
                 f"This data fidelity was built for {self.num_operators} operators but the physics has "
                 f"{physics.num_operators}."
             )
-        return physics._select_local(y, "y")[0]

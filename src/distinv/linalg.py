@@ -8,6 +8,7 @@ every rank without further communication: no rank leaves the loop while another 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -21,6 +22,23 @@ def _batch_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return prod.sum(dim=dims, keepdim=True) if dims else prod
 
 
+@dataclass(frozen=True)
+class SolveInfo:
+    """How a linear solve ended.
+
+    :ivar method: ``"cg"`` (conjugate gradient) or ``"fft"`` (closed form in the Fourier domain).
+    :ivar iterations: operator calls CG made (0 for the closed form).
+    :ivar relative_residual: the largest, over the batch, of ``||b - op(x)|| / ||b||`` as CG tracks it (for the
+        closed form: 0, it is exact to float precision).
+    :ivar converged: every sample reached ``tol`` (always ``True`` for the closed form).
+    """
+
+    method: str
+    iterations: int
+    relative_residual: float
+    converged: bool
+
+
 def conjugate_gradient(
     op: Operator,
     b: torch.Tensor,
@@ -28,6 +46,17 @@ def conjugate_gradient(
     max_iter: int = 100,
     tol: float = 1e-6,
 ) -> torch.Tensor:
+    """:func:`solve_cg`'s solution only."""
+    return solve_cg(op, b, x0, max_iter, tol)[0]
+
+
+def solve_cg(
+    op: Operator,
+    b: torch.Tensor,
+    x0: torch.Tensor | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+) -> tuple[torch.Tensor, SolveInfo]:
     """Solve ``op(x) = b`` for a symmetric positive semi-definite ``op``, each sample of the batch apart.
 
     Stops when every sample's residual norm is below ``tol * ||b||`` (per sample) or after ``max_iter``
@@ -35,17 +64,20 @@ def conjugate_gradient(
     of ``A^T``, so the limit is the minimum-norm least-squares solution.
 
     :param b: right-hand side, shape ``(B, ...)``; the first dim indexes independent systems.
-    :return: ``x`` with the shape of ``b``.
+    :return: ``x`` with the shape of ``b``, and how the solve ended (:class:`SolveInfo`).
     """
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b.clone() if x0 is None else b - op(x)
     p = r.clone()
     rs = _batch_dot(r, r)
-    threshold = (tol**2) * _batch_dot(b, b)
+    bb = _batch_dot(b, b)
+    threshold = (tol**2) * bb
+    iterations = 0
     for _ in range(max_iter):
         active = rs > threshold
         if not bool(active.any()):
             break
+        iterations += 1
         ap = op(p)
         pap = _batch_dot(p, ap)
         alpha = torch.where(active & (pap > 0), rs / pap.clamp_min(torch.finfo(pap.dtype).tiny), 0.0)
@@ -55,7 +87,9 @@ def conjugate_gradient(
         beta = torch.where(active & (rs > 0), rs_new / rs.clamp_min(torch.finfo(rs.dtype).tiny), 0.0)
         p = r + beta * p
         rs = torch.where(active, rs_new, rs)
-    return x
+    relative = torch.sqrt(rs / bb.clamp_min(torch.finfo(bb.dtype).tiny)).where(bb > 0, torch.zeros_like(rs))
+    converged = bool((rs <= threshold).all())
+    return x, SolveInfo("cg", iterations, float(relative.max()) if relative.numel() else 0.0, converged)
 
 
 def power_iteration(

@@ -41,6 +41,7 @@ class IterationRecord:
     relative_change: float
     data_peak_bytes: int | None = None
     denoiser_peak_bytes: int | None = None
+    data_solver: str = "gradient"  # how the data step ran: "gradient" (PGD), "fft" (closed form) or "cg"
 
 
 def sigma_schedule(sigma_start: float, sigma_end: float, iterations: int) -> list[float]:
@@ -113,12 +114,22 @@ def data_prox(
     x0: torch.Tensor,
     max_iter: int,
     tol: float,
-) -> torch.Tensor:
-    """``argmin_x 1/2 ||A x - y||^2 + 1/(2 gamma) ||x - z||^2``: CG on ``(A^T A + I / gamma) x = A^T y + z /
-    gamma`` from ``x0`` (one all-reduce per CG step)."""
+) -> tuple[torch.Tensor, str]:
+    """``argmin_x 1/2 ||A x - y||^2 + 1/(2 gamma) ||x - z||^2``, i.e. ``(A^T A + I / gamma) x = A^T y + z / gamma``.
+
+    On distinv's physics with circulant operators (``BlurFFT``, circular ``Blur``) this is solved exactly in the
+    Fourier domain, ``F^-1[(F(A^T y) + F(z) / gamma) / (sum_i |H_i|^2 + 1 / gamma)]``; otherwise by conjugate
+    gradient from ``x0`` (``max_iter`` steps, one all-reduce each, stopping at relative residual ``tol``).
+
+    :return: the solution (``z``'s shape) and the path that ran, ``"fft"`` or ``"cg"``.
+    """
+    rhs = aty + z / gamma
+    if isinstance(physics, DistributedStackedLinearPhysics):
+        x, info = physics.solve_normal(rhs, 1.0 / gamma, x0=x0, max_iter=max_iter, tol=tol, warn=False)
+        return x, info.method
     return conjugate_gradient(
-        lambda v: physics.A_adjoint_A(v) + v / gamma, aty + z / gamma, x0=x0, max_iter=max_iter, tol=tol
-    )
+        lambda v: physics.A_adjoint_A(v) + v / gamma, rhs, x0=x0, max_iter=max_iter, tol=tol
+    ), "cg"
 
 
 def pnp(
@@ -138,6 +149,7 @@ def pnp(
     callback: Callable[[IterationRecord, torch.Tensor], None] | None = None,
     ctx: DistributedContext | None = None,
     measure_memory: bool = False,
+    differentiable: bool = False,
 ) -> tuple[torch.Tensor, list[IterationRecord]]:
     """Run a plug-and-play algorithm; returns the last iterate and one record per iteration.
 
@@ -161,7 +173,20 @@ def pnp(
         them, else none is counted).
     :param measure_memory: record each step's peak memory (process resident set on CPU, CUDA peak allocated on
         GPU) in ``data_peak_bytes`` and ``denoiser_peak_bytes``.
+    :param differentiable: build an autograd graph through the iterations (for training an unrolled scheme).
+        Default ``False``: inference, no graph, each iterate freed as the next is made.
     """
+    with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        return _pnp(
+            algorithm, physics, denoiser, y, x0, sigma, iterations, step, relaxation, tol, cg_iterations,
+            ground_truth, data_range, callback, ctx, measure_memory,
+        )  # fmt: skip
+
+
+def _pnp(
+    algorithm, physics, denoiser, y, x0, sigma, iterations, step, relaxation, tol, cg_iterations, ground_truth,
+    data_range, callback, ctx, measure_memory,
+) -> tuple[torch.Tensor, list[IterationRecord]]:  # fmt: skip
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm={algorithm!r}: choose one of {ALGORITHMS}.")
     if iterations < 1:
@@ -188,11 +213,11 @@ def pnp(
         comm_before, start = comm_seconds(), time.perf_counter()
         with _peak(device, measure_memory) as data_memory, _Clock(device) as data_clock:
             if algorithm == "pgd":
-                z = x - steps[k] * (physics.A_adjoint_A(x) - aty)
+                z, solver = x - steps[k] * (physics.A_adjoint_A(x) - aty), "gradient"
             elif algorithm == "hqs":
-                z = data_prox(physics, aty, x, steps[k], x, cg_iterations, 1e-6)
+                z, solver = data_prox(physics, aty, x, steps[k], x, cg_iterations, 1e-6)
             else:
-                v = data_prox(physics, aty, x - u, steps[k], x, cg_iterations, 1e-6)
+                v, solver = data_prox(physics, aty, x - u, steps[k], x, cg_iterations, 1e-6)
                 z = v + u
         comm_middle = comm_seconds()
         with _peak(device, measure_memory) as denoiser_memory, _Clock(device) as denoiser_clock:
@@ -216,6 +241,7 @@ def pnp(
             relative_change=change,
             data_peak_bytes=data_memory.peak_total_bytes if measure_memory else None,
             denoiser_peak_bytes=denoiser_memory.peak_total_bytes if measure_memory else None,
+            data_solver=solver,
         )
         records.append(record)
         if callback is not None:

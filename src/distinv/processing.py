@@ -17,6 +17,12 @@ plan at 2 ranks: 4 windows; relative L2 error against the untiled network): 5.7e
 benchmarks/denoiser_tiling.py --halo-sweep``). Trained weights reach further than random ones: measure before
 trusting a small halo.
 
+Ranks stay in step: the network is made the same on every rank when it is distributed (rank 0's parameters
+and buffers are broadcast, as ``DistributedDataParallel`` does), and a rank's windows run before one small
+agreement (did any rank fail; which dtype did the network return) that precedes the gather, so a rank that fails
+(an exception, a GPU out of memory) fails every rank. The output has the dtype the network returned (e.g.
+bfloat16 under ``torch.autocast``), not necessarily the input's.
+
 Under autograd the output is differentiable: gradients reach the input and the network's parameters, equal
 to those of the same tiled computation in one process. The backward pass recomputes each rank's windows
 (nothing is stored in forward) and sums the input and parameter gradients over ranks with one all-reduce;
@@ -68,6 +74,15 @@ class Shard:
     shape: torch.Size
     pieces: list[tuple[tuple[slice, ...], torch.Tensor]]
     windows: list[int]
+
+
+def network_dtype(processor: Any) -> torch.dtype:
+    """The dtype a network computes in: its first floating-point parameter's, else torch's default."""
+    if isinstance(processor, torch.nn.Module):
+        for p in processor.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return torch.get_default_dtype()
 
 
 def size_multiple_of(processor: Any) -> int:
@@ -151,6 +166,8 @@ class DistributedProcessing(torch.nn.Module):
             raise TypeError(f"DistributedProcessing got unexpected arguments {sorted(unknown)}.")
         self.ctx = ctx
         self.processor = processor.to(ctx.device) if isinstance(processor, torch.nn.Module) else processor
+        if isinstance(self.processor, torch.nn.Module):
+            broadcast_module_state(ctx, self.processor)
         self.tiling_strategy = tiling_strategy or "overlap_tiling"
         self.patch_size = patch_size
         self.overlap = 0 if self.tiling_strategy == "basic" else overlap
@@ -186,38 +203,41 @@ class DistributedProcessing(torch.nn.Module):
         if not isinstance(strategy, TilingStrategy):
             return self._run_custom(strategy, x, call)
         params = self._trainable_parameters()
-        if torch.is_grad_enabled() and (x.requires_grad or params):
-            if not gather:
-                raise ValueError(
-                    "gather=False returns a Shard, which autograd cannot follow: use gather=True "
-                    "under autograd, or wrap the call in torch.no_grad()."
-                )
+        if not gather and x.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                "gather=False returns a Shard, which autograd cannot follow, but x requires grad: use gather=True "
+                "under autograd, or wrap the call in torch.no_grad()."
+            )
+        if gather and torch.is_grad_enabled() and (x.requires_grad or params):
             return _TiledApply.apply(self, strategy, call, x, *params)
-        pieces = self._run_local(strategy, _cut_from(x, strategy), call)
-        return self._finish(strategy, pieces, x.dtype, gather)
+        with torch.no_grad():  # a Shard carries no graph: the network's parameters get no gradient from it
+            pieces, dtype = self._run_agreed(strategy, _cut_from(x, strategy), call, x.dtype)
+            return self._finish(strategy, pieces, dtype, gather)
 
     def gather(self, shard: Shard) -> torch.Tensor:
         """The full signal on every rank, from each rank's :class:`Shard` (one all-gather)."""
         strategy = self.strategy_for(shard.shape)
         pieces = dict(zip(shard.windows, [p for _, p in shard.pieces], strict=True))
-        dtype = shard.pieces[0][1].dtype if shard.pieces else torch.get_default_dtype()
+        dtype = self._agreed_dtype("gathering a Shard", None, pieces, torch.get_default_dtype())
         return self._assemble(strategy, pieces, dtype)
 
     def _from_shard(self, shard: Shard, sigma: Any, args: tuple, kwargs: dict, gather: bool) -> Any:
         strategy = self.strategy_for(shard.shape)
+        error = None
         if not isinstance(strategy, TilingStrategy) or [w.index for w in strategy.plan.windows_of(self.ctx.rank)] != (
             shard.windows
         ):
-            raise ValueError(
+            error = ValueError(
                 "This Shard was not cut by this denoiser's plan for its shape: pass the Shard to the same "
                 "distributed denoiser that returned it, or gather it first."
             )
+        self.ctx.agree("checking the Shard", error)  # before the halo exchange, on every rank
         owned = dict(zip(shard.windows, [p for _, p in shard.pieces], strict=True))
         like = next(iter(owned.values()), None)
         windows = exchange_windows(self.ctx, strategy, owned, like)  # a rank without windows has nothing to trade
         call = self._caller(sigma, shard.shape, args, kwargs)
-        pieces = self._run_local(strategy, lambda w: windows[w.index], call)
-        dtype = like.dtype if like is not None else torch.get_default_dtype()
+        fallback = like.dtype if like is not None else torch.get_default_dtype()
+        pieces, dtype = self._run_agreed(strategy, lambda w: windows[w.index], call, fallback)
         return self._finish(strategy, pieces, dtype, gather)
 
     def _finish(self, strategy: TilingStrategy, pieces: dict[int, torch.Tensor], dtype, gather: bool) -> Any:
@@ -275,19 +295,21 @@ class DistributedProcessing(torch.nn.Module):
     def _auto_plan(self, shape: tuple[int, ...], dims: tuple[int, ...], probe: Callable) -> AutoPlan:
         """Measure the network (once per network, device, dtype and signal layout), agree over ranks on the
         costs (largest) and the budget (smallest), and choose the plan."""
-        device, dtype = self.ctx.device, torch.get_default_dtype()
+        device, dtype = self.ctx.device, network_dtype(self.processor)
         spatial = [shape[d] for d in dims]
-        key = (str(device), dtype, shape[0], shape[1], len(dims))
         budget = self.memory_budget or default_memory_budget(device)
-
         shapes = default_probe_shapes(spatial, self.size_multiple, shape[0], device)
+        # A profile is a property of the network on these probe windows, on this device and dtype.
+        key = (str(device), dtype, shape[0], shape[1], tuple(tuple(s) for s in shapes))
 
         def measure():
             return profile_network(
                 probe, shape[1], shapes, samples=shape[0], device=device, dtype=dtype, budget_bytes=budget
             )
 
-        profile = cached_profile(self.processor, key, measure)
+        profile = self.ctx.run_agreed(
+            "profiling the network (automatic tiling)", lambda: cached_profile(self.processor, key, measure)
+        )
         # Every rank probes the same windows; those a rank could not run (memory) count as infinitely costly.
         count = len(shapes)
         values = torch.full((count + 1, 2), math.inf, dtype=torch.float64)
@@ -365,6 +387,39 @@ class DistributedProcessing(torch.nn.Module):
         call.sigma_kind = kind
         return call
 
+    def _run_agreed(
+        self,
+        strategy: TilingStrategy,
+        window_input: Callable[[Window], torch.Tensor],
+        call: Callable,
+        fallback: torch.dtype,
+    ) -> tuple[dict[int, torch.Tensor], torch.dtype]:
+        """:meth:`_run_local`, then one agreement over ranks: an error on any rank is an error on every rank,
+        and every rank learns the dtype the network returned (a rank with no window included)."""
+        pieces: dict[int, torch.Tensor] = {}
+        error = None
+        try:
+            pieces = self._run_local(strategy, window_input, call)
+        except Exception as exc:  # noqa: BLE001 - a failure on one rank must fail every rank
+            error = exc
+        return pieces, self._agreed_dtype("the tiled denoiser's windows", error, pieces, fallback)
+
+    def _agreed_dtype(
+        self, step: str, error: BaseException | None, pieces: dict[int, torch.Tensor], fallback: torch.dtype
+    ) -> torch.dtype:
+        """The one dtype of every rank's pieces (``fallback`` if no rank has any), agreed with any error."""
+        dtypes = {p.dtype for p in pieces.values()}
+        code = -1 if not dtypes else (_dtype_code(dtypes.pop()) if len(dtypes) == 1 else -2)
+        codes = {row[0] for row in self.ctx.agree(step, error, [code])} - {-1}
+        if not codes:
+            return fallback
+        if len(codes) > 1 or -2 in codes:
+            raise TypeError(
+                f"{step}: the network returned different dtypes on different windows or ranks "
+                f"({sorted(codes)}): make it return one dtype (e.g. the same autocast on every rank)."
+            )
+        return _DTYPES[codes.pop()]
+
     def _run_local(
         self, strategy: TilingStrategy, window_input: Callable[[Window], torch.Tensor], call: Callable
     ) -> dict[int, torch.Tensor]:
@@ -419,17 +474,61 @@ class DistributedProcessing(torch.nn.Module):
         local = [i for i in range(n) if owners[i] == self.ctx.rank]
         if isinstance(getattr(call, "sigma_kind", None), str) and call.sigma_kind == "map":
             raise ValueError("A noise map sigma needs the built-in tiling: give a number or one sigma per sample.")
-        processed = []
-        for i, patch in strategy.get_local_patches(x, local):
-            processed.append((i, call(patch, [(slice(None),) * x.ndim])))
-        out = torch.zeros_like(x)
-        strategy.reduce_patches(out, processed)
-        return self.ctx.all_reduce(out)
+
+        def work() -> torch.Tensor:
+            processed = [
+                (i, call(patch, [(slice(None),) * x.ndim])) for i, patch in strategy.get_local_patches(x, local)
+            ]
+            out = torch.zeros_like(x)
+            strategy.reduce_patches(out, processed)
+            return out
+
+        return self.ctx.all_reduce(self.ctx.run_agreed(f"tiling strategy {type(strategy).__name__}", work))
 
     def _trainable_parameters(self) -> list[torch.nn.Parameter]:
         if not isinstance(self.processor, torch.nn.Module):
             return []
         return [p for p in self.processor.parameters() if p.requires_grad]
+
+
+_DTYPES = (
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.complex64,
+    torch.complex128,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.bool,
+)
+
+
+def _dtype_code(dtype: torch.dtype) -> int:
+    if dtype not in _DTYPES:
+        raise TypeError(f"The network returned dtype {dtype}, which the tiled gather does not carry.")
+    return _DTYPES.index(dtype)
+
+
+def broadcast_module_state(ctx: DistributedContext, module: torch.nn.Module) -> None:
+    """Make ``module`` the same on every rank: rank 0's parameters and buffers, broadcast in place (one
+    broadcast per dtype), as ``DistributedDataParallel`` does at construction."""
+    if not ctx.is_distributed:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    with torch.no_grad():
+        for tensors in by_dtype.values():
+            flat = torch.cat([t.detach().reshape(-1).to(ctx.device) for t in tensors])
+            ctx.broadcast(flat, src=0)
+            offset = 0
+            for t in tensors:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
 
 
 def _cut_from(x: torch.Tensor, strategy: TilingStrategy) -> Callable[[Window], torch.Tensor]:
@@ -444,7 +543,8 @@ class _TiledApply(torch.autograd.Function):
     @staticmethod
     def forward(fctx, engine, strategy, call, x, *params):
         with torch.no_grad():
-            out = engine._assemble(strategy, engine._run_local(strategy, _cut_from(x, strategy), call), x.dtype)
+            pieces, dtype = engine._run_agreed(strategy, _cut_from(x, strategy), call, x.dtype)
+            out = engine._assemble(strategy, pieces, dtype)
         fctx.engine, fctx.strategy, fctx.call, fctx.params = engine, strategy, call, params
         fctx.save_for_backward(x)
         return out
@@ -454,13 +554,17 @@ class _TiledApply(torch.autograd.Function):
         (x,) = fctx.saved_tensors
         engine, strategy = fctx.engine, fctx.strategy
         inputs = [x.detach().requires_grad_(True), *fctx.params]
-        with torch.enable_grad():
-            pieces = engine._run_local(strategy, _cut_from(inputs[0], strategy), fctx.call)
-            grads: Sequence[torch.Tensor | None] = [None] * len(inputs)
-            if pieces:
+
+        def local_gradients() -> Sequence[torch.Tensor | None]:
+            with torch.enable_grad():
+                pieces = engine._run_local(strategy, _cut_from(inputs[0], strategy), fctx.call)
+                if not pieces:
+                    return [None] * len(inputs)
                 windows = strategy.plan.windows
-                wanted = [grad_out[strategy.index(windows[i].owned_slices)] for i in pieces]
-                grads = torch.autograd.grad(list(pieces.values()), inputs, wanted, allow_unused=True)
+                wanted = [grad_out[strategy.index(windows[i].owned_slices)].to(p.dtype) for i, p in pieces.items()]
+                return torch.autograd.grad(list(pieces.values()), inputs, wanted, allow_unused=True)
+
+        grads = engine.ctx.run_agreed("the tiled denoiser's backward", local_gradients)
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs, strict=True)]
         flat = torch.cat([g.reshape(-1) for g in grads])
         engine.ctx.all_reduce(flat)

@@ -227,8 +227,11 @@ def _best_grid(shape, halos, multiple, world_size, max_window_pixels) -> tuple[i
         if best is not None:
             return best[1]
         per_rank += 1
-    if max_window_pixels is None:
-        return tuple(limits)  # fewer aligned blocks than ranks: one window per block, some ranks idle
+    # No grid of a multiple of world_size windows fits (a small signal on many ranks, or an awkward world size):
+    # one window per aligned block, the smallest windows there are; the ranks own unequal shares, some none.
+    finest = [_segments(s, n, h, multiple) for s, n, h in zip(shape, limits, halos, strict=True)]
+    if max_window_pixels is None or math.prod(max(seg[1] for seg in segs) for segs in finest) <= max_window_pixels:
+        return tuple(limits)
     raise ValueError(
         f"No window of a {shape} signal fits max_window_pixels={max_window_pixels} at size multiple {multiple}: "
         "raise max_window_pixels or give patch_size."

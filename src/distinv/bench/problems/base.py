@@ -8,12 +8,12 @@ from typing import Any
 
 import torch
 from deepinv.physics import LinearPhysics
-from deepinv.utils.tensorlist import TensorList
 
 from ...comm import sum_over_ranks
 from ...context import DistributedContext
 from ...distribute import distribute
 from ...physics import DistributedStackedLinearPhysics
+from ...placement import LocalMeasurements
 from ...pnp import psnr
 
 OperatorFactory = Callable[[int, torch.device, Any], LinearPhysics]
@@ -56,8 +56,9 @@ class Problem:
             **kwargs,
         )
 
-    def measure(self, physics: DistributedStackedLinearPhysics) -> TensorList:
-        """This rank's measurements ``y_i = A_i x + noise_i``, in ``physics.local_indexes`` order."""
+    def measure(self, physics: DistributedStackedLinearPhysics) -> LocalMeasurements:
+        """This rank's measurements ``y_i = A_i x + noise_i``, in ``physics.local_indexes`` order (sharded by
+        operator, marked as such)."""
         x = self.ground_truth.to(physics.ctx.device)
         out = []
         for i, op in zip(physics.local_indexes, physics.local_physics, strict=True):
@@ -69,7 +70,7 @@ class Problem:
             scale = getattr(op, "noise_scale", None)  # per-measurement noise factor, e.g. radio data weights
             noise = noise.to(clean.device) if scale is None else noise.to(clean.device) * scale
             out.append(clean + self.noise_sigma * noise)
-        return TensorList(out) if out else []
+        return LocalMeasurements(out, physics.local_indexes, self.num_operators)
 
     def initial(self, physics: DistributedStackedLinearPhysics, y_local: list[torch.Tensor]) -> torch.Tensor:
         return self.init(self, physics, y_local)
