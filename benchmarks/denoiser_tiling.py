@@ -89,7 +89,7 @@ def worker(args) -> None:
                     results[name]["peaks"].append(peak)
             sweep = {}
             if args.halo_sweep:
-                reference = torch.load(Path(args.out).with_suffix(".reference.pt"))
+                reference = torch.load(Path(args.out).with_suffix(".reference.pt"), weights_only=True)
                 for h in (0, 8, 16, 32, 64):
                     tiled = distribute(net, ctx, overlap=h)(x, SIGMA)
                     sweep[h] = ((tiled - reference).norm() / reference.norm()).item()

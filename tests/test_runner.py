@@ -176,7 +176,7 @@ def test_a_rank_that_raises_fails_its_run_quickly_with_its_message_and_the_next_
     assert len(failed) == 1 and failed[0]["failed_rank"] == 1
     assert "rank 1 broke on purpose" in failed[0]["error"] and Path(failed[0]["log_dir"]).is_dir()
     assert any("FAILED on rank 1" in line and "rank 1 broke on purpose" in line for line in lines)
-    assert {r["size"] for r in read_rows(config.output) if r["status"] == "ok"} == {48}
+    assert {r["size"] for r in read_rows(config.output) if r["status"] == "ok"} == {"48"}  # sizes: JSON text
     assert len(finished_runs(config.output)) == 1  # the run after the failure finished
 
 

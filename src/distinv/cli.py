@@ -280,7 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="a YAML config, e.g. configs/quick.yml")
     run.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
     run.add_argument("--only", nargs="+", default=None, help="runs whose key contains all these words")
-    run.add_argument("--redo", action="store_true", help="run again what the table already has (default: resume)")
+    run.add_argument(
+        "--redo", action="store_true", help="run again what the table already has, replacing its rows (default: resume)"
+    )
     run.add_argument("--slurm", action="store_true", help="submit each run as a SLURM job (submitit)")
     run.add_argument("--srun", action="store_true", help="run each as a job step of the current SLURM allocation")
     run.add_argument("-o", "--output", default=None, help="results folder (default: the config's output)")

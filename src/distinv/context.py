@@ -167,8 +167,14 @@ class DistributedContext:
     def _adopt_existing_group(self, env: Mapping[str, str]) -> None:
         """Someone else made the process group: use it, never destroy it."""
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self.local_rank = int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", self.rank)))
-        self.local_world_size = int(env.get("LOCAL_WORLD_SIZE", self.world_size))
+        try:  # the launcher's own view of this host (torchrun's LOCAL_*, srun's SLURM_* variables)
+            launch = detect_launch(env)
+        except LaunchError:
+            launch = None
+        if launch is not None and launch.source != "single":
+            self.local_rank, self.local_world_size = launch.local_rank, launch.local_world_size
+        else:  # a group made by hand, without a launcher's variables: assume one host
+            self.local_rank, self.local_world_size = self.rank, self.world_size
         self.launch = Launch("existing", self.rank, self.world_size, self.local_rank, self.local_world_size)
         if self.backend is None:
             self.backend = dist.get_backend()

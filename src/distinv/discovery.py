@@ -132,14 +132,14 @@ def _slurm_local_world_size(env: Mapping[str, str], fallback: int) -> int:
     """Tasks on this node, from ``SLURM_STEP_TASKS_PER_NODE`` (e.g. ``"4(x2),3"``) and ``SLURM_NODEID``."""
     spec = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE")
     if not spec:
-        return int(env["SLURM_NTASKS_PER_NODE"]) if env.get("SLURM_NTASKS_PER_NODE") else fallback
+        return _int(env, "SLURM_NTASKS_PER_NODE") if env.get("SLURM_NTASKS_PER_NODE") else fallback
     per_node: list[int] = []
     for part in spec.split(","):
         m = re.fullmatch(r"(\d+)(\(x(\d+)\))?", part.strip())
         if m is None:
             raise LaunchError(f"Cannot read the SLURM tasks-per-node list {spec!r}.")
         per_node += [int(m.group(1))] * int(m.group(3) or 1)
-    node = int(env.get("SLURM_NODEID", "0"))
+    node = _int(env, "SLURM_NODEID") if "SLURM_NODEID" in env else 0
     if node >= len(per_node):
         raise LaunchError(f"SLURM_NODEID={node} but the tasks-per-node list {spec!r} has {len(per_node)} nodes.")
     return per_node[node]

@@ -39,17 +39,6 @@ class SolveInfo:
     converged: bool
 
 
-def conjugate_gradient(
-    op: Operator,
-    b: torch.Tensor,
-    x0: torch.Tensor | None = None,
-    max_iter: int = 100,
-    tol: float = 1e-6,
-) -> torch.Tensor:
-    """:func:`solve_cg`'s solution only."""
-    return solve_cg(op, b, x0, max_iter, tol)[0]
-
-
 def solve_cg(
     op: Operator,
     b: torch.Tensor,

@@ -5,9 +5,12 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+from .discovery import LaunchError, detect_launch
 
 
 def _status_kib(field: str) -> int:
@@ -60,14 +63,23 @@ class PeakMemory:
 
 def default_memory_budget(device: torch.device | str = "cpu", fraction: float = 0.5) -> int:
     """Bytes one rank may use for a denoiser call: ``fraction`` of the device's free memory (GPU), or of the
-    host's available memory shared by the ranks on this host (``LOCAL_WORLD_SIZE``, CPU)."""
+    host's available memory shared by the ranks on this host (CPU; their number as
+    :func:`~distinv.discovery.detect_launch` finds it: torchrun's ``LOCAL_WORLD_SIZE``, or SLURM's tasks on
+    this node under ``srun``)."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(fraction * free)
     available = _meminfo_kib("MemAvailable") * 1024
-    local_ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return int(fraction * available / local_ranks)
+    return int(fraction * available / local_ranks(os.environ))
+
+
+def local_ranks(env: Mapping[str, str]) -> int:
+    """Ranks of this launch on this host (1 for a single process)."""
+    try:
+        return max(1, detect_launch(env).local_world_size)
+    except LaunchError:  # a half-configured launch fails where the process group starts, with its own message
+        return 1
 
 
 def _meminfo_kib(field: str) -> int:

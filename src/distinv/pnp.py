@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .context import DistributedContext
-from .linalg import conjugate_gradient
+from .linalg import solve_cg
 from .physics import DistributedStackedLinearPhysics
 
 ALGORITHMS = ("pgd", "hqs", "admm")
@@ -127,9 +127,8 @@ def data_prox(
     if isinstance(physics, DistributedStackedLinearPhysics):
         x, info = physics.solve_normal(rhs, 1.0 / gamma, x0=x0, max_iter=max_iter, tol=tol, warn=False)
         return x, info.method
-    return conjugate_gradient(
-        lambda v: physics.A_adjoint_A(v) + v / gamma, rhs, x0=x0, max_iter=max_iter, tol=tol
-    ), "cg"
+    x, _ = solve_cg(lambda v: physics.A_adjoint_A(v) + v / gamma, rhs, x0=x0, max_iter=max_iter, tol=tol)
+    return x, "cg"
 
 
 def pnp(

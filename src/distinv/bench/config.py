@@ -2,7 +2,9 @@
 
 A config names problems (each with its sizes to sweep and parameters), one PnP solver, a denoiser, the tiling
 settings, the engines to compare, the world sizes, repetitions and an output folder; ``configs/quick.yml`` is the
-annotated example. Every rule broken is reported at once, each naming its key and the fix.
+annotated example. Every rule broken is reported at once, each naming its key and the fix, before anything
+runs: what a run would only find out at run time (a tiling or solver value out of range, a denoiser that does
+not exist, two grid entries that are the same run) is checked here.
 
 Engines: ``distinv`` (this library), ``deepinv`` (deepinv's ``deepinv.distributed`` module, same settings) and
 ``none`` (the untiled single-device baseline: deepinv's stacked physics and the bare denoiser, world size 1).
@@ -13,7 +15,9 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import importlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,6 +192,7 @@ def validate(raw: dict, slurm: bool = False, name: str = "benchmark") -> Config:
     _section(c, "tiling", TILING_DEFAULTS, errors)
     _section(c, "slurm", SLURM_DEFAULTS, errors)
     c["slurm"] = {**SLURM_DEFAULTS, **c["slurm"]}
+    slurm_ok = _check_slurm(c["slurm"], errors)
 
     if c["device"] not in DEVICES:
         errors.append(f"device={c['device']!r}: choose one of {list(DEVICES)}.")
@@ -203,15 +208,24 @@ def validate(raw: dict, slurm: bool = False, name: str = "benchmark") -> Config:
     engines = c["engines"]
     if not isinstance(engines, list) or not engines or any(e not in ENGINES for e in engines):
         errors.append(f"engines={engines!r}: give a list drawn from {list(ENGINES)}.")
+    else:
+        _check_once(engines, "engines", "engine", errors)
     worlds = c["world_sizes"]
     if not isinstance(worlds, list) or not worlds or any(not _is_int(w) or w < 1 for w in worlds):
         errors.append(f"world_sizes={worlds!r}: give a list of whole numbers >= 1, e.g. [1, 2, 4].")
-    elif c["device"] in DEVICES:
-        _check_devices(c, slurm, errors)
+    else:
+        _check_once(worlds, "world_sizes", "world size", errors)
+        if c["device"] in DEVICES and (slurm_ok or not slurm):
+            _check_devices(c, slurm, errors)
     _check_solver(c["solver"], "solver", errors)
-    _check_problems(c, errors)
+    _check_tiling(c["tiling"], "tiling", c["engines"], errors)
+    if "model" in c["denoiser"]:
+        _check_model(c["denoiser"]["model"], "denoiser", slurm, errors)
+    _check_problems(c, slurm, errors)
+    if not errors:
+        _check_distinct_runs(c, errors)
     if errors:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+        raise ConfigError("invalid config:\n  - " + "\n  - ".join(dict.fromkeys(errors)))
     return Config(raw=c, output=Path(c["output"]))
 
 
@@ -255,19 +269,172 @@ def _check_solver(solver: dict, where: str, errors: list[str]) -> None:
         errors.append(f"{where}.iterations={iterations!r}: give a whole number >= 1.")
     sigma = solver.get("sigma", 0.05)
     levels = sigma if isinstance(sigma, list) else [sigma]
-    if not 1 <= len(levels) <= 2 or any(not isinstance(s, int | float) or s <= 0 for s in levels):
-        errors.append(f"{where}.sigma={sigma!r}: give one level > 0 or [start, end] of a decreasing schedule.")
+    if not 1 <= len(levels) <= 2 or any(not _is_number(s) or s <= 0 for s in levels):
+        errors.append(
+            f"{where}.sigma={sigma!r}: give one level > 0 or [start, end] of a decreasing schedule{_hint(sigma)}."
+        )
     step = solver.get("step")
-    if step is not None and (not isinstance(step, int | float) or step <= 0):
-        errors.append(f"{where}.step={step!r}: give a step > 0, or null for 1 / ||A||^2.")
+    if step is not None and (not _is_number(step) or step <= 0):
+        errors.append(f"{where}.step={step!r}: give a step > 0, or null for 1 / ||A||^2{_hint(step)}.")
     coupling = solver.get("coupling")
-    if coupling is not None and (not isinstance(coupling, int | float) or coupling <= 0):
-        errors.append(f"{where}.coupling={coupling!r}: give a value > 0 (DPIR: 0.23), or null for a fixed step.")
+    if coupling is not None and (not _is_number(coupling) or coupling <= 0):
+        errors.append(
+            f"{where}.coupling={coupling!r}: give a value > 0 (DPIR: 0.23), or null for a fixed step{_hint(coupling)}."
+        )
     if coupling is not None and step is not None:
         errors.append(f"{where}: step and coupling both given: coupling sets the steps from sigma, drop one.")
+    # the ranges pnp() enforces when the run starts
+    relaxation = solver.get("relaxation", 1.0)
+    if not _is_number(relaxation) or not 0 < relaxation < 2:
+        errors.append(
+            f"{where}.relaxation={relaxation!r}: give a number in (0, 2), e.g. 1.0 (no relaxation){_hint(relaxation)}."
+        )
+    cg_iterations = solver.get("cg_iterations", 1)
+    if not _is_int(cg_iterations) or cg_iterations < 1:
+        errors.append(
+            f"{where}.cg_iterations={cg_iterations!r}: give a whole number >= 1 of conjugate-gradient steps per "
+            "data prox (hqs, admm), e.g. 5."
+        )
+    tol = solver.get("tol")
+    if tol is not None and (not _is_number(tol) or tol <= 0):
+        errors.append(
+            f"{where}.tol={tol!r}: give the relative change > 0 below which the solver stops, e.g. 0.0001, or "
+            f"null to run every iteration{_hint(tol)}."
+        )
 
 
-def _check_problems(c: dict, errors: list[str]) -> None:
+def _check_tiling(tiling: dict, where: str, engines: Any, errors: list[str]) -> None:
+    """The tiling keys given in ``tiling`` (a section or a problem's overrides)."""
+    deepinv = isinstance(engines, list) and "deepinv" in engines
+    auto = "" if deepinv else ", or 'auto' (distinv measures its network)"
+    not_auto = " ('auto' is distinv's alone: the deepinv engine is in engines)" if deepinv else ""
+    patch = tiling.get("patch_size")
+    if patch is not None and not (_is_int(patch) and patch >= 1 or patch == "auto" and not deepinv):
+        errors.append(
+            f"{where}.patch_size={patch!r}: give the pixels a window owns per side (a whole number >= 1), null "
+            f"(distinv plans its windows){auto}{not_auto}."
+        )
+    overlap = tiling.get("overlap", 0)
+    if not _is_int(overlap) or overlap < 0:
+        errors.append(f"{where}.overlap={overlap!r}: give the halo in pixels, a whole number >= 0 (e.g. 32).")
+    batch = tiling.get("max_batch_size")
+    if batch is not None and not (_is_int(batch) and batch >= 1 or batch == "auto" and not deepinv):
+        errors.append(
+            f"{where}.max_batch_size={batch!r}: give the most windows per network call (a whole number >= 1), "
+            f"null (the device's default){auto}{not_auto}."
+        )
+
+
+def _check_windows(tiling: dict, where: str, errors: list[str]) -> None:
+    """Overlap and patch size together (after a problem's overrides)."""
+    patch, overlap = tiling.get("patch_size"), tiling.get("overlap")
+    if _is_int(patch) and _is_int(overlap) and patch >= 1 and overlap > patch:
+        errors.append(
+            f"{where}: overlap={overlap} is larger than patch_size={patch}: windows would be mostly halo; lower "
+            "overlap or raise patch_size."
+        )
+
+
+def _check_model(model: Any, where: str, slurm: bool, errors: list[str]) -> None:
+    """A denoiser source the worker can load (see :func:`~distinv.bench.worker.load_model`), without loading
+    any weights."""
+    from ..denoisers.zoo import shipped_models
+
+    shipped = shipped_models()
+    choices = (
+        f"'auto', shipped:NAME ({', '.join(sorted(shipped))}), a weights file, download:ARCH, untrained:ARCH or "
+        "python:module:factory"
+    )
+    if not isinstance(model, str) or not model:
+        errors.append(f"{where}.model={model!r}: give {choices}.")
+        return
+    if model == "auto" or model in shipped:
+        return
+    if model.startswith("shipped:"):
+        if model.removeprefix("shipped:") not in shipped:
+            names = ", ".join(f"shipped:{name}" for name in sorted(shipped))
+            errors.append(f"{where}.model={model!r}: no such shipped model; choose one of {names}.")
+    elif model.startswith(("download:", "untrained:")):
+        arch = model.partition(":")[2]
+        if not _is_deepinv_denoiser(arch):
+            errors.append(f"{where}.model={model!r}: {arch!r} is not a deepinv denoiser class, e.g. DRUNet, DnCNN.")
+    elif model.startswith("python:"):
+        problem = _factory_problem(model.removeprefix("python:"), slurm)
+        if problem:
+            errors.append(f"{where}.model={model!r}: {problem}")
+    elif not Path(model).is_file():
+        errors.append(f"{where}.model={model!r}: no such file; give {choices}.")
+
+
+def _is_deepinv_denoiser(arch: str) -> bool:
+    import deepinv.models
+    import torch
+
+    cls = getattr(deepinv.models, arch, None)
+    return isinstance(cls, type) and issubclass(cls, torch.nn.Module)
+
+
+def _factory_problem(target: str, slurm: bool) -> str | None:
+    """Why ``module:factory`` cannot give a network here, or None. Under SLURM the job's environment (its setup
+    lines) may differ from this one: only the form is checked."""
+    module, _, name = target.partition(":")
+    if not module or not name:
+        return "write python:module:factory, e.g. python:my_models:build (build(channels) returns the network)."
+    if slurm:
+        return None
+    try:
+        factory = getattr(importlib.import_module(module), name, None)
+    except Exception as exc:  # whatever the import raised, the ranks would raise it too
+        return f"module {module!r} cannot be imported ({type(exc).__name__}: {exc}); put its folder on PYTHONPATH."
+    if not callable(factory):
+        return f"module {module!r} has no function {name!r}: give the factory that takes the channel count."
+    return None
+
+
+def _check_slurm(s: dict, errors: list[str]) -> bool:
+    """The ``slurm`` section's values; returns whether they are usable to size jobs."""
+    before = len(errors)
+    for key, least in (("nodes", 1), ("gpus_per_node", 0), ("cpus_per_task", 1), ("time_min", 1)):
+        if not _is_int(s[key]) or s[key] < least:
+            errors.append(f"slurm.{key}={s[key]!r}: give a whole number >= {least}.")
+    if s["tasks_per_node"] is not None and (not _is_int(s["tasks_per_node"]) or s["tasks_per_node"] < 1):
+        errors.append(f"slurm.tasks_per_node={s['tasks_per_node']!r}: give a whole number >= 1, or null.")
+    for key in ("partition", "qos", "account"):
+        if s[key] is not None and not isinstance(s[key], str):
+            errors.append(f"slurm.{key}={s[key]!r}: give a name, or null for the cluster's default.")
+    if not isinstance(s["setup"], list) or any(not isinstance(line, str) for line in s["setup"]):
+        errors.append(f"slurm.setup={s['setup']!r}: give a list of shell lines, e.g. ['module load cuda'].")
+    if not isinstance(s["use_srun"], bool):
+        errors.append(f"slurm.use_srun={s['use_srun']!r}: give true or false.")
+    return len(errors) == before
+
+
+def _check_once(values: list, key: str, what: str, errors: list[str]) -> None:
+    """Each value of a grid list once: a repeated one would be the same run twice under one key."""
+    seen: set[str] = set()
+    for value in values:
+        text = json.dumps(value, sort_keys=True, default=str)
+        if text in seen:
+            errors.append(f"{key}={values!r}: the {what} {value!r} is given more than once; list each once.")
+            return
+        seen.add(text)
+
+
+def _check_distinct_runs(c: dict, errors: list[str]) -> None:
+    """Two problem entries that expand to the same runs (same key) would overwrite each other's rows."""
+    owner: dict[str, int] = {}
+    for index, entry in enumerate(c["problems"]):
+        for spec in Config(raw={**c, "problems": [entry]}).runs():
+            first = owner.setdefault(spec.key, index)
+            if first != index:
+                errors.append(
+                    f"problems[{first}] and problems[{index}] give the same runs (e.g. {spec.key}): drop one, or "
+                    "change its sizes, params, solver, denoiser or tiling."
+                )
+                break
+
+
+def _check_problems(c: dict, slurm: bool, errors: list[str]) -> None:
     from .problems import BUILDERS, check
 
     problems = c["problems"]
@@ -284,6 +451,7 @@ def _check_problems(c: dict, errors: list[str]) -> None:
         if not isinstance(sizes, list) or not sizes:
             errors.append(f"{where}.sizes={sizes!r}: give a list of sizes to sweep, e.g. [256, 512].")
             sizes = []
+        _check_once(sizes, f"{where}.sizes", "size", errors)
         params = entry.get("params", {})
         if not isinstance(params, dict) or "size" in params:
             errors.append(f"{where}.params: give a mapping of the problem's parameters (the size goes in sizes).")
@@ -296,8 +464,13 @@ def _check_problems(c: dict, errors: list[str]) -> None:
             _check_solver(entry["solver"], f"{where}.solver", errors)
         if isinstance(entry.get("denoiser"), dict):
             _unknown(entry["denoiser"], DENOISER_DEFAULTS, f"{where}.denoiser.", errors)
-        if isinstance(entry.get("tiling"), dict):
-            _unknown(entry["tiling"], TILING_DEFAULTS, f"{where}.tiling.", errors)
+            if "model" in entry["denoiser"]:
+                _check_model(entry["denoiser"]["model"], f"{where}.denoiser", slurm, errors)
+        own_tiling = entry.get("tiling") if isinstance(entry.get("tiling"), dict) else {}
+        _unknown(own_tiling, TILING_DEFAULTS, f"{where}.tiling.", errors)
+        _check_tiling(own_tiling, f"{where}.tiling", c["engines"], errors)
+        windows_from = f"{where}.tiling" if {"patch_size", "overlap"} & set(own_tiling) else "tiling"
+        _check_windows({**TILING_DEFAULTS, **c["tiling"], **own_tiling}, windows_from, errors)
         for size in sizes:
             try:
                 check(entry["name"], size=size, **params)
@@ -323,3 +496,19 @@ def _unknown(given: dict, allowed, prefix: str, errors: list[str]) -> None:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _hint(value: Any) -> str:
+    """YAML 1.1 reads ``1e-4`` (no dot) as text: say so when a number was meant."""
+    for v in value if isinstance(value, list) else [value]:
+        try:
+            number = float(v) if isinstance(v, str) else None
+        except ValueError:
+            continue
+        if number is not None and math.isfinite(number):
+            return f" (YAML reads {v} as text: write it with a dot, e.g. {number!r})"
+    return ""

@@ -79,7 +79,7 @@ def build_engine(name: str, ctx: DistributedContext, problem: Problem, model: to
 
 def _distinv_tiling(tiling: dict) -> dict:
     kwargs = {"patch_size": tiling.get("patch_size"), "overlap": tiling.get("overlap", 32)}
-    if tiling.get("max_batch_size"):  # else distinv's default for the device
+    if tiling.get("max_batch_size") is not None:  # else distinv's default for the device; 0 is refused there
         kwargs["max_batch_size"] = tiling["max_batch_size"]
     return kwargs
 

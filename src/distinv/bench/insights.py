@@ -160,7 +160,7 @@ def run_study(config: InsightConfig, redo: bool = False, progress: Callable[[str
             rows.append(row)
             progress(_describe(row))
             del x
-        append_rows(config.output, rows, TABLE)
+        append_rows(config.output, rows, TABLE, replace_on="key")  # a redo replaces its cases
         del network
     return Path(config.output) / TABLE
 

@@ -9,6 +9,7 @@ import shutil
 import socket
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -60,7 +61,8 @@ def launch_local(spec: RunSpec, output: Path, config_hash: str = "") -> RunOutco
 
     A rank that raises fails the run: the launcher stops the other ranks (which may be waiting in a collective)
     at once and reports the first failure's rank and exception. A collective that hangs fails after the run's
-    ``timeout_s``.
+    ``timeout_s``. A launch that fails before any rank could (rendezvous, a port in use, a spawn error) is a
+    failed outcome too, with no rank and the launcher's traceback: this never raises for a run that failed.
     """
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -92,6 +94,9 @@ def launch_local(spec: RunSpec, output: Path, config_hash: str = "") -> RunOutco
     except ChildFailedError as exc:
         rank, text = _root_cause(exc.failures, log_dir)
         return RunOutcome(spec.key, False, time.perf_counter() - started, log_dir, rank, text)
+    except Exception:  # whatever stopped the launch fails this run, not the runner
+        text = "the ranks could not be launched:\n" + traceback.format_exc()
+        return RunOutcome(spec.key, False, time.perf_counter() - started, log_dir, None, text.strip())
     finally:
         quiet.level = level
     return RunOutcome(spec.key, True, time.perf_counter() - started, log_dir)

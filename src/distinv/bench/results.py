@@ -1,8 +1,13 @@
 """The results table: ``DIR/results.parquet``, one row per (run, rank, iteration), plus one row per failed run.
 
-Rows of a finished run are appended in one step: read, append, write a temporary file, rename over the table,
-under a lock file, so a crash (or a second writer, e.g. SLURM jobs) never leaves a half-written table and earlier
-runs are never lost. A run counts as done once it has rows with ``status == "ok"``.
+Rows of a run are written in one step: read, drop the run's earlier rows (a rerun replaces its run), append,
+write a temporary file in the same folder, rename it over the table, all under a lock file, so a crash (or a
+second writer, e.g. SLURM jobs) never leaves a half-written table and finished runs are never lost; temporary
+files a killed writer left behind are removed by the next writer. A run counts as done once it has rows with
+``status == "ok"``.
+
+Every column has one type whatever the runs: nested values (solver settings, parameters) and sizes (``64`` or
+``[64, 96]``) are JSON text, and a column whose values still mix types is stored as text.
 """
 
 from __future__ import annotations
@@ -15,14 +20,18 @@ from collections import defaultdict
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 TABLE = "results.parquet"
+JSON_COLUMNS = ("size",)  # a number or a list depending on the run: always JSON text
+RUN_KEY = "run_key"
 
 
 def table_path(directory: str | Path, table: str = TABLE) -> Path:
+    """Where ``table`` lives in ``directory``."""
     return Path(directory) / table
 
 
@@ -38,33 +47,87 @@ def _locked(directory: Path):
 
 
 def read_rows(directory: str | Path, table: str = TABLE) -> list[dict]:
+    """Every row of the table (an empty list when there is none yet)."""
     path = table_path(directory, table)
     return pq.read_table(path).to_pylist() if path.exists() else []
 
 
-def append_rows(directory: str | Path, rows: Iterable[dict], table: str = TABLE) -> Path:
-    """Add rows to the table atomically (columns may differ between rows: missing ones are null); ``table``:
-    the file in ``directory`` (the insight studies keep theirs apart)."""
+def append_rows(
+    directory: str | Path, rows: Iterable[dict], table: str = TABLE, replace_on: str | None = RUN_KEY
+) -> Path:
+    """Add rows to the table atomically and return its path (columns may differ between rows: missing ones
+    are null). ``replace_on``: earlier rows with the same value in this column as a new row are removed in
+    the same write (a rerun replaces its run); ``None`` keeps everything. ``table``: the file in
+    ``directory`` (the insight studies keep theirs apart)."""
     directory = Path(directory)
     rows = [_flat(r) for r in rows]
     with _locked(directory):
-        everything = read_rows(directory, table) + rows
-        columns = list(dict.fromkeys(k for r in everything for k in r))
-        data = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in everything])
-        path = table_path(directory, table)
-        tmp = path.with_name(f".{table}.{os.getpid()}.tmp")
-        pq.write_table(data, tmp)
+        _remove_temporaries(directory, table)
+        replaced = {r.get(replace_on) for r in rows} - {None} if replace_on else set()
+        kept = [r for r in read_rows(directory, table) if r.get(replace_on) not in replaced]
+        _write(kept + rows, table_path(directory, table))
+    return table_path(directory, table)
+
+
+def remove_stale_temporaries(directory: str | Path, table: str = TABLE) -> None:
+    """Delete the temporary files of writers that were killed mid-write (none is in use while we hold the
+    lock)."""
+    directory = Path(directory)
+    if directory.is_dir():
+        with _locked(directory):
+            _remove_temporaries(directory, table)
+
+
+def _remove_temporaries(directory: Path, table: str) -> None:
+    for stale in directory.glob(f".{table}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _write(rows: list[dict], path: Path) -> None:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    data = pa.Table.from_pylist(_one_type_per_column([{c: r.get(c) for c in columns} for r in rows], columns))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            pq.write_table(data, file)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(tmp, path)
-    return path
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _flat(row: dict) -> dict:
     """Nested values (solver settings, sizes) as JSON strings: one type per column whatever the run."""
-    return {k: json.dumps(v, sort_keys=True) if isinstance(v, dict | list | tuple) else v for k, v in row.items()}
+    return {k: _json(v) if k in JSON_COLUMNS or isinstance(v, dict | list | tuple) else v for k, v in row.items()}
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, sort_keys=True)
+
+
+def _one_type_per_column(rows: list[dict], columns: list[str]) -> list[dict]:
+    """Rows whose every column holds one kind of value: whole and decimal numbers together as decimals, any
+    other mix as text (JSON for non-strings), so that a table can always be written."""
+    for column in columns:
+        kinds = {_kind(r[column]) for r in rows if r[column] is not None}
+        if kinds == {int, float}:
+            for r in rows:
+                r[column] = None if r[column] is None else float(r[column])
+        elif len(kinds) > 1:
+            for r in rows:
+                value = r[column]
+                r[column] = value if value is None or isinstance(value, str) else json.dumps(value, default=str)
+    return rows
+
+
+def _kind(value: Any) -> type:
+    return bool if isinstance(value, bool) else int if isinstance(value, int) else type(value)
 
 
 def finished_runs(directory: str | Path) -> set[str]:
-    return {r["run_key"] for r in read_rows(directory) if r.get("status") == "ok"}
+    """The run keys with rows of a finished (``ok``) run."""
+    return {r[RUN_KEY] for r in read_rows(directory) if r.get("status") == "ok"}
 
 
 def summarise(directory: str | Path) -> list[dict]:
@@ -76,7 +139,7 @@ def summarise(directory: str | Path) -> list[dict]:
         runs[row["run_key"]].append(row)
     summary = []
     for rows in runs.values():
-        rows = [r for r in rows if r.get("status") == "ok"] or rows[-1:]  # a rerun's rows replace its failure
+        rows = _latest_attempt(rows)
         first = rows[0]
         entry = {k: first.get(k) for k in ("run_key", "group", "problem", "size", "engine", "world_size", "repetition")}
         entry["status"] = first.get("status")
@@ -111,6 +174,15 @@ def summarise(directory: str | Path) -> list[dict]:
     return summary
 
 
+def _latest_attempt(rows: list[dict]) -> list[dict]:
+    """A run's rows to summarise: its finished rows, else its last failure. Tables written before reruns
+    replaced their run may hold several attempts: the last row per (rank, iteration) wins."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    if not ok:
+        return rows[-1:]
+    return list({(r.get("rank"), r.get("iteration")): r for r in ok}.values())
+
+
 def baseline_of(entry: dict, summary: list[dict]) -> tuple[list[dict], str]:
     """The runs an entry's speedup is measured against: the untiled single-device runs (engine ``none``) of its
     group, else (when the problem does not fit one device) distinv's runs at the smallest world size."""
@@ -136,7 +208,7 @@ def format_summary(summary: list[dict]) -> str:
     for e in sorted(summary, key=lambda e: (e["problem"], str(e["size"]), order.get(e["engine"], 3), e["world_size"])):
         if e["status"] != "ok":
             lines.append(
-                f"{e['problem']:<14} {e['size']!s:>7} {e['engine']:<8} {e['world_size']:>5} FAILED: "
+                f"{e['problem']:<14} {size_text(e['size']):>7} {e['engine']:<8} {e['world_size']:>5} FAILED: "
                 + last_line(e.get("error"))
             )
             continue
@@ -144,7 +216,7 @@ def format_summary(summary: list[dict]) -> str:
 
         eff = f"{e['efficiency_total']:.0%}" if e.get("efficiency_total") else "n/a"
         lines.append(
-            f"{e['problem']:<14} {e['size']!s:>7} {e['engine']:<8} {e['world_size']:>5} {psnr} "
+            f"{e['problem']:<14} {size_text(e['size']):>7} {e['engine']:<8} {e['world_size']:>5} {psnr} "
             f"{1 / e['total_s']:6.2f} {e['total_s']:6.2f}s {e['data_s']:6.2f}s {e['denoiser_s']:6.2f}s "
             f"{e['comm_s']:5.2f}s {_ratio(e, 'speedup_total'):>7} {_ratio(e, 'speedup_denoiser'):>8} {eff:>5}"
         )
@@ -152,6 +224,13 @@ def format_summary(summary: list[dict]) -> str:
     bases = sorted({e["baseline"] for e in summary if e.get("baseline")})
     lines.append(f"the same problem and size run by: {' / '.join(bases) or 'no baseline in the table'}.")
     return "\n".join(lines)
+
+
+def size_text(size: Any) -> str:
+    """A size as the table stores it (``"64"``, ``"[64, 96]"``) or as given, written ``64`` / ``64x96``."""
+    if isinstance(size, str) and size.startswith("["):
+        size = json.loads(size)
+    return "x".join(map(str, size)) if isinstance(size, list | tuple) else str(size)
 
 
 def last_line(error: str | None, default: str = "") -> str:

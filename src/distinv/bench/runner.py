@@ -1,8 +1,9 @@
 """``distinv run``: the grid of a config, one run after the other, skipping those already in the table.
 
-Locally each run gets its own ranks (``torch.distributed.run``'s API); a run that fails is recorded as failed
-(rank, exception, log folder) and the next one starts. With ``slurm`` every run is submitted as a job; with
-``srun`` each becomes a job step of the current allocation.
+Locally each run gets its own ranks (``torch.distributed.run``'s API); a run that fails, or cannot even be
+launched, is recorded as failed (rank, exception, log folder) and the next one starts. With ``slurm`` every run
+is submitted as a job; with ``srun`` each becomes a job step of the current allocation. A rerun (``redo``)
+replaces the run's rows in the table.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 from .config import Config, RunSpec
 from .launch import RunOutcome, launch_local, srun_command, submit_slurm
-from .results import append_rows, finished_runs, format_summary, last_line, summarise
+from .results import append_rows, finished_runs, format_summary, last_line, remove_stale_temporaries, summarise
 
 PROGRESS_DIR = ".progress"
 
@@ -42,6 +44,8 @@ def run_config(
     failed. ``live``: redraw one progress line in place (default: when stdout is a terminal)."""
     output = config.output
     runs = select(config.runs(), only)
+    remove_stale_temporaries(output)
+    _remove_stale_progress(output)
     done = set() if redo else finished_runs(output)
     todo = [r for r in runs if r.key not in done]
     out(f"{config.raw['name']}: {len(runs)} runs, {len(runs) - len(todo)} already in {output}, {len(todo)} to do")
@@ -50,11 +54,7 @@ def run_config(
             out(f"  {'done' if spec.key in done else 'todo'}  {spec.key}")
         return 0
     if slurm:
-        for spec in todo:
-            job = submit_slurm(spec, config.raw["slurm"], output, config.hash)
-            out(f"  submitted {spec.key}: SLURM job {job.job_id}")
-        out(f"results will be appended to {output}/results.parquet as jobs finish")
-        return 0
+        return _submit_all(todo, config, out)
     live = sys.stdout.isatty() if live is None else live
     failed = []
     for number, spec in enumerate(todo, 1):
@@ -68,9 +68,10 @@ def run_config(
             out(f"{label}: done in {outcome.seconds:.1f} s")
             continue
         failed.append(outcome)
-        append_rows(output, [failure_row(spec, outcome, config.hash)])
+        record_failure(output, spec, outcome, config.hash, out)
+        where = f"on rank {outcome.failed_rank}" if outcome.failed_rank is not None else "to launch"
         out(
-            f"{label}: FAILED on rank {outcome.failed_rank} after {outcome.seconds:.1f} s: "
+            f"{label}: FAILED {where} after {outcome.seconds:.1f} s: "
             f"{last_line(outcome.error, 'no message')} (logs: {outcome.log_dir})"
         )
     summary = summarise(output)
@@ -83,6 +84,45 @@ def run_config(
     if failed:
         out(f"{len(failed)} run(s) failed: " + ", ".join(f.key for f in failed))
     return 1 if failed else 0
+
+
+def _submit_all(todo: list[RunSpec], config: Config, out: Callable[[str], None]) -> int:
+    """Submit every run as a SLURM job; one that cannot be submitted is recorded as failed. Returns the exit
+    status."""
+    failures = 0
+    for spec in todo:
+        started = time.perf_counter()
+        try:
+            job = submit_slurm(spec, config.raw["slurm"], config.output, config.hash)
+        except Exception as exc:  # any submission error fails this run only
+            failures += 1
+            error = traceback.format_exc()
+            outcome = RunOutcome(spec.key, False, time.perf_counter() - started, config.output / "slurm", None, error)
+            record_failure(config.output, spec, outcome, config.hash, out)
+            out(f"  could not submit {spec.key}: {type(exc).__name__}: {exc}")
+            continue
+        out(f"  submitted {spec.key}: SLURM job {job.job_id}")
+    out(f"results will be appended to {config.output}/results.parquet as jobs finish")
+    return 1 if failures else 0
+
+
+def record_failure(
+    output: Path, spec: RunSpec, outcome: RunOutcome, config_hash: str, out: Callable[[str], None]
+) -> None:
+    """Write the run's failure row; if even that cannot be written, a bare one (key, status, both errors); if
+    nothing can be written, say so and go on with the next run."""
+    try:
+        append_rows(output, [failure_row(spec, outcome, config_hash)])
+        return
+    except Exception:  # the run failed already; its record must not stop the others
+        reason = traceback.format_exc()
+    bare = {"run_key": spec.key, "group": spec.group, "status": "failed", "problem": spec.problem}
+    bare |= {"engine": spec.engine, "world_size": spec.world_size, "size": spec.size}
+    bare["error"] = f"{outcome.error}\n\nits failure row could not be written either:\n{reason}"
+    try:
+        append_rows(output, [bare])
+    except Exception as exc:
+        out(f"  {spec.key}: could not record the failure in {output}: {type(exc).__name__}: {exc}")
 
 
 def failure_row(spec: RunSpec, outcome: RunOutcome, config_hash: str) -> dict:
@@ -117,7 +157,15 @@ def _with_progress(
     progress = Path(output) / PROGRESS_DIR / f"{spec.key}.json"
     progress.unlink(missing_ok=True)
     result: list[RunOutcome] = []
-    thread = threading.Thread(target=lambda: result.append(launch()), daemon=True)
+
+    def target() -> None:
+        try:
+            result.append(launch())
+        except BaseException:  # reported as the run's failure, never lost with the thread
+            error = traceback.format_exc()
+            result.append(RunOutcome(spec.key, False, 0.0, Path(output) / "logs" / spec.key, None, error))
+
+    thread = threading.Thread(target=target, daemon=True)
     thread.start()
     shown = None
     while thread.is_alive():
@@ -147,13 +195,23 @@ def _run_srun(spec: RunSpec, config: Config) -> RunOutcome:
     log_dir.mkdir(parents=True, exist_ok=True)
     command = srun_command(spec, config.output, config.hash, config.raw["slurm"].get("tasks_per_node"))
     started = time.perf_counter()
-    with open(log_dir / "srun.log", "w") as log:
-        code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    try:
+        with open(log_dir / "srun.log", "w") as log:
+            code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+    except OSError as exc:  # srun missing or not executable
+        return RunOutcome(spec.key, False, time.perf_counter() - started, log_dir, None, f"{command[0]}: {exc}")
     seconds = time.perf_counter() - started
     if code == 0:
         return RunOutcome(spec.key, True, seconds, log_dir)
     tail = (log_dir / "srun.log").read_text()[-4000:]
     return RunOutcome(spec.key, False, seconds, log_dir, None, tail or f"srun exit code {code}")
+
+
+def _remove_stale_progress(output: Path) -> None:
+    """Progress notes (and their temporary files) of runs that were killed: no run is under way yet."""
+    folder = Path(output) / PROGRESS_DIR
+    for stale in folder.glob("*") if folder.is_dir() else ():
+        stale.unlink(missing_ok=True)
 
 
 def write_progress(output: str | Path, key: str, iteration: int, psnr: float | None) -> None:

@@ -267,7 +267,14 @@ def train(
     rng = random.Random(config.seed)
     history = {"steps": 0, "seconds": 0.0, "validation": []}
     if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        from .zoo import load_weights
+
+        state = load_weights(checkpoint, map_location=device, what="checkpoint")
+        if not isinstance(state, dict) or not {"config", "model", "optimiser"} <= set(state):
+            raise ValueError(
+                f"checkpoint={str(checkpoint)!r} is not a training checkpoint: remove it or give another checkpoint "
+                "path."
+            )
         saved, wanted = {**asdict(TrainConfig()), **state["config"]}, asdict(config)  # keys added since: defaults
         saved.pop("steps"), wanted.pop("steps")  # a run may be extended; everything else must match
         if saved != wanted:
@@ -343,7 +350,11 @@ def _init_weights(source: str) -> dict:
 
         state = load_denoiser(source).state_dict()
     elif Path(source).is_file():
-        state = torch.load(source, map_location="cpu", weights_only=False)
+        from .zoo import load_weights
+
+        state = load_weights(source, what="init")
+        if not isinstance(state, dict):
+            raise ValueError(f"init={source!r} holds a {type(state).__name__}, not a state dict or a checkpoint.")
         state = state["model"] if "model" in state and "config" in state else state
     else:
         raise ValueError(f"init={source!r}: give shipped:NAME, an exported weights file (.pt) or a checkpoint.")

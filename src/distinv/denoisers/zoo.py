@@ -3,13 +3,19 @@
 ``load_denoiser("shipped:drunet-small-colour")``, ``load_denoiser("path/to/weights.pt")`` or
 ``load_denoiser("download:DRUNet")``. Shipped models are listed in ``weights/manifest.json`` with how each was
 trained (command, data, steps, validation PSNR).
+
+Weights files are read with :func:`load_weights`, which accepts tensors, numbers, strings and containers only
+(``torch.load(..., weights_only=True)``): a file that would build other Python objects, and so could run code
+when loaded, is refused.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import socket
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 
 import torch
@@ -24,6 +30,33 @@ DOWNLOAD_TIMEOUT_S = 30.0
 def shipped_models() -> dict[str, dict]:
     """The manifest: model name to its file, architecture and training record."""
     return json.loads(MANIFEST.read_text()) if MANIFEST.exists() else {}
+
+
+def load_weights(path: str | Path, map_location: torch.device | str = "cpu", what: str = "source") -> Any:
+    """The tensors, numbers and strings saved in ``path`` (a state dict or a training checkpoint).
+
+    :param what: the argument that named the file, for the error messages.
+    :raises ValueError: the file holds other Python objects (which could run code when loaded: refused) or is
+        not a file ``torch.save`` wrote.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"{what}={str(path)!r}: refused: the file holds Python objects other than tensors, numbers and strings, "
+            f"which could run code when loaded ({_refusal_reason(exc)}). Give weights saved from a state dict "
+            "(torch.save(model.state_dict(), path)) or written by distinv train-denoiser."
+        ) from None
+    except Exception as exc:  # torch raises many kinds on a file that is not its format
+        reason = f"{type(exc).__name__}: {exc}"
+        raise ValueError(f"{what}={str(path)!r} is not a weights file torch.save wrote ({reason}).") from None
+
+
+def _refusal_reason(exc: Exception) -> str:
+    """The line of torch's message that names what was refused (it also suggests weights_only=False: not us)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line]
+    return (named or lines[-1:] or ["not a weights-only file"])[0]
 
 
 def _to_float32(state: dict) -> dict:
@@ -55,7 +88,7 @@ def load_denoiser(
             raise ValueError(f"source={source!r}: no shipped model {name!r}; shipped: {sorted(models)}.")
         entry = models[name]
         model = build_network(entry["arch"], entry["channels"], entry["arch_kwargs"], entry.get("residual", False))
-        model.load_state_dict(_to_float32(torch.load(WEIGHTS_DIR / entry["file"], map_location="cpu")))
+        model.load_state_dict(_to_float32(load_weights(WEIGHTS_DIR / entry["file"])))
     elif source.startswith("download:"):
         model = _download(source.removeprefix("download:"), channels, arch_kwargs or {})
     elif source.startswith("untrained:"):
@@ -68,8 +101,10 @@ def load_denoiser(
                 f"source={source!r} is neither a shipped model ({sorted(models)}), 'download:ARCH', "
                 "'untrained:ARCH', nor a file."
             )
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if isinstance(state, dict) and "config" in state and "model" in state:  # a training checkpoint
+        state = load_weights(path)
+        if not isinstance(state, dict):
+            raise ValueError(f"source={source!r} holds a {type(state).__name__}, not a state dict or a checkpoint.")
+        if "config" in state and "model" in state:  # a training checkpoint
             config = state["config"]
             model = build_network(
                 config["arch"], config["channels"], config["arch_kwargs"], config.get("residual", False)
