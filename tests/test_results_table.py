@@ -153,6 +153,30 @@ def test_a_launch_that_fails_before_any_rank_is_recorded_and_the_next_run_still_
     assert finished_runs(config.output) == {calls[1]}
 
 
+def test_a_rendezvous_port_taken_by_another_process_fails_the_run_at_once(tmp_path, monkeypatch):
+    import socket
+
+    import distinv.bench.launch as launch
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = [taken.getsockname()[1]]
+    real = launch.free_port
+    monkeypatch.setattr(launch, "free_port", lambda: ports.pop() if ports else real())
+    config = validate(_config(tmp_path, sizes=[32, 40]))
+    started = time.perf_counter()
+    try:
+        assert run_config(config, out=lambda line: None, live=False) == 1
+    finally:
+        taken.close()
+    assert time.perf_counter() - started < 120  # no wait on the other process's port
+    failed = [r for r in read_rows(config.output) if r["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["failed_rank"] is None
+    assert "could not be launched" in failed[0]["error"]
+    assert len(finished_runs(config.output)) == 1
+
+
 def test_an_error_in_the_launch_thread_is_recorded_not_lost(tmp_path, monkeypatch):
     import distinv.bench.runner as runner
 

@@ -81,6 +81,9 @@ def launch_local(spec: RunSpec, output: Path, config_hash: str = "") -> RunOutco
         run_id=spec.key,
         rdzv_backend="c10d",
         rdzv_endpoint=f"127.0.0.1:{free_port()}",
+        # This process hosts the rendezvous: if the port was taken meanwhile, fail at once instead of joining
+        # (and waiting on) the store of whoever took it.
+        rdzv_configs={"is_host": True},
         max_restarts=0,
         monitor_interval=0.1,
         start_method="spawn",
