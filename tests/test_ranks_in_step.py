@@ -112,6 +112,22 @@ def check_debug_mode_catches_a_shape_desync(ctx):
     dist.all_reduce(t)
 
 
+def check_argument_errors_come_before_any_collective(ctx):
+    """Rank 0 alone makes calls with bad arguments: if any of them reached a collective first, the next, valid
+    calls would pair with it and fail or hang."""
+    torch.manual_seed(0)
+    dphys, ref = blur_stack(ctx, 2)
+    x = torch.rand(1, *IMG)
+    y = ref.A(x)
+    errors = []
+    if ctx.rank == 0:
+        errors.append(outcome(lambda: dphys.A_dagger(y, solver="lsqr")))
+        net = torch.nn.Conv2d(1, 1, 3, padding=1)
+        errors.append(outcome(lambda: distribute(net, ctx, type_object="denoiser", patch_size=-8)))
+        errors.append(outcome(lambda: distribute(net, ctx, type_object="denoiser", memory_budget="lots")))
+    return errors, relative_error(dphys.A_adjoint_A(x), ref.A_adjoint_A(x))
+
+
 # ---------------------------------------------------------------- tests
 @pytest.mark.parametrize("world_size", [2])
 def test_verbose_a_dagger_does_not_leave_a_collective_behind(ranks, world_size):
@@ -182,3 +198,10 @@ def test_debug_switch_turns_on_pytorchs_collective_checking(monkeypatch):
     with DistributedContext(device_mode="cpu", debug=True) as ctx:
         assert ctx.is_distributed
     assert calls == [dist.DebugLevel.DETAIL]
+
+
+@pytest.mark.parametrize("world_size", [2])
+def test_argument_errors_are_raised_before_any_collective(ranks, world_size):
+    results = ranks(world_size).run(check_argument_errors_come_before_any_collective)
+    assert results[0][0] == ["ValueError"] * 3 and results[1][0] == []
+    assert all(error < 1e-5 for _, error in results)

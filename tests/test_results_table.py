@@ -298,3 +298,16 @@ def test_a_run_removes_temporary_files_a_killed_writer_left(tmp_path):
         path.write_text("half")
     assert run_config(config, dry_run=True, out=lambda _: None) == 0
     assert not any(path.exists() for path in stale)
+
+
+def test_the_failed_rank_is_the_one_that_raised_not_a_peer_told_of_it(tmp_path):
+    import json as _json
+
+    from distinv.bench.launch import _root_cause
+
+    peer = "distinv.context.PeerRankError: the tiled denoiser's windows failed on rank(s) [1]: RuntimeError: boom"
+    reports = {0: (peer, 100.0), 1: ("RuntimeError: boom", 100.001)}  # the peer's report is written first
+    for rank, (error, when) in reports.items():
+        (tmp_path / f"rank{rank}.error.json").write_text(_json.dumps({"rank": rank, "error": error, "time": when}))
+    rank, text = _root_cause({}, tmp_path)
+    assert rank == 1 and "RuntimeError: boom" in text

@@ -21,9 +21,11 @@ def assign_by_cost(costs: Sequence[float] | None, num_items: int, world_size: in
     if costs is None:
         return [list(range(rank, num_items, world_size)) for rank in range(world_size)]
     if len(costs) != num_items:
-        raise ValueError(f"Got {len(costs)} costs for {num_items} items: give one cost per item.")
+        raise ValueError(
+            f"operator_costs has {len(costs)} entries for {num_items} operators: give one cost per operator (or None)."
+        )
     if any(not (c >= 0) for c in costs):  # also rejects NaN
-        raise ValueError(f"Costs must be non-negative numbers, got {list(costs)}.")
+        raise ValueError(f"operator_costs must be non-negative numbers, got {list(costs)}.")
     loads = [0.0] * world_size
     counts = [0] * world_size
     owned: list[list[int]] = [[] for _ in range(world_size)]

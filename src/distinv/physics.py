@@ -380,6 +380,7 @@ class DistributedStackedLinearPhysics(DistributedStackedPhysics, LinearPhysics):
 
             local, key = self.run_local("A_dagger", work, y=y, collective=self._communicates(gather, "mean"))
             return self._combine(local, key and ("A_dagger", key), gather, "mean")
+        check_solver(solver, self.circulant)  # before the first collective
         b = self.A_adjoint(y, **kwargs)
         x, info = self.solve_normal(
             b, 0.0, solver=solver, x0=x_init, max_iter=100 if max_iter is None else max_iter, tol=tol, **kwargs
@@ -413,14 +414,7 @@ class DistributedStackedLinearPhysics(DistributedStackedPhysics, LinearPhysics):
         :return: ``x`` (replicated, ``rhs``'s shape) and how the solve ended.
         :raises ValueError: for an unknown ``solver``, or ``"fft"`` on operators that are not all circulant.
         """
-        method = solver.lower()
-        if method not in ("auto", "cg", "fft"):
-            raise ValueError(f"solver={solver!r}: use 'auto', 'CG' or 'fft'.")
-        if method == "fft" and not self.circulant:
-            raise ValueError(
-                "solver='fft' needs circulant operators on every rank (BlurFFT, or Blur with padding='circular'): "
-                "use solver='CG' or 'auto'."
-            )
+        method = check_solver(solver, self.circulant)
         if method == "fft" or (method == "auto" and self.circulant and not rhs.is_complex()):
             x, info = self._solve_fft(rhs, shift), SolveInfo("fft", 0, 0.0, True)
         else:
@@ -524,3 +518,19 @@ def _signature(x: torch.Tensor) -> tuple:
 
 def _list_signature(ys: Sequence[torch.Tensor]) -> tuple:
     return tuple(_signature(y) for y in ys)
+
+
+def check_solver(solver: str, circulant: bool) -> str:
+    """The solver's lower-case name.
+
+    :raises ValueError: naming ``solver`` when it is unknown, or ``"fft"`` for operators that are not all circulant.
+    """
+    method = solver.lower() if isinstance(solver, str) else solver
+    if method not in ("auto", "cg", "fft"):
+        raise ValueError(f"solver={solver!r}: use 'auto', 'CG' or 'fft'.")
+    if method == "fft" and not circulant:
+        raise ValueError(
+            "solver='fft' needs circulant operators on every rank (BlurFFT, or Blur with padding='circular'): "
+            "use solver='CG' or 'auto'."
+        )
+    return method

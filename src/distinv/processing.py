@@ -166,8 +166,6 @@ class DistributedProcessing(torch.nn.Module):
             raise TypeError(f"DistributedProcessing got unexpected arguments {sorted(unknown)}.")
         self.ctx = ctx
         self.processor = processor.to(ctx.device) if isinstance(processor, torch.nn.Module) else processor
-        if isinstance(self.processor, torch.nn.Module):
-            broadcast_module_state(ctx, self.processor)
         self.tiling_strategy = tiling_strategy or "overlap_tiling"
         self.patch_size = patch_size
         self.overlap = 0 if self.tiling_strategy == "basic" else overlap
@@ -181,6 +179,8 @@ class DistributedProcessing(torch.nn.Module):
         self.max_window_pixels = max_window_pixels
         self._strategies: dict[tuple, TilingStrategy] = {}
         validate_tiling(None if patch_size == "auto" else patch_size, self.overlap, self.size_multiple)
+        if isinstance(self.processor, torch.nn.Module):  # after every check: the first collective
+            broadcast_module_state(ctx, self.processor)
 
     # ------------------------------------------------------------------ public
     def forward(

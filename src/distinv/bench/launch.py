@@ -105,7 +105,16 @@ def launch_local(spec: RunSpec, output: Path, config_hash: str = "") -> RunOutco
     return RunOutcome(spec.key, True, time.perf_counter() - started, log_dir)
 
 
-PEER_ERRORS = ("DistBackendError", "gloo", "NCCL", "Connection closed", "Connection reset", "Broken pipe", "Signal")
+PEER_ERRORS = (
+    "PeerRankError",
+    "DistBackendError",
+    "gloo",
+    "NCCL",
+    "Connection closed",
+    "Connection reset",
+    "Broken pipe",
+    "Signal",
+)
 
 
 def _root_cause(failures: dict, log_dir: Path) -> tuple[int, str]:

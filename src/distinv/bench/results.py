@@ -145,6 +145,7 @@ def summarise(directory: str | Path) -> list[dict]:
         entry["status"] = first.get("status")
         if first.get("status") != "ok":
             entry["error"] = first.get("error")
+            entry["failed_rank"] = first.get("failed_rank")
             summary.append(entry)
             continue
         iterations = sorted({r["iteration"] for r in rows})
@@ -208,7 +209,9 @@ def format_summary(summary: list[dict]) -> str:
     for e in sorted(summary, key=lambda e: (e["problem"], str(e["size"]), order.get(e["engine"], 3), e["world_size"])):
         if e["status"] != "ok":
             lines.append(
-                f"{e['problem']:<14} {size_text(e['size']):>7} {e['engine']:<8} {e['world_size']:>5} FAILED: "
+                f"{e['problem']:<14} {size_text(e['size']):>7} {e['engine']:<8} {e['world_size']:>5} FAILED"
+                + (f" on rank {e['failed_rank']}" if e.get("failed_rank") is not None else "")
+                + ": "
                 + last_line(e.get("error"))
             )
             continue
