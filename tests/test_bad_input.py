@@ -93,7 +93,11 @@ def test_costs_balance_the_most_loaded_rank():
 
 @pytest.mark.parametrize(
     "costs,match",
-    [([1, 2], "operator_costs has 2 entries for 3 operators"), ([1, -1, 2], "non-negative"), ([1, float("nan"), 2], "non-negative")],
+    [
+        ([1, 2], "operator_costs has 2 entries for 3 operators"),
+        ([1, -1, 2], "non-negative"),
+        ([1, float("nan"), 2], "non-negative"),
+    ],
 )
 def test_bad_costs_are_rejected(costs, match):
     with pytest.raises(ValueError, match=match):
