@@ -41,7 +41,7 @@ def worker(args) -> None:
         for patch in PATCHES:
             for batch in BATCHES:
                 model = distribute(net, ctx, patch_size=patch, max_batch_size=batch, max_window_pixels=None)
-                plan = model.strategy_for(x.shape).plan
+                plan = model.layout_for(x.shape).plan
                 most = max(len(plan.windows_of(r)) for r in range(ctx.world_size))
                 if (plan.grid, min(batch, most)) in seen:
                     continue  # a larger batch than any rank's window count repeats a setting
@@ -71,7 +71,7 @@ def worker(args) -> None:
                 peaks[name] = max(peaks[name], memory.peak_bytes)
         mine = {name: {"s": statistics.median(times[name]), "peak_bytes": peaks[name]} for name in settings}
         for budget in args.budgets:
-            auto = settings[f"auto {budget}"].strategy_for(x.shape).auto
+            auto = settings[f"auto {budget}"].layout_for(x.shape).auto
             mine[f"auto {budget}"] |= {
                 "plan": auto.describe(),
                 "grid": list(auto.plan.grid),
@@ -81,9 +81,9 @@ def worker(args) -> None:
                 "budget_bytes": auto.budget_bytes,
                 "planning_s": planning[budget],
             }
-        from distinv.autotune import _PROFILES
+        from distinv.profiling import cached_profiles
 
-        profile = next(iter(_PROFILES[net].values()))
+        profile = cached_profiles(net)[0]
         mine["profile"] = [
             {"pixels": p.pixels, "us_per_pixel": 1e6 * p.seconds / p.pixels, "peak_bytes": p.peak_bytes}
             for p in profile.probes

@@ -69,8 +69,8 @@ def worker(args) -> None:
     with DistributedContext(seed=0, device_mode="cpu", num_threads=1) as ctx, torch.no_grad():
         net, x = drunet(), image(args.size)
         ours = distribute(net, ctx)
-        plan = ours.strategy_for(x.shape).plan
-        owned, halo = plan.windows[0].owned_size, plan.halo[0]
+        plan = ours.layout_for(x.shape).plan
+        owned, halo = plan.windows[0].owned_size, plan.overlap[0]
         with dinv_dist.DistributedContext(device_mode="cpu") as dctx:  # adopts our process group
             settings = {
                 "distinv": ours,

@@ -112,7 +112,7 @@ def volume_512(slab: int = 8) -> dict:
 
 def scaling(reps: int = 3) -> list[dict]:
     """Generation time of each ground truth at growing sizes, min of ``reps``; exponent of time vs pixels."""
-    from distinv.bench.data import dead_leaves, radio_sky, shepp_logan_2d, shepp_logan_3d
+    from distinv.images import dead_leaves, radio_sky, shepp_logan_2d, shepp_logan_3d
 
     torch.set_num_threads(1)
     generators = {

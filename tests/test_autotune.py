@@ -9,16 +9,9 @@ import torch
 from deepinv.models import DnCNN
 
 from distinv import distribute
-from distinv.autotune import (
-    NetworkProfile,
-    Probe,
-    cached_profile,
-    choose_plan,
-    predict,
-    probe_shapes,
-    profile_network,
-)
+from distinv.autotune import choose_plan, predict
 from distinv.memory import PeakMemory, parse_bytes
+from distinv.profiling import NetworkProfile, Probe, cached_profile, probe_shapes, profile_network
 from distinv.tiling import TilePlan
 
 MiB = 2**20
@@ -47,7 +40,7 @@ def test_profile_interpolates_between_probes_and_never_undercuts_the_smallest_ca
 
 
 def test_probe_windows_are_aligned_grow_and_stay_inside_the_signal():
-    shapes = probe_shapes((1000, 700), multiple=8, max_pixels=2**19)
+    shapes = probe_shapes((1000, 700), size_multiple=8, max_pixels=2**19)
     assert all(s % 8 == 0 for shape in shapes for s in shape)
     assert all(shape[0] <= 1000 and shape[1] <= 704 for shape in shapes)
     pixels = [math.prod(s) for s in shapes]
@@ -58,7 +51,7 @@ def test_probe_windows_are_aligned_grow_and_stay_inside_the_signal():
 
 def test_predicted_time_sums_each_ranks_calls_and_memory_counts_its_largest_call():
     profile = cpu_like_profile()
-    plan = TilePlan.build((512, 512), world_size=2, patch_size=128, halo=16, multiple=8)
+    plan = TilePlan.build((512, 512), world_size=2, patch_size=128, overlap=16, size_multiple=8)
     seconds, memory = predict(profile, plan, batch=2, samples=1, channels=3)
     for rank in range(2):
         windows = plan.windows_of(rank)
@@ -70,28 +63,28 @@ def test_predicted_time_sums_each_ranks_calls_and_memory_counts_its_largest_call
 # ---------------------------------------------------------------- choice
 def test_choice_is_the_fastest_candidate_within_the_budget():
     profile, size = cpu_like_profile(), (1, 3, 1024, 1024)
-    roomy = choose_plan(profile, size, (2, 3), 2, 10**12, halo=32, multiple=8, headroom=1.0)
+    roomy = choose_plan(profile, size, (2, 3), 2, 10**12, overlap=32, size_multiple=8, headroom=1.0)
     # the CPU-like model punishes calls beyond 2^18 pixels and per-call overheads: mid-size windows win
     largest = max(w.pixels for w in roomy.plan.windows) * roomy.batch
     assert 2**15 < largest <= 2**18 + 2**16
     tight_budget = int(max(roomy.bytes_per_rank) * 0.6)
-    tight = choose_plan(profile, size, (2, 3), 2, tight_budget, halo=32, multiple=8, headroom=1.0)
+    tight = choose_plan(profile, size, (2, 3), 2, tight_budget, overlap=32, size_multiple=8, headroom=1.0)
     assert max(tight.bytes_per_rank) <= tight_budget
-    kept = choose_plan(profile, size, (2, 3), 2, 2 * tight_budget, halo=32, multiple=8, headroom=2.0)
+    kept = choose_plan(profile, size, (2, 3), 2, 2 * tight_budget, overlap=32, size_multiple=8, headroom=2.0)
     assert max(kept.bytes_per_rank) * 2.0 <= 2 * tight_budget
     assert max(tight.seconds_per_rank) >= max(roomy.seconds_per_rank)
 
 
 def test_fixed_patch_tunes_only_the_batch():
     profile = NetworkProfile(tuple(Probe(p, 0.1 + 1e-7 * p, 100 * p) for p in (2**12, 2**16, 2**20)))  # GPU-like
-    auto = choose_plan(profile, (1, 1, 512, 512), (2, 3), 1, 10**12, patch_size=64, batch="auto")
+    auto = choose_plan(profile, (1, 1, 512, 512), (2, 3), 1, 10**12, patch_size=64, max_batch_size="auto")
     assert auto.patch_size == 64 and len(auto.plan.windows) == 64
     assert auto.batch == 64  # overhead-bound calls: the whole batch at once
 
 
 def test_a_budget_nothing_fits_is_a_clear_error():
     with pytest.raises(ValueError, match="memory_budget=1000 bytes.*Raise memory_budget"):
-        choose_plan(cpu_like_profile(), (1, 3, 256, 256), (2, 3), 2, 1000, halo=8, multiple=8)
+        choose_plan(cpu_like_profile(), (1, 3, 256, 256), (2, 3), 2, 1000, overlap=8, size_multiple=8)
 
 
 def test_memory_budget_strings_are_parsed_and_bad_ones_named():
@@ -124,7 +117,7 @@ def check_auto_plan(ctx, budget):
     denoiser = distribute(net, ctx, patch_size="auto", max_batch_size="auto", overlap=5, memory_budget=budget)
     with torch.no_grad(), PeakMemory() as memory:
         out = denoiser(x, 0.1)
-    auto = denoiser.strategy_for(x.shape).auto
+    auto = denoiser.layout_for(x.shape).auto
     with torch.no_grad():
         error = (out - net(x, 0.1)).abs().max().item()
     return {

@@ -11,14 +11,8 @@ import torch
 
 from distinv.cli import main
 from distinv.denoisers import load_denoiser, shipped_models
-from distinv.denoisers.training import (
-    ResidualDenoiser,
-    TrainConfig,
-    build_network,
-    denoising_loss,
-    radio_sky_image,
-    train,
-)
+from distinv.denoisers.networks import ResidualDenoiser, build_network
+from distinv.denoisers.training import TrainConfig, denoising_loss, radio_sky_image, train
 
 TINY = {"nc": [8, 8, 8, 8], "nb": 1}
 
@@ -92,7 +86,7 @@ def test_fine_tuning_starts_from_the_given_weights_and_a_mismatch_is_named(tmp_p
 def test_radio_sky_training_draws_dark_skies_never_the_benchmarks_and_is_grey_only(tmp_path):
     import random
 
-    from distinv.bench.data import radio_sky
+    from distinv.images import radio_sky
 
     sky = radio_sky_image(64, random.Random(0))
     assert sky.shape == (1, 64, 64) and sky.max() == 1 and sky.min() >= 0

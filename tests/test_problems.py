@@ -8,9 +8,9 @@ import pytest
 import torch
 from deepinv.physics import StackedLinearPhysics
 
-from distinv.bench.data import dead_leaves, load_image, shepp_logan_2d, shepp_logan_3d
 from distinv.bench.problems import build
 from distinv.bench.problems.highres_blur import blur_kernel
+from distinv.images import dead_leaves, load_image, shepp_logan_2d, shepp_logan_3d
 from operators import real_inner, relative_error
 
 RADIO = {"size": 48, "num_antennas": 12, "num_times": 10, "num_channels": 3, "num_operators": 3}

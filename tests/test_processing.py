@@ -6,7 +6,7 @@ import pytest
 import torch
 from deepinv.models import DnCNN, DRUNet
 
-from distinv import DistributedContext, Shard, distribute
+from distinv import DistributedContext, LocalTiles, distribute
 from distinv.strategies import DistributedSignalStrategy
 
 DEPTH = 17  # DnCNN with 17 conv layers: receptive-field radius 17 pixels
@@ -50,7 +50,7 @@ def check_dncnn_tiled_equals_untiled(ctx, shape, patch, overlap):
     with torch.no_grad():
         tiled = distribute(net, ctx, patch_size=patch, overlap=overlap)(x, 0.1)
         untiled = net(x, 0.1)
-    plan = distribute(net, ctx, patch_size=patch, overlap=overlap).strategy_for(shape).plan
+    plan = distribute(net, ctx, patch_size=patch, overlap=overlap).layout_for(shape).plan
     return {
         "error": ((tiled - untiled).abs().max() / untiled.abs().max()).item(),
         "windows": len(plan.windows),
@@ -78,7 +78,10 @@ def check_shard(ctx):
     x = torch.rand(1, 3, 40, 33)
     with torch.no_grad():
         shard = distribute(net, ctx, overlap=DEPTH)(x, 0.1, gather=False)
-    return {"is_shard": isinstance(shard, Shard), "pieces": [(index, piece.clone()) for index, piece in shard.pieces]}
+    return {
+        "is_shard": isinstance(shard, LocalTiles),
+        "pieces": [(index, piece.clone()) for index, piece in shard.pieces],
+    }
 
 
 def check_gradients_equal_untiled(ctx):
@@ -108,7 +111,7 @@ def check_strategies(ctx):
         blurred = dncnn()
         basic_net = distribute(blurred, ctx, tiling_strategy="basic", patch_size=8)
         return {
-            "basic_halo": basic.strategy_for(x.shape).plan.halo,
+            "basic_halo": basic.layout_for(x.shape).plan.overlap,
             "basic": (basic(x, sigma) - scale_by_sigma(x, sigma)).abs().max().item(),
             "custom": (custom(x, sigma) - scale_by_sigma(x, sigma)).abs().max().item(),
             "basic_dncnn_differs": (basic_net(x, 0.1) - blurred(x, 0.1)).abs().max().item(),
@@ -219,7 +222,7 @@ def test_drunet_error_at_the_default_halo_is_below_the_stated_bound():
     x = torch.rand(1, 3, 128, 128)
     with DistributedContext(env={}) as ctx, torch.no_grad():
         tiled = distribute(net, ctx, patch_size=(64, 128))  # two windows, default overlap
-        assert len(tiled.strategy_for(x.shape).plan.windows) == 2
+        assert len(tiled.layout_for(x.shape).plan.windows) == 2
         error = ((tiled(x, 0.1) - net(x, 0.1)).norm() / net(x, 0.1).norm()).item()
         no_halo = distribute(net, ctx, patch_size=(64, 128), overlap=0)
         error_without = ((no_halo(x, 0.1) - net(x, 0.1)).norm() / net(x, 0.1).norm()).item()

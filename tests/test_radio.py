@@ -9,9 +9,9 @@ import pytest
 import torch
 from deepinv.physics import RadioInterferometry
 
-from distinv.bench.data import radio_sky
 from distinv.bench.nufft import FinufftRadio, choose_backend
 from distinv.bench.uv_coverage import antenna_layout, baselines, earth_rotation_uv, uniform_weights
+from distinv.images import radio_sky
 from operators import real_inner, relative_error
 
 

@@ -9,23 +9,32 @@ The two-call API, as in deepinv's ``deepinv.distributed`` module::
         x_adj = dphys.A_adjoint(dphys(x))
 """
 
-from .context import DistributedContext
+from . import pnp  # the solvers module: distinv.pnp.pnp(...)
+from .context import DistributedContext, PeerRankError
 from .discovery import LaunchError
 from .distribute import distribute
+from .executor import LocalTiles
 from .fidelity import DistributedDataFidelity
-from .physics import DistributedStackedLinearPhysics, DistributedStackedPhysics
-from .processing import DistributedProcessing, Shard
+from .linear_physics import DistributedStackedLinearPhysics
+from .physics import DistributedStackedPhysics
+from .placement import LocalMeasurements
+from .processing import DistributedProcessing
+from .strategies import DistributedSignalStrategy
 from .tiling import TilePlan
 
 __all__ = [
     "DistributedContext",
     "DistributedDataFidelity",
     "DistributedProcessing",
+    "DistributedSignalStrategy",
     "DistributedStackedLinearPhysics",
     "DistributedStackedPhysics",
     "LaunchError",
-    "Shard",
+    "LocalMeasurements",
+    "LocalTiles",
+    "PeerRankError",
     "TilePlan",
     "distribute",
+    "pnp",
 ]
 __version__ = "0.1.0"

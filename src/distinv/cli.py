@@ -44,7 +44,7 @@ def plan_command(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{len(plan.windows)} windows (grid {'x'.join(map(str, plan.grid))}) over {args.world} ranks; "
-        f"halo {plan.halo}, size multiple {plan.multiple}"
+        f"overlap {plan.overlap}, size multiple {plan.size_multiple}"
     )
     if auto is not None:
         print(f"automatic plan for {args.denoiser} on {args.device}: {auto.describe()}")
@@ -78,50 +78,31 @@ def _positive_int(name: str, text: str) -> int:
 
 def _auto_plan(args: argparse.Namespace, channels: int, spatial: list[int], patch: int | None):
     """Measure ``--denoiser`` here (one process, ``--threads`` threads: one rank's share) and choose the plan
-    for ``--world`` such ranks."""
+    for ``--world`` such ranks, with the planner ``distribute()`` uses."""
     import torch
 
-    from .autotune import (
-        CPU_MEMORY_HEADROOM,
-        MEMORY_HEADROOM,
-        cached_profile,
-        choose_plan,
-        default_probe_shapes,
-        profile_network,
-    )
     from .denoisers import load_denoiser
     from .memory import default_memory_budget, parse_bytes
-    from .processing import size_multiple_of
+    from .planner import TilingKnobs, measured_profile, plan_from_profile, size_multiple_of
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     network = load_denoiser(args.denoiser, device=device, channels=channels)
-    multiple = max(args.multiple, size_multiple_of(network))
     budget = parse_bytes(args.memory_budget) if args.memory_budget else default_memory_budget(device)
-    samples = args.batch
-    shapes = default_probe_shapes(spatial, multiple, samples, device)
-    profile = cached_profile(
-        network,
-        (str(device), channels),
-        lambda: profile_network(
-            lambda x: network(x, 0.05), channels, shapes, samples=samples, device=device, budget_bytes=budget
-        ),
-    )
-    batch = "auto" if args.batch_size == "auto" else None if args.batch_size is None else int(args.batch_size)
-    return choose_plan(
-        profile,
-        (samples, channels, *spatial),
-        tuple(range(2, 2 + len(spatial))),
-        args.world,
-        budget,
-        halo=args.overlap,
-        multiple=multiple,
+    img_size = (args.batch, channels, *spatial)
+    dims = tuple(range(2, 2 + len(spatial)))
+    knobs = TilingKnobs(
         patch_size="auto" if args.patch == "auto" else patch,
-        batch=batch,
+        overlap=args.overlap,
+        size_multiple=max(args.multiple, size_multiple_of(network)),
+        max_batch_size=args.batch_size if args.batch_size in (None, "auto") else int(args.batch_size),
         max_window_pixels=args.max_window_pixels,
-        itemsize=args.bytes_per_value,
-        headroom=CPU_MEMORY_HEADROOM if device.type == "cpu" else MEMORY_HEADROOM,
+        memory_budget=budget,
     )
+    profile, _ = measured_profile(
+        network, lambda x: network(x, 0.05), img_size, dims, knobs.size_multiple, device, torch.float32, budget
+    )
+    return plan_from_profile(profile, img_size, dims, args.world, knobs, budget, device, args.bytes_per_value).auto
 
 
 def _parameter(text: str) -> tuple[str, Any]:

@@ -1,4 +1,5 @@
-"""Collectives over items that live on one rank each: gathers of uneven tensors, and sums over ranks.
+"""Collectives over items that live on one rank each: gathers of uneven tensors, sums over ranks, and a module
+made the same on every rank.
 
 Items (one per operator) have an owner rank and any shape or dtype, complex included. Every rank knows the
 owners (the assignment is computed identically everywhere); shapes and dtypes are exchanged once per call
@@ -109,6 +110,24 @@ def sum_over_ranks(
     if globally:
         ctx.all_reduce(total)
     return total
+
+
+def broadcast_module_state(ctx: DistributedContext, module: torch.nn.Module) -> None:
+    """Make ``module`` the same on every rank: rank 0's parameters and buffers, broadcast in place (one
+    broadcast per dtype), as ``DistributedDataParallel`` does at construction."""
+    if not ctx.is_distributed:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in [*module.parameters(), *module.buffers()]:
+        by_dtype.setdefault(t.dtype, []).append(t)
+    with torch.no_grad():
+        for tensors in by_dtype.values():
+            flat = torch.cat([t.detach().reshape(-1).to(ctx.device) for t in tensors])
+            ctx.broadcast(flat, src=0)
+            offset = 0
+            for t in tensors:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
 
 
 def _gather_naive(ctx, local_items, local, num_items) -> list[torch.Tensor]:

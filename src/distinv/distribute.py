@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from deepinv.optim.data_fidelity import DataFidelity, StackedPhysicsDataFidelity
@@ -11,10 +11,13 @@ from deepinv.physics import LinearPhysics, Physics, StackedPhysics
 
 from .context import DistributedContext
 from .fidelity import DistributedDataFidelity
-from .physics import DistributedStackedLinearPhysics, DistributedStackedPhysics
-from .processing import DEFAULT_OVERLAP, DistributedProcessing
+from .linear_physics import DistributedStackedLinearPhysics
+from .physics import DistributedStackedPhysics
+from .planner import DEFAULT_OVERLAP
+from .processing import DistributedProcessing
 from .strategies import DistributedSignalStrategy
 
+TypeObject = Literal["auto", "physics", "linear_physics", "data_fidelity", "denoiser"]
 TYPE_OBJECTS = ("auto", "physics", "linear_physics", "data_fidelity", "denoiser")
 
 
@@ -23,18 +26,21 @@ def distribute(
     ctx: DistributedContext,
     *,
     num_operators: int | None = None,
-    type_object: str = "auto",
+    type_object: TypeObject = "auto",
     dtype: torch.dtype | None = torch.float32,
-    gather_strategy: str = "concatenated",
+    gather_strategy: Literal["concatenated", "broadcast", "naive"] = "concatenated",
     shared: Any = None,
     factory_kwargs: Any = None,
     operator_costs: Sequence[float] | None = None,
     check_replicated: bool = False,
-    tiling_strategy: str | DistributedSignalStrategy | None = "overlap_tiling",
-    patch_size: int | Sequence[int] | None = None,
+    tiling_strategy: Literal["overlap_tiling", "basic"] | DistributedSignalStrategy | None = "overlap_tiling",
+    patch_size: int | Sequence[int] | Literal["auto"] | None = None,
     overlap: int | Sequence[int] = DEFAULT_OVERLAP,
     tiling_dims: int | Sequence[int] | None = None,
-    max_batch_size: int | None = None,
+    max_batch_size: int | Literal["auto"] | None = None,
+    size_multiple: int | None = None,
+    max_window_pixels: int | Literal["auto"] | None = "auto",
+    memory_budget: int | str | None = None,
     **kwargs: Any,
 ) -> DistributedStackedPhysics | DistributedDataFidelity | DistributedProcessing:
     """Distribute a deepinv object over the ranks of ``ctx``.
@@ -58,11 +64,17 @@ def distribute(
         :class:`~distinv.strategies.DistributedSignalStrategy`.
     :param patch_size: for a denoiser: owned size of a window per dim; ``None`` (default, unlike deepinv's 256)
         lets the plan pick the fewest, largest windows within ``max_window_pixels`` (on CPU, windows of at most
-        384Ki pixels by default), a multiple of the world size.
-    :param overlap: for a denoiser: halo where windows meet, in pixels (default 32).
+        384Ki pixels by default), a multiple of the world size; ``"auto"``: measured, within ``memory_budget``.
+    :param overlap: for a denoiser: halo width where windows meet, in pixels (default 32).
     :param tiling_dims: for a denoiser: the dims to cut (default: all spatial dims).
-    :param max_batch_size: for a denoiser: most windows per network call.
-    :param kwargs: passed to the distributed class (e.g. ``broadcast_shared=False``, ``max_window_pixels=``).
+    :param max_batch_size: for a denoiser: most windows per network call (``None``: 1 on CPU, all on GPU;
+        ``"auto"``: measured).
+    :param size_multiple: for a denoiser: the network's size multiple (default: 8 for DRUNet, else 1).
+    :param max_window_pixels: for a denoiser: the largest window when ``patch_size=None`` (``"auto"``: 384Ki
+        pixels on CPU, no limit on GPU).
+    :param memory_budget: for a denoiser with ``"auto"`` knobs: bytes (or ``"2GB"``) per rank (default: half
+        the free GPU memory, or the host's available memory shared by its ranks).
+    :param kwargs: passed to the distributed class (e.g. ``broadcast_shared=False``).
     :return: a :class:`DistributedStackedLinearPhysics` / :class:`DistributedStackedPhysics` (usable where a
         deepinv ``StackedLinearPhysics`` is), a :class:`DistributedDataFidelity`, or a
         :class:`DistributedProcessing` (usable where the denoiser is).
@@ -91,6 +103,9 @@ def distribute(
             overlap=overlap,
             tiling_dims=tiling_dims,
             max_batch_size=max_batch_size,
+            size_multiple=size_multiple,
+            max_window_pixels=max_window_pixels,
+            memory_budget=memory_budget,
             **kwargs,
         )
     if type_object == "data_fidelity":

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from .context import DistributedContext
-from .strategies import TilingStrategy
+from .planner import TiledLayout
 
 
 def _overlap(a_origin, a_size, b_origin, b_size) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
@@ -31,26 +31,26 @@ def _local(box_origin, box_size, frame_origin) -> tuple[slice, ...]:
 
 
 def exchange_windows(
-    ctx: DistributedContext, strategy: TilingStrategy, owned: dict[int, torch.Tensor], like: torch.Tensor | None
+    ctx: DistributedContext, layout: TiledLayout, owned: dict[int, torch.Tensor], like: torch.Tensor | None
 ) -> dict[int, torch.Tensor]:
     """The input of each of this rank's windows, from the owned regions each rank holds.
 
-    :param strategy: the tiling whose plan sharded the signal.
+    :param layout: the tiling whose plan sharded the signal.
     :param owned: this rank's owned regions by window index, each ``(B, C, ...)`` with the tiled dims cut to
         the owned size.
     :param like: any one of them, for the windows' batch, channels and dtype (``None`` on a rank with no window).
     :return: this rank's window inputs by window index.
     """
-    plan, index = strategy.plan, strategy.index
+    plan, index = layout.plan, layout.index
     windows: dict[int, torch.Tensor] = {}
     for w in plan.windows_of(ctx.rank):
         shape = list(like.shape)
-        for d, size in zip(strategy.tiling_dims, w.size, strict=True):
+        for d, size in zip(layout.tiling_dims, w.size, strict=True):
             shape[d] = size
         windows[w.index] = torch.empty(shape, dtype=like.dtype, device=like.device)
     ops, received = [], []
     for target in plan.windows:  # the same order on every rank, so sends and receives pair up
-        for source in plan.windows:
+        for source in plan.sources_of(target):  # its neighbours only: linear in the window count
             if ctx.rank not in (target.rank, source.rank):
                 continue
             meet = _overlap(target.origin, target.size, source.owned_origin, source.owned_size)

@@ -10,7 +10,6 @@ spent in collectives (``ctx.comm_seconds``, waiting for slower ranks included).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -20,7 +19,9 @@ import torch
 
 from .context import DistributedContext
 from .linalg import solve_cg
-from .physics import DistributedStackedLinearPhysics
+from .linear_physics import DistributedStackedLinearPhysics
+from .metrics import psnr, ssim
+from .timing import DeviceTimer
 
 ALGORITHMS = ("pgd", "hqs", "admm")
 Denoiser = Callable[..., torch.Tensor]
@@ -63,41 +64,6 @@ def coupled_steps(sigmas: Sequence[float], noise_sigma: float, coupling: float =
     if noise_sigma <= 0 or coupling <= 0:
         raise ValueError(f"noise_sigma={noise_sigma}, coupling={coupling}: both must be > 0.")
     return [s**2 / (coupling * noise_sigma**2) for s in sigmas]
-
-
-def psnr(x: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
-    mse = torch.mean((x.detach().clamp(0, data_range) - reference) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
-
-
-def ssim(x: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
-    """Mean SSIM (Gaussian window 11, sigma 1.5); volumes are averaged over their z-slices."""
-    from deepinv.loss.metric import SSIM
-
-    x = x.detach().clamp(0, data_range)
-    if x.ndim == 5:  # (B, C, D, H, W): slices as a batch
-        x, reference = (t.transpose(1, 2).flatten(0, 1) for t in (x, reference))
-    return float(SSIM(max_pixel=data_range)(x, reference).mean())
-
-
-class _Clock:
-    """``with _Clock(device) as c: ...`` then ``c.seconds``, after the device finished the block's work."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.seconds = device, 0.0
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    def __enter__(self) -> _Clock:
-        self._sync()
-        self._start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._sync()
-        self.seconds = time.perf_counter() - self._start
 
 
 def _peak(device: torch.device, enabled: bool):
@@ -210,7 +176,7 @@ def _pnp(
     records: list[IterationRecord] = []
     for k in range(iterations):
         comm_before, start = comm_seconds(), time.perf_counter()
-        with _peak(device, measure_memory) as data_memory, _Clock(device) as data_clock:
+        with _peak(device, measure_memory) as data_memory, DeviceTimer(device) as data_clock:
             if algorithm == "pgd":
                 z, solver = x - steps[k] * (physics.A_adjoint_A(x) - aty), "gradient"
             elif algorithm == "hqs":
@@ -219,7 +185,7 @@ def _pnp(
                 v, solver = data_prox(physics, aty, x - u, steps[k], x, cg_iterations, 1e-6)
                 z = v + u
         comm_middle = comm_seconds()
-        with _peak(device, measure_memory) as denoiser_memory, _Clock(device) as denoiser_clock:
+        with _peak(device, measure_memory) as denoiser_memory, DeviceTimer(device) as denoiser_clock:
             denoised = denoiser(z, sigmas[k])
         new = denoised if relaxation == 1.0 else (1 - relaxation) * x + relaxation * denoised
         if algorithm == "admm":

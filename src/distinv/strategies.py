@@ -1,20 +1,22 @@
 """How a signal is cut into patches for a distributed denoiser: the extension point, and the built-in tiling.
 
-A :class:`DistributedSignalStrategy` has deepinv's three documented methods. The engine hands each rank its
-patch indices, runs the processor on the patches ``get_local_patches`` returns, lets ``reduce_patches`` write
-them into a zero tensor and sums that tensor over ranks. The built-in :class:`TilingStrategy` implements the
-same methods from a :class:`~distinv.tiling.TilePlan`, and the engine uses its plan directly to gather only
-owned regions instead of summing full-size tensors.
+A :class:`DistributedSignalStrategy` has deepinv's three documented methods. :func:`run_user_strategy` hands each
+rank its patch indices, runs the processor on the patches ``get_local_patches`` returns, lets ``reduce_patches``
+write them into a zero tensor and sums that tensor over ranks. :class:`TilingStrategy` offers the built-in tiling
+through the same methods; the engine never goes through it (it runs a :class:`~distinv.planner.TiledLayout` and
+gathers only owned regions instead of summing full-size tensors).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-from .tiling import TilePlan
+from .balance import assign_balanced_counts
+from .context import DistributedContext
+from .planner import TilingKnobs, plan_fixed, tiling_dims_of
 
 STRATEGY_METHODS = ("get_local_patches", "reduce_patches", "get_num_patches")
 
@@ -43,48 +45,62 @@ class DistributedSignalStrategy(ABC):
 
 
 class TilingStrategy(DistributedSignalStrategy):
-    """Windows with halos where they meet, owned regions that partition the signal (see :mod:`distinv.tiling`).
+    """The built-in tiling behind deepinv's strategy interface: windows with halos where they meet, owned regions
+    that partition the signal (see :mod:`distinv.tiling`). An adapter for code written against that interface;
+    the engine itself runs the :class:`~distinv.planner.TiledLayout` it wraps (``.layout``) directly.
 
     :param img_size: full signal shape ``(B, C, *spatial)``.
     :param tiling_dims: the dims of ``img_size`` to cut (default: all spatial dims).
-    :param patch_size, overlap, multiple, max_window_pixels, world_size: as in :meth:`TilePlan.build`.
+    :param world_size, patch_size, overlap, size_multiple, max_window_pixels: as in :meth:`TilePlan.build`.
     """
-
-    auto = None  # the AutoPlan (windows, batch, predictions) when the engine planned automatically
 
     def __init__(
         self,
         img_size: Sequence[int],
-        tiling_dims: Sequence[int],
+        tiling_dims: Sequence[int] | None,
         world_size: int,
         patch_size: int | Sequence[int] | None = None,
         overlap: int | Sequence[int] = 0,
-        multiple: int = 1,
+        size_multiple: int = 1,
         max_window_pixels: int | None = None,
     ):
         super().__init__(img_size)
-        self.tiling_dims = tuple(tiling_dims)
-        self.plan = TilePlan.build(
-            [self.img_size[d] for d in self.tiling_dims], world_size, patch_size, overlap, multiple, max_window_pixels
-        )
-
-    def index(self, slices: Sequence[slice]) -> tuple[slice, ...]:
-        """A full indexing tuple that applies ``slices`` to the tiled dims."""
-        full = [slice(None)] * len(self.img_size)
-        for d, s in zip(self.tiling_dims, slices, strict=True):
-            full[d] = s
-        return tuple(full)
+        knobs = TilingKnobs(patch_size, overlap, size_multiple, None, max_window_pixels)
+        dims = tiling_dims_of(len(self.img_size), tiling_dims)
+        self.layout = plan_fixed(self.img_size, dims, world_size, knobs)
 
     def get_local_patches(self, x: torch.Tensor, local_indices: list[int]) -> list[tuple[int, torch.Tensor]]:
-        return [(i, x[self.index(self.plan.windows[i].slices)]) for i in local_indices]
+        return [(i, x[self.layout.index(self.layout.plan.windows[i].slices)]) for i in local_indices]
 
     def reduce_patches(self, out_tensor: torch.Tensor, local_pairs: list[tuple[int, torch.Tensor]]) -> None:
         for i, patch in local_pairs:
-            window = self.plan.windows[i]
-            out_tensor[self.index(window.owned_slices)] = patch[self.index(window.owned_in_window)]
+            window = self.layout.plan.windows[i]
+            out_tensor[self.layout.index(window.owned_slices)] = patch[self.layout.index(window.owned_in_window)]
 
     def get_num_patches(self) -> int:
-        return len(self.plan.windows)
+        return len(self.layout.plan.windows)
+
+
+def run_user_strategy(
+    ctx: DistributedContext,
+    strategy: DistributedSignalStrategy,
+    x: torch.Tensor,
+    call: Callable[[torch.Tensor, list], torch.Tensor],
+) -> torch.Tensor:
+    """A user strategy's patches, balanced by count over ranks, processed by ``call``, written by the strategy
+    into zeros and summed over ranks (one image-sized all-reduce; replicated output). A failure on any rank is an
+    error on every rank before the all-reduce."""
+    n = strategy.get_num_patches()
+    owners = assign_balanced_counts([1.0] * n, ctx.world_size)
+    local = [i for i in range(n) if owners[i] == ctx.rank]
+
+    def work() -> torch.Tensor:
+        processed = [(i, call(patch, [(slice(None),) * x.ndim])) for i, patch in strategy.get_local_patches(x, local)]
+        out = torch.zeros_like(x)
+        strategy.reduce_patches(out, processed)
+        return out
+
+    return ctx.all_reduce(ctx.run_agreed(f"tiling strategy {type(strategy).__name__}", work))
 
 
 def check_strategy(strategy: object) -> None:

@@ -16,6 +16,7 @@ All functions here are pure: every rank computes the same plan without talking.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Sequence
@@ -65,8 +66,8 @@ class TilePlan:
     """Windows over a signal of ``shape`` (tiled dims only) for ``world_size`` ranks; build with :meth:`build`."""
 
     shape: tuple[int, ...]
-    halo: tuple[int, ...]
-    multiple: int
+    overlap: tuple[int, ...]
+    size_multiple: int
     world_size: int
     grid: tuple[int, ...]
     windows: tuple[Window, ...]
@@ -77,8 +78,8 @@ class TilePlan:
         shape: Sequence[int],
         world_size: int,
         patch_size: int | Sequence[int] | None = None,
-        halo: int | Sequence[int] = 0,
-        multiple: int = 1,
+        overlap: int | Sequence[int] = 0,
+        size_multiple: int = 1,
         max_window_pixels: int | None = None,
     ) -> TilePlan:
         """Plan the windows.
@@ -88,8 +89,8 @@ class TilePlan:
         :param patch_size: target size of an owned region per dim (deepinv's ``patch_size``); ``None`` picks
             the fewest, largest windows: a multiple of ``world_size`` (so every rank runs the same number),
             the split that processes the fewest halo pixels, within ``max_window_pixels``.
-        :param halo: pixels added on each interior side (deepinv's ``overlap``), rounded up to ``multiple``.
-        :param multiple: the network's size multiple (1: any size).
+        :param overlap: pixels added on each interior side (the halo), rounded up to ``size_multiple``.
+        :param size_multiple: the network's size multiple (1: any size).
         :param max_window_pixels: the largest window (pixels of the tiled dims) that fits in memory; ``None``:
             no limit.
         """
@@ -99,16 +100,16 @@ class TilePlan:
             raise ValueError(f"shape={shape}: give the sizes (>= 1) of the tiled dims.")
         if world_size < 1:
             raise ValueError(f"world_size={world_size}: it must be at least 1.")
-        validate_tiling(patch_size, halo, multiple)
-        halos = tuple(_round_up(h, multiple) for h in _per_dim(halo, nd, "overlap"))
+        validate_tiling(patch_size, overlap, size_multiple)
+        halos = tuple(round_up(h, size_multiple) for h in _per_dim(overlap, nd, "overlap"))
         if patch_size is not None:
             patches = _per_dim(patch_size, nd, "patch_size")
             grid = tuple(
-                min(_units(s, multiple), max(1, math.ceil(s / p))) for s, p in zip(shape, patches, strict=True)
+                min(_units(s, size_multiple), max(1, math.ceil(s / p))) for s, p in zip(shape, patches, strict=True)
             )
         else:
-            grid = _best_grid(shape, halos, multiple, world_size, max_window_pixels)
-        return cls._from_grid(shape, halos, multiple, world_size, grid)
+            grid = _best_grid(shape, halos, size_multiple, world_size, max_window_pixels)
+        return cls._from_grid(shape, halos, size_multiple, world_size, grid)
 
     @classmethod
     def _from_grid(cls, shape, halos, multiple, world_size, grid) -> TilePlan:
@@ -130,7 +131,32 @@ class TilePlan:
         return cls(shape, halos, multiple, world_size, tuple(grid), windows)
 
     def windows_of(self, rank: int) -> list[Window]:
+        """The windows ``rank`` runs, in index order."""
         return [w for w in self.windows if w.rank == rank]
+
+    def windows_by_size(self, rank: int) -> dict[tuple[int, ...], list[Window]]:
+        """``rank``'s windows grouped by size (the windows one network call can batch), in index order."""
+        groups: dict[tuple[int, ...], list[Window]] = {}
+        for w in self.windows_of(rank):
+            groups.setdefault(w.size, []).append(w)
+        return groups
+
+    def sources_of(self, target: Window) -> list[Window]:
+        """The windows whose owned regions ``target``'s window reads (itself included), in index order: per dim,
+        the owned segments its interval meets (found by bisection), so the cost grows with the neighbours, not
+        with the number of windows."""
+        per_dim = []
+        for d, (origin, size) in enumerate(zip(target.origin, target.size, strict=True)):
+            starts = self._owned_starts(d)
+            first = bisect.bisect_right(starts, origin) - 1
+            last = bisect.bisect_left(starts, origin + size) - 1
+            per_dim.append(range(max(first, 0), last + 1))
+        return [self.windows[_ravel(cell, self.grid)] for cell in itertools.product(*per_dim)]
+
+    def _owned_starts(self, dim: int) -> list[int]:
+        """The owned segments' first pixels along tiled dim ``dim``, in grid order."""
+        stride = math.prod(self.grid[dim + 1 :])
+        return [self.windows[j * stride].owned_origin[dim] for j in range(self.grid[dim])]
 
     def summary(self, batch: int = 1, channels: int = 1, itemsize: int = 4) -> dict:
         """Per rank: windows, pixels processed and owned; the predicted imbalance (most loaded rank's
@@ -142,7 +168,7 @@ class TilePlan:
         mean = sum(processed) / self.world_size
         return {
             "grid": self.grid,
-            "halo": self.halo,
+            "overlap": self.overlap,
             "windows_per_rank": [len(self.windows_of(r)) for r in range(self.world_size)],
             "pixels_processed_per_rank": processed,
             "pixels_owned_per_rank": owned,
@@ -152,10 +178,11 @@ class TilePlan:
         }
 
 
-def validate_tiling(patch_size: int | Sequence[int] | None, halo: int | Sequence[int], multiple: int) -> None:
-    """Raise a ValueError naming the argument if patch, halo or size multiple cannot make a plan."""
+def validate_tiling(patch_size: int | Sequence[int] | None, overlap: int | Sequence[int], size_multiple: int) -> None:
+    """Raise a ValueError naming the argument if patch, overlap or size multiple cannot make a plan."""
+    multiple, halo = size_multiple, overlap
     if multiple < 1:
-        raise ValueError(f"multiple={multiple}: the network's size multiple must be at least 1.")
+        raise ValueError(f"size_multiple={multiple}: the network's size multiple must be at least 1.")
     halos = [halo] if isinstance(halo, int) else list(halo)
     if any(h < 0 for h in halos):
         raise ValueError(f"overlap={halo}: the halo cannot be negative.")
@@ -169,7 +196,7 @@ def validate_tiling(patch_size: int | Sequence[int] | None, halo: int | Sequence
                 f"at least {multiple} pixels."
             )
         for h in halos:
-            if _round_up(h, multiple) > p:
+            if round_up(h, multiple) > p:
                 raise ValueError(
                     f"overlap={halo} (rounded up to a multiple of {multiple}) is larger than patch_size="
                     f"{patch_size}: windows would be mostly halo. Use a larger patch or a smaller overlap."
@@ -185,8 +212,17 @@ def _per_dim(value: int | Sequence[int], nd: int, name: str) -> tuple[int, ...]:
     return value
 
 
-def _round_up(value: int, multiple: int) -> int:
+def round_up(value: int, multiple: int) -> int:
+    """The smallest multiple of ``multiple`` that is at least ``value``."""
     return -(-value // multiple) * multiple
+
+
+def _ravel(cell: Sequence[int], grid: Sequence[int]) -> int:
+    """The window index of grid cell ``cell`` (windows are numbered in row-major grid order)."""
+    index = 0
+    for c, n in zip(cell, grid, strict=True):
+        index = index * n + c
+    return index
 
 
 def _units(length: int, multiple: int) -> int:

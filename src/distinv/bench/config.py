@@ -183,7 +183,7 @@ def validate(raw: dict, slurm: bool = False, name: str = "benchmark") -> Config:
     errors: list[str] = []
     if not isinstance(raw, dict):
         raise ConfigError("the config must be a mapping of keys (name, problems, solver, ...).")
-    _unknown(raw, TOP_DEFAULTS, "", errors)
+    unknown_keys(raw, TOP_DEFAULTS, "", errors)
     c = copy.deepcopy({**TOP_DEFAULTS, **raw})
     c["name"] = c["name"] or name
     c["output"] = c["output"] or f"results/{c['name']}"
@@ -446,7 +446,7 @@ def _check_problems(c: dict, slurm: bool, errors: list[str]) -> None:
         if not isinstance(entry, dict) or "name" not in entry:
             errors.append(f"{where}: give a mapping with a name, one of {sorted(BUILDERS)}.")
             continue
-        _unknown(entry, PROBLEM_KEYS, where + ".", errors)
+        unknown_keys(entry, PROBLEM_KEYS, where + ".", errors)
         sizes = entry.get("sizes")
         if not isinstance(sizes, list) or not sizes:
             errors.append(f"{where}.sizes={sizes!r}: give a list of sizes to sweep, e.g. [256, 512].")
@@ -460,14 +460,14 @@ def _check_problems(c: dict, slurm: bool, errors: list[str]) -> None:
             if not isinstance(entry.get(key, {}), dict):
                 errors.append(f"{where}.{key}: give a mapping that overrides the top-level {key}.")
         if isinstance(entry.get("solver"), dict):
-            _unknown(entry["solver"], SOLVER_DEFAULTS, f"{where}.solver.", errors)
+            unknown_keys(entry["solver"], SOLVER_DEFAULTS, f"{where}.solver.", errors)
             _check_solver(entry["solver"], f"{where}.solver", errors)
         if isinstance(entry.get("denoiser"), dict):
-            _unknown(entry["denoiser"], DENOISER_DEFAULTS, f"{where}.denoiser.", errors)
+            unknown_keys(entry["denoiser"], DENOISER_DEFAULTS, f"{where}.denoiser.", errors)
             if "model" in entry["denoiser"]:
                 _check_model(entry["denoiser"]["model"], f"{where}.denoiser", slurm, errors)
         own_tiling = entry.get("tiling") if isinstance(entry.get("tiling"), dict) else {}
-        _unknown(own_tiling, TILING_DEFAULTS, f"{where}.tiling.", errors)
+        unknown_keys(own_tiling, TILING_DEFAULTS, f"{where}.tiling.", errors)
         _check_tiling(own_tiling, f"{where}.tiling", c["engines"], errors)
         windows_from = f"{where}.tiling" if {"patch_size", "overlap"} & set(own_tiling) else "tiling"
         _check_windows({**TILING_DEFAULTS, **c["tiling"], **own_tiling}, windows_from, errors)
@@ -483,10 +483,10 @@ def _section(c: dict, section: str, defaults: dict, errors: list[str]) -> None:
     if not isinstance(c[section], dict):
         errors.append(f"{section}: give a mapping of its keys {sorted(defaults)}.")
         c[section] = {}
-    _unknown(c[section], defaults, section + ".", errors)
+    unknown_keys(c[section], defaults, section + ".", errors)
 
 
-def _unknown(given: dict, allowed, prefix: str, errors: list[str]) -> None:
+def unknown_keys(given: dict, allowed, prefix: str, errors: list[str]) -> None:
     for key in given:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), list(allowed), n=1)

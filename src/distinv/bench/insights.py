@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -27,8 +26,8 @@ from typing import Any
 import torch
 import yaml
 
-from ..memory import PeakMemory
-from .config import ConfigError, _unknown
+from ..timing import timed_calls
+from .config import ConfigError, unknown_keys
 from .results import append_rows, read_rows
 
 TABLE = "insights.parquet"
@@ -70,7 +69,7 @@ def load_insight_config(path: str | Path, study: str) -> InsightConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys to values.")
     errors: list[str] = []
-    _unknown(raw, InsightConfig.__dataclass_fields__, "", errors)
+    unknown_keys(raw, InsightConfig.__dataclass_fields__, "", errors)
     if raw.get("study", study) != study:
         errors.append(
             f"study: this config is for {raw['study']!r}, not {study!r}: use `distinv insights {raw['study']}`."
@@ -107,17 +106,7 @@ def load_insight_config(path: str | Path, study: str) -> InsightConfig:
 
 def measure_call(fn: Callable[[], Any], device: torch.device, repetitions: int) -> tuple[float, int]:
     """Median seconds of ``fn()`` over ``repetitions`` calls after a warm-up, and the first's peak bytes."""
-    fn()
-    times, peak = [], 0
-    for i in range(repetitions):
-        with PeakMemory(device) as memory:
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-        if i == 0:
-            peak = memory.peak_bytes
+    times, peak = timed_calls(fn, device, repetitions)
     return statistics.median(times), peak
 
 

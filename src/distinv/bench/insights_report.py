@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from .palette import colour
+
 MiB = 2**20
 SATURATION = 0.9  # a batch "saturates" once it reaches this fraction of the best throughput
 
@@ -90,8 +92,6 @@ def shape_memory_figure(rows: list[dict]):
     """Peak memory against width: one colour per denoiser, one marker and dash per width series."""
     import plotly.graph_objects as go
 
-    from .report import _colour
-
     rows = _ok(rows, "shape-memory")
     fig = go.Figure()
     names = sorted({r["denoiser"] for r in rows})
@@ -106,7 +106,7 @@ def shape_memory_figure(rows: list[dict]):
                     y=[r["peak_bytes"] / MiB for r in points],
                     mode="lines+markers",
                     name=f"{name}, {label}",
-                    line={"color": _colour(i), "dash": dashes[j % 3]},
+                    line={"color": colour(i), "dash": dashes[j % 3]},
                     marker={"symbol": symbols[j % 3]},
                     customdata=[[r["seconds"] * 1e3, r["multiple_of_8"]] for r in points],
                     hovertemplate="width %{x}: %{y:.0f} MiB, %{customdata[0]:.1f} ms, multiple of 8: "
@@ -128,8 +128,6 @@ def batch_throughput_figure(rows: list[dict]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from .report import _colour
-
     rows = _ok(rows, "batch-throughput")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("throughput", "peak memory"))
     names = sorted({r["denoiser"] for r in rows})
@@ -142,7 +140,7 @@ def batch_throughput_figure(rows: list[dict]):
             )
             if not points:
                 continue
-            style = {"line": {"color": _colour(i), "dash": dashes[j % 4]}, "mode": "lines+markers"}
+            style = {"line": {"color": colour(i), "dash": dashes[j % 4]}, "mode": "lines+markers"}
             label = f"{name}, patch {patch}"
             fig.add_trace(
                 go.Scatter(

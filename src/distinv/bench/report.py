@@ -21,6 +21,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from .palette import colour
 from .results import last_line, read_rows, summarise
 
 ENGINE_NAMES = {"distinv": "distinv", "deepinv": "deepinv's module", "none": "untiled, 1 device"}
@@ -165,7 +166,7 @@ def scaling_figure(problem: str, summary: list[dict]):
         for index, (size, engine) in enumerate(series):
             points = sorted((k[2], e) for k, e in runs.items() if k[:2] == (size, engine))
             name = f"{ENGINE_NAMES.get(engine, engine)}, {size}"
-            style = {"color": _colour(index), "dash": "solid" if engine == "distinv" else "dash"}
+            style = {"color": colour(index), "dash": "solid" if engine == "distinv" else "dash"}
             for row, metric, scale in ((1, "speedup", 1.0), (2, "efficiency", 100.0)):
                 values = [(n, e.get(f"{metric}_{component}")) for n, e in points]
                 values = [(n, v * scale) for n, v in values if v is not None]
@@ -206,9 +207,9 @@ def breakdown_figure(problem: str, summary: list[dict]):
     }
     colours = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78", "#c7c7c7"]
     fig = go.Figure()
-    for (name, part), colour in zip(parts.items(), colours, strict=True):
+    for (name, part), shade in zip(parts.items(), colours, strict=True):
         fig.add_bar(
-            x=x, y=[max(0.0, part(runs[k])) for k in keys], name=name, marker_color=colour,
+            x=x, y=[max(0.0, part(runs[k])) for k in keys], name=name, marker_color=shade,
             hovertemplate=f"{name}: %{{y:.3f}} s<extra></extra>",
         )  # fmt: skip
     fig.update_layout(barmode="stack", title=f"{problem}: time per iteration by component (median, slowest rank)")
@@ -245,7 +246,7 @@ def quality_figure(problem: str, rows: list[dict]):
             f"{ENGINE_NAMES.get(first['engine'], first['engine'])} ×{first['world_size']}, "
             f"{size_label(first['size'])}" + (f" (rep {first['repetition']})" if first.get("repetition") else "")
         )
-        style = {"color": _colour(index), "dash": "solid" if first["engine"] == "distinv" else "dash"}
+        style = {"color": colour(index), "dash": "solid" if first["engine"] == "distinv" else "dash"}
         fig.add_scatter(x=its, y=values, mode="lines+markers", name=name, line=style, legendgroup=name, row=1, col=1)
         fig.add_scatter(
             x=times, y=values, mode="lines+markers", name=name, line=style, legendgroup=name, showlegend=False,
@@ -290,11 +291,6 @@ def memory_figure(problem: str, rows: list[dict]):
     fig.update_yaxes(title_text="peak memory (MiB)", rangemode="tozero")
     _legend_below(fig, 500, gap=0.3)
     return fig
-
-
-def _colour(index: int) -> str:
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22"]
-    return palette[index % len(palette)]
 
 
 # ------------------------------------------------------------------------------------------------------ page

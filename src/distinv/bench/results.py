@@ -19,6 +19,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterable
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,25 @@ import pyarrow.parquet as pq
 TABLE = "results.parquet"
 JSON_COLUMNS = ("size",)  # a number or a list depending on the run: always JSON text
 RUN_KEY = "run_key"
+
+
+def run_row(spec: Any, config_hash: str, status: str, **fields: Any) -> dict:
+    """The columns every row of a run has (its key, comparison group, config hash, status and settings), then
+    ``fields`` (per-iteration measurements of a finished run, or the error of a failed one): the table's one
+    schema, for the ranks' rows and the runner's failure rows alike."""
+    settings = {k: v for k, v in asdict(spec).items() if k not in ("tiling", "solver", "denoiser", "params")}
+    return {
+        RUN_KEY: spec.key,
+        "group": spec.group,
+        "config_hash": config_hash,
+        "status": status,
+        **settings,
+        "params": spec.params,
+        "solver": spec.solver,
+        "denoiser_model": spec.denoiser["model"],
+        "tiling": spec.tiling,
+        **fields,
+    }
 
 
 def table_path(directory: str | Path, table: str = TABLE) -> Path:

@@ -15,14 +15,12 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from .config import Config, RunSpec
 from .launch import RunOutcome, launch_local, srun_command, submit_slurm
-from .results import append_rows, finished_runs, format_summary, last_line, remove_stale_temporaries, summarise
-
-PROGRESS_DIR = ".progress"
+from .progress import progress_path, remove_stale_progress
+from .results import append_rows, finished_runs, format_summary, last_line, remove_stale_temporaries, run_row, summarise
 
 
 def select(runs: list[RunSpec], only: list[str] | None) -> list[RunSpec]:
@@ -45,7 +43,7 @@ def run_config(
     output = config.output
     runs = select(config.runs(), only)
     remove_stale_temporaries(output)
-    _remove_stale_progress(output)
+    remove_stale_progress(output)
     done = set() if redo else finished_runs(output)
     todo = [r for r in runs if r.key not in done]
     out(f"{config.raw['name']}: {len(runs)} runs, {len(runs) - len(todo)} already in {output}, {len(todo)} to do")
@@ -127,22 +125,15 @@ def record_failure(
 
 def failure_row(spec: RunSpec, outcome: RunOutcome, config_hash: str) -> dict:
     """The table's record of a failed run (so reports show it, and a resumed run retries it)."""
-    fields = {k: v for k, v in asdict(spec).items() if k not in ("tiling", "solver", "denoiser", "params")}
-    return {
-        "run_key": spec.key,
-        "group": spec.group,
-        "config_hash": config_hash,
-        "status": "failed",
-        "error": outcome.error,
-        "failed_rank": outcome.failed_rank,
-        "log_dir": str(outcome.log_dir),
-        **fields,
-        "params": spec.params,
-        "solver": spec.solver,
-        "denoiser_model": spec.denoiser["model"],
-        "tiling": spec.tiling,
-        "started": time.time() - outcome.seconds,
-    }
+    return run_row(
+        spec,
+        config_hash,
+        "failed",
+        error=outcome.error,
+        failed_rank=outcome.failed_rank,
+        log_dir=str(outcome.log_dir),
+        started=time.time() - outcome.seconds,
+    )
 
 
 def _with_progress(
@@ -154,7 +145,7 @@ def _with_progress(
     live: bool,
 ) -> RunOutcome:
     """Run ``launch`` in a thread while showing the iteration and PSNR rank 0 reports in its progress file."""
-    progress = Path(output) / PROGRESS_DIR / f"{spec.key}.json"
+    progress = progress_path(output, spec.key)
     progress.unlink(missing_ok=True)
     result: list[RunOutcome] = []
 
@@ -205,19 +196,3 @@ def _run_srun(spec: RunSpec, config: Config) -> RunOutcome:
         return RunOutcome(spec.key, True, seconds, log_dir)
     tail = (log_dir / "srun.log").read_text()[-4000:]
     return RunOutcome(spec.key, False, seconds, log_dir, None, tail or f"srun exit code {code}")
-
-
-def _remove_stale_progress(output: Path) -> None:
-    """Progress notes (and their temporary files) of runs that were killed: no run is under way yet."""
-    folder = Path(output) / PROGRESS_DIR
-    for stale in folder.glob("*") if folder.is_dir() else ():
-        stale.unlink(missing_ok=True)
-
-
-def write_progress(output: str | Path, key: str, iteration: int, psnr: float | None) -> None:
-    """Rank 0's note of where its run is (read by the progress display)."""
-    path = Path(output) / PROGRESS_DIR / f"{key}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"iteration": iteration, "psnr": psnr}))
-    tmp.replace(path)

@@ -124,8 +124,8 @@ def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
     from ..pnp import pnp
     from .engines import build_engine
     from .problems import build
-    from .results import append_rows
-    from .runner import write_progress
+    from .progress import write_progress
+    from .results import append_rows, run_row
 
     warnings.simplefilter("ignore")
     spec = RunSpec(**json.loads(spec_json))
@@ -170,23 +170,17 @@ def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
                 callback=progress if ctx.rank == 0 else None,
             )
         env = environment(ctx)
-        base = {
-            "run_key": spec.key,
-            "group": spec.group,
-            "config_hash": config_hash,
-            "status": "ok",
-            "error": None,
-            **{k: v for k, v in asdict(spec).items() if k not in ("tiling", "solver", "denoiser", "params")},
-            "params": spec.params,
-            "solver": spec.solver,
-            "denoiser_model": spec.denoiser["model"],
-            "tiling": spec.tiling,
-            "rank": ctx.rank,
-            "init": problem.init_name,
-            "init_psnr": init_psnr,
-            "started": started,
+        base = run_row(
+            spec,
+            config_hash,
+            "ok",
+            error=None,
+            rank=ctx.rank,
+            init=problem.init_name,
+            init_psnr=init_psnr,
+            started=started,
             **env,
-        }
+        )
         rows = [{**base, **asdict(r)} for r in records]
         everyone: list = [None] * ctx.world_size
         ctx.all_gather_object(everyone, rows)

@@ -12,9 +12,10 @@ from deepinv.physics import LinearPhysics
 from ...comm import sum_over_ranks
 from ...context import DistributedContext
 from ...distribute import distribute
-from ...physics import DistributedStackedLinearPhysics
+from ...linear_physics import DistributedStackedLinearPhysics
+from ...metrics import psnr
+from ...physics import operator_seed
 from ...placement import LocalMeasurements
-from ...pnp import psnr
 
 OperatorFactory = Callable[[int, torch.device, Any], LinearPhysics]
 # init(problem, physics, y_local) -> first iterate: each rank's terms, summed over ranks inside.
@@ -63,7 +64,7 @@ class Problem:
         out = []
         for i, op in zip(physics.local_indexes, physics.local_physics, strict=True):
             clean = op.A(x)
-            g = torch.Generator(device="cpu").manual_seed(self.seed * 1_000_003 + i)
+            g = torch.Generator(device="cpu").manual_seed(operator_seed(self.seed, i))
             noise = torch.randn(clean.shape, generator=g, dtype=clean.real.dtype)
             if clean.is_complex():
                 noise = torch.complex(noise, torch.randn(clean.shape, generator=g, dtype=clean.real.dtype)) / 2**0.5

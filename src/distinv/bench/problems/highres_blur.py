@@ -8,7 +8,7 @@ import torch
 from deepinv.physics import BlurFFT
 from deepinv.physics.functional.blur import gaussian_blur
 
-from ..data import dead_leaves, load_image
+from ...images import dead_leaves, load_image
 from .base import Problem, check_positive
 
 MIN_SIZE = 32

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from ..data import radio_sky
+from ...images import radio_sky
 from ..nufft import BACKENDS, radio_operator
 from ..uv_coverage import SPEED_OF_LIGHT, antenna_layout, baselines, earth_rotation_uv, uniform_weights
 from .base import Problem, check_positive, weighted_sum_of_terms

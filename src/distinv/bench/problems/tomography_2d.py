@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from deepinv.physics import Tomography
 
-from ..data import shepp_logan_2d
+from ...images import shepp_logan_2d
 from .base import Problem, check_positive, weighted_sum_of_terms
 
 MIN_SIZE = 16

@@ -13,7 +13,7 @@ import math
 import torch
 from deepinv.physics import LinearPhysics
 
-from ..data import shepp_logan_3d
+from ...images import shepp_logan_3d
 from .base import Problem
 from .tomography_2d import angle_block_problem, block_angles, normalised_tomography
 

@@ -1,0 +1,7 @@
+"""``python -m distinv``: the command line (the same as the ``distinv`` command)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
