@@ -61,3 +61,17 @@ def test_preview_with_a_bad_parameter_names_it(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["preview", "radio", "-o", str(tmp_path), "--param", "num_operators"])
     assert "write parameters as key=value" in capsys.readouterr().err
+
+
+def test_python_dash_m_distinv_runs_the_command_line():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "distinv", "plan", "--shape", "3", "256", "256", "--world", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["windows_per_rank"] == [1, 1]
