@@ -77,7 +77,7 @@ def check_shard(ctx):
     torch.manual_seed(1)
     x = torch.rand(1, 3, 40, 33)
     with torch.no_grad():
-        shard = distribute(net, ctx, overlap=DEPTH)(x, 0.1, gather=False)
+        shard = distribute(net, ctx, overlap=DEPTH).tiles(x, 0.1)
     return {
         "is_shard": isinstance(shard, LocalTiles),
         "pieces": [(index, piece.clone()) for index, piece in shard.pieces],
@@ -230,15 +230,33 @@ def test_drunet_error_at_the_default_halo_is_below_the_stated_bound():
     assert error_without > 100 * error
 
 
+def check_local_output_sums_to_the_output(ctx):
+    net = dncnn()
+    torch.manual_seed(3)
+    x = torch.rand(1, 3, 40, 36)
+    denoiser = distribute(net, ctx, patch_size=20, overlap=DEPTH)
+    with torch.no_grad():
+        local = denoiser(x, 0.1, gather=False)
+        full = denoiser(x, 0.1)
+    summed = ctx.all_reduce(local.clone())
+    mine = sum(w.owned_pixels for w in denoiser.layout_for(x.shape).plan.windows_of(ctx.rank))
+    return {
+        "shape": tuple(local.shape),
+        "sum_error": (summed - full).abs().max().item(),
+        "nonzero_pixels": int((local != 0).any(dim=(0, 1)).sum()),
+        "owned_pixels": mine,
+    }
+
+
 def check_sharded_input_with_halo_exchange(ctx):
     net = dncnn()
     torch.manual_seed(5)
     x = torch.rand(2, 3, 45, 38)
     dden = distribute(net, ctx, patch_size=18, overlap=DEPTH)
     with torch.no_grad():
-        shard = dden(x, 0.1, gather=False)
+        shard = dden.tiles(x, 0.1)
         # three calls; between them the data stays sharded (only halos travel)
-        thrice_sharded = dden(dden(shard, 0.1, gather=False), 0.1)
+        thrice_sharded = dden(dden.tiles(shard, 0.1), 0.1)
         thrice = net(net(net(x, 0.1), 0.1), 0.1)
         gathered = dden.gather(shard)
     return {
@@ -254,3 +272,11 @@ def test_sharded_input_runs_through_a_halo_exchange(ranks, world_size):
     for r in results:
         assert r["thrice"] <= 1e-5 and r["gathered"] <= 1e-5, r
     assert sum(r["my_pixels"] for r in results) == 2 * 3 * 45 * 38  # shards partition the signal
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_gather_false_is_deepinvs_local_output_whose_sum_over_ranks_is_the_output(ranks, world_size):
+    for result in ranks(world_size).run(check_local_output_sums_to_the_output):
+        assert result["shape"] == (1, 3, 40, 36)
+        assert result["sum_error"] < 1e-6
+        assert result["nonzero_pixels"] == result["owned_pixels"]

@@ -19,6 +19,7 @@ from .linear_physics import DistributedStackedLinearPhysics
 from .physics import DistributedStackedPhysics
 from .placement import LocalMeasurements
 from .processing import DistributedProcessing
+from .replicated import DistributedReplicatedParameters
 from .strategies import DistributedSignalStrategy
 from .tiling import TilePlan
 
@@ -26,6 +27,7 @@ __all__ = [
     "DistributedContext",
     "DistributedDataFidelity",
     "DistributedProcessing",
+    "DistributedReplicatedParameters",
     "DistributedSignalStrategy",
     "DistributedStackedLinearPhysics",
     "DistributedStackedPhysics",

@@ -7,18 +7,21 @@ from typing import Any, Literal
 
 import torch
 from deepinv.optim.data_fidelity import DataFidelity, StackedPhysicsDataFidelity
+from deepinv.optim.optimizers import BaseOptim
 from deepinv.physics import LinearPhysics, Physics, StackedPhysics
 
+from .balance import assign_by_cost
 from .context import DistributedContext
 from .fidelity import DistributedDataFidelity
 from .linear_physics import DistributedStackedLinearPhysics
 from .physics import DistributedStackedPhysics
 from .planner import DEFAULT_OVERLAP
 from .processing import DistributedProcessing
+from .replicated import DistributedReplicatedParameters
 from .strategies import DistributedSignalStrategy
 
-TypeObject = Literal["auto", "physics", "linear_physics", "data_fidelity", "denoiser"]
-TYPE_OBJECTS = ("auto", "physics", "linear_physics", "data_fidelity", "denoiser")
+TypeObject = Literal["auto", "physics", "linear_physics", "data_fidelity", "denoiser", "module", "parameters"]
+TYPE_OBJECTS = ("auto", "physics", "linear_physics", "data_fidelity", "denoiser", "module", "parameters")
 
 
 def distribute(
@@ -51,9 +54,10 @@ def distribute(
         a ``DataFidelity`` (or a list / ``StackedPhysicsDataFidelity``, one per operator, or a factory).
     :param ctx: an entered :class:`DistributedContext` (``with DistributedContext() as ctx:``).
     :param num_operators: number of operators ``K``; required with a factory, checked otherwise.
-    :param type_object: ``"auto"`` (detect), ``"physics"``, ``"linear_physics"``, ``"data_fidelity"`` or
-        ``"denoiser"``;
-        required for factories, which cannot be inspected without being called.
+    :param type_object: ``"auto"`` (detect; a factory's kind is read from the first object each rank builds and
+        agreed over ranks), ``"physics"``, ``"linear_physics"``, ``"data_fidelity"``, ``"denoiser"``, ``"module"``
+        (an unrolled ``BaseOptim(unfold=True)``, distributed in place) or ``"parameters"`` (replicated trainable
+        parameters, their gradients averaged over ranks).
     :param gather_strategy: ``"concatenated"`` (default), ``"broadcast"`` or ``"naive"``; see
         :mod:`distinv.comm`.
     :param shared: object passed as the third argument of every factory call (``factory_kwargs`` is
@@ -91,8 +95,21 @@ def distribute(
     if shared is not None and factory_kwargs is not None and shared is not factory_kwargs:
         raise ValueError("Give the factory's shared object once: `shared=` or `factory_kwargs=`, not both.")
     shared = shared if shared is not None else factory_kwargs
+    if type_object == "auto" and callable(object) and num_operators is not None and not _is_denoiser(object):
+        type_object, object, shared = _factory_kind(object, ctx, num_operators, shared, operator_costs, kwargs)
+        if type_object == "data_fidelity":
+            kwargs.pop("broadcast_shared")
     if type_object == "auto":
         type_object = _detect_type(object)
+    if type_object == "parameters":
+        return _replicated_parameters(object, ctx, **kwargs)
+    if type_object == "module":
+        from .unrolled import distribute_unrolled
+
+        options = dict(tiling_strategy=tiling_strategy, patch_size=patch_size, overlap=overlap)
+        options |= dict(tiling_dims=tiling_dims, max_batch_size=max_batch_size, size_multiple=size_multiple)
+        options |= dict(max_window_pixels=max_window_pixels, memory_budget=memory_budget)
+        return distribute_unrolled(object, ctx, **options, **kwargs)
 
     if type_object == "denoiser":
         return DistributedProcessing(
@@ -127,6 +144,12 @@ def distribute(
 
 
 def _detect_type(obj: Any) -> str:
+    if isinstance(obj, torch.nn.Parameter) or (
+        isinstance(obj, (list, tuple)) and obj and all(isinstance(p, torch.nn.Parameter) for p in obj)
+    ):
+        return "parameters"
+    if isinstance(obj, BaseOptim):
+        return "module"
     if isinstance(obj, StackedPhysics):
         return "linear_physics" if all(isinstance(p, LinearPhysics) for p in obj.physics_list) else "physics"
     if isinstance(obj, (list, tuple)) and obj and all(isinstance(p, Physics) for p in obj):
@@ -139,10 +162,16 @@ def _detect_type(obj: Any) -> str:
         return "denoiser"
     if isinstance(obj, (list, tuple)) and not obj:
         raise ValueError("Cannot distribute an empty list: give at least one operator.")
+    if isinstance(obj, torch.nn.Module):
+        raise TypeError(
+            f"distribute() does not split a generic {type(obj).__name__}: give an unrolled deepinv optimiser "
+            "(BaseOptim with unfold=True), a denoiser (or type_object='denoiser' for any network f(x, sigma)), "
+            "physics, a data fidelity, or parameters."
+        )
     if callable(obj):
         raise ValueError(
-            "A callable cannot be inspected without calling it: pass type_object='linear_physics', "
-            "'physics' or 'data_fidelity' (and num_operators=K for a factory), or 'denoiser'."
+            "A factory needs num_operators=K (its type is then read from the first operator each rank builds), "
+            "or type_object='denoiser' for a callable f(x, sigma)."
         )
     raise TypeError(
         f"distribute() does not know how to distribute a {type(obj).__name__}: give a StackedPhysics, a list "
@@ -174,3 +203,50 @@ def _physics_factory(obj: Any, num_operators: int | None) -> tuple[Callable, int
             raise ValueError("num_operators is required with a factory: distribute(factory, ctx, num_operators=K).")
         return obj, num_operators
     raise TypeError(f"Expected physics operators or a factory, got {type(obj).__name__}.")
+
+
+def _replicated_parameters(params: Any, ctx: DistributedContext, average: bool = True):
+    """deepinv's ``distribute(parameters)``: the parameters, on ``ctx``'s device, whose gradients are averaged over
+    ranks after each backward pass (hooks removable through ``parameter.replicated.remove_hooks()``)."""
+    single = isinstance(params, torch.nn.Parameter)
+    listed = [params] if single else list(params)
+    moved = []
+    for i, p in enumerate(listed):
+        if not isinstance(p, torch.nn.Parameter):
+            raise TypeError(f"parameters[{i}] is a {type(p).__name__}: give torch.nn.Parameter objects.")
+        moved.append(p if p.device == ctx.device else torch.nn.Parameter(p.data.to(ctx.device), p.requires_grad))
+    sync = DistributedReplicatedParameters(ctx, moved, average=average)
+    for p in moved:
+        p.replicated = sync
+    return moved[0] if single else moved
+
+
+def _factory_kind(
+    factory: Callable, ctx: DistributedContext, num_operators: int, shared: Any, costs: Any, kwargs: dict
+) -> tuple[str, Callable, Any]:
+    """The kind of a factory's objects, read from the first one each rank builds and agreed over ranks (a rank
+    that owns none learns it from the others); returns the kind, a factory that hands out the object already
+    built, and the shared object (broadcast from rank 0 here, once)."""
+    if kwargs.get("broadcast_shared", True) and shared is not None and ctx.is_distributed:
+        shared = ctx.broadcast_object_list([shared], src=0)[0]
+    kwargs["broadcast_shared"] = False
+    owned = assign_by_cost(costs, num_operators, ctx.world_size)[ctx.rank]
+    built, code, error = {}, 0, None
+    if owned:
+        try:
+            first = built[owned[0]] = factory(owned[0], ctx.device, shared)
+            code = next((c for kind, c in FACTORY_KINDS if isinstance(first, kind)), -1)
+        except Exception as exc:  # noqa: BLE001 - a failure on one rank must fail every rank
+            error = exc
+    codes = {row[0] for row in ctx.agree("building the first operator (type detection)", error, [code])} - {0}
+    if not codes or -1 in codes or (1 in codes and len(codes) > 1):
+        raise TypeError(
+            "The factory's objects are not all deepinv Physics or all DataFidelity: return one kind, or pass "
+            "type_object explicitly."
+        )
+    kind = {frozenset({3}): "linear_physics", frozenset({1}): "data_fidelity"}.get(frozenset(codes), "physics")
+    return kind, (lambda i, device, shared: built.pop(i) if i in built else factory(i, device, shared)), shared
+
+
+# (class, code) checked in order: a LinearPhysics is a Physics too.
+FACTORY_KINDS = ((LinearPhysics, 3), (Physics, 2), (DataFidelity, 1))

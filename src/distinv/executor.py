@@ -206,6 +206,16 @@ def local_tiles(layout: TiledLayout, pieces: dict[int, torch.Tensor]) -> LocalTi
     )
 
 
+def local_output(layout: TiledLayout, pieces: dict[int, torch.Tensor], dtype: torch.dtype, device) -> torch.Tensor:
+    """deepinv's local output: the signal's shape, this rank's owned regions and zeros elsewhere (summing it over
+    ranks gives the output; no communication)."""
+    out = torch.zeros(layout.img_size, dtype=dtype, device=device)
+    windows = layout.plan.windows
+    for i, piece in pieces.items():
+        out[layout.index(windows[i].owned_slices)] = piece
+    return out
+
+
 def from_local_tiles(
     ctx: DistributedContext, layout: TiledLayout, tiles: LocalTiles
 ) -> tuple[WindowInput, torch.dtype]:

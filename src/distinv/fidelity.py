@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from deepinv.optim.data_fidelity import DataFidelity, StackedPhysicsDataFidelity
 
-from .comm import sum_over_ranks
 from .context import DistributedContext
 from .physics import DistributedStackedPhysics
 
@@ -96,14 +95,14 @@ class DistributedDataFidelity(torch.nn.Module):
         ``gather``)."""
         self._check(physics)
 
-        def work(y_local: list[torch.Tensor]) -> list[torch.Tensor]:
+        def work(x: torch.Tensor, y_local: list[torch.Tensor]) -> list[torch.Tensor]:
             return [
                 self.fidelity(i).d.fn(op.A(x, **kwargs), y_i, *args)
                 for i, op, y_i in zip(physics.local_indexes, physics.local_physics, y_local, strict=True)
             ]
 
-        terms, _ = physics.run_local("data fidelity fn", work, x=x, y=y, collective=gather)
-        total = sum_over_ranks(self.ctx, terms, (x.shape[0],), x.real.dtype, x.device, globally=gather)
+        run = physics.run_local("data fidelity fn", work, x=x, y=y, collective=gather)
+        total = physics.sum_terms(run, (x.shape[0],), x.real.dtype, gather)
         return total / physics.num_operators if self.reduction == "mean" else total
 
     def grad(
@@ -118,14 +117,14 @@ class DistributedDataFidelity(torch.nn.Module):
         """``sum_i J_{A_i}(x)^T grad d_i(A_i x, y_i)``, shaped like ``x``: one image-sized all-reduce."""
         self._check(physics)
 
-        def work(y_local: list[torch.Tensor]) -> list[torch.Tensor]:
+        def work(x: torch.Tensor, y_local: list[torch.Tensor]) -> list[torch.Tensor]:
             return [
                 op.A_vjp(x, self.fidelity(i).d.grad(op.A(x, **kwargs), y_i, *args), **kwargs)
                 for i, op, y_i in zip(physics.local_indexes, physics.local_physics, y_local, strict=True)
             ]
 
-        terms, _ = physics.run_local("data fidelity grad", work, x=x, y=y, collective=gather)
-        total = sum_over_ranks(self.ctx, terms, x.shape, x.dtype, x.device, globally=gather)
+        run = physics.run_local("data fidelity grad", work, x=x, y=y, collective=gather)
+        total = physics.sum_terms(run, x.shape, x.dtype, gather)
         return total / physics.num_operators if self.reduction == "mean" else total
 
     def forward(self, x: torch.Tensor, y: Sequence[torch.Tensor], physics: DistributedStackedPhysics, **kwargs):

@@ -38,20 +38,20 @@ class DistributedStackedLinearPhysics(DistributedStackedPhysics, LinearPhysics):
         """``sum_i A_i^T y_i``, replicated. ``gather=False``: this rank's partial sum; ``reduce_op=None``:
         the individual ``A_i^T y_i``."""
 
-        def work(y_local: list[torch.Tensor]) -> list[torch.Tensor]:
+        def work(_, y_local: list[torch.Tensor]) -> list[torch.Tensor]:
             return [p.A_adjoint(yi, **kwargs) for p, yi in zip(self.local_physics, y_local, strict=True)]
 
-        local, key = self.run_local("A_adjoint", work, y=y, collective=self._communicates(gather, reduce_op))
-        return self._combine(local, key and ("A_adjoint", key), gather, reduce_op)
+        run = self.run_local("A_adjoint", work, y=y, collective=self._communicates(gather, reduce_op))
+        return self._combine(run, run.key and ("A_adjoint", run.key), gather, reduce_op)
 
     def A_adjoint_A(
         self, x: torch.Tensor, gather: bool = True, reduce_op: str | None = "sum", **kwargs
     ) -> Measurements:
         """``sum_i A_i^T A_i x``: the normal operator, one image-sized all-reduce."""
-        local = self.run_local(
-            "A_adjoint_A", lambda: [p.A_adjoint_A(x, **kwargs) for p in self.local_physics], x=x, collective=gather
+        run = self.run_local(
+            "A_adjoint_A", lambda x: [p.A_adjoint_A(x, **kwargs) for p in self.local_physics], x=x, collective=gather
         )
-        return self._reduce_image(local, x, gather, reduce_op)
+        return self._reduce_image(run, x, gather, reduce_op)
 
     def A_A_adjoint(self, y: Sequence[torch.Tensor], gather: bool = True, **kwargs) -> Measurements:
         """``[A_1 (A^T y), ..., A_K (A^T y)]``; the adjoint is always global."""
@@ -88,11 +88,11 @@ class DistributedStackedLinearPhysics(DistributedStackedPhysics, LinearPhysics):
         """
         if local_only:
 
-            def work(y_local: list[torch.Tensor]) -> list[torch.Tensor]:
+            def work(_, y_local: list[torch.Tensor]) -> list[torch.Tensor]:
                 return [p.A_dagger(yi, **kwargs) for p, yi in zip(self.local_physics, y_local, strict=True)]
 
-            local, key = self.run_local("A_dagger", work, y=y, collective=self._communicates(gather, "mean"))
-            return self._combine(local, key and ("A_dagger", key), gather, "mean")
+            run = self.run_local("A_dagger", work, y=y, collective=self._communicates(gather, "mean"))
+            return self._combine(run, run.key and ("A_dagger", run.key), gather, "mean")
         check_solver(solver, self.circulant)  # before the first collective
         b = self.A_adjoint(y, **kwargs)
         x, info = self.solve_normal(
@@ -168,7 +168,7 @@ class DistributedStackedLinearPhysics(DistributedStackedPhysics, LinearPhysics):
         """
         if local_only:
 
-            def work() -> list[torch.Tensor]:
+            def work(_) -> list[torch.Tensor]:
                 return [
                     torch.as_tensor(p.compute_sqnorm(x0, max_iter=max_iter, tol=tol, verbose=False, **kwargs))
                     .to(self.ctx.device)
@@ -176,10 +176,11 @@ class DistributedStackedLinearPhysics(DistributedStackedPhysics, LinearPhysics):
                     for p in self.local_physics
                 ]
 
-            local = self.run_local("compute_sqnorm", work, x=x0)
-            return sum_over_ranks(self.ctx, local, (), x0.real.dtype, self.ctx.device)
-        self.run_local("compute_sqnorm", list, x=x0)  # every rank checks x0 before the first collective
-        value, iterations = power_iteration(lambda v: self.A_adjoint_A(v, **kwargs), x0, max_iter, tol)
+            run = self.run_local("compute_sqnorm", work, x=x0)
+            return sum_over_ranks(self.ctx, run.terms, (), x0.real.dtype, self.ctx.device)
+        self.run_local("compute_sqnorm", lambda x: [], x=x0)  # every rank checks x0 before the first collective
+        with torch.no_grad():  # an operator norm, not a function to differentiate
+            value, iterations = power_iteration(lambda v: self.A_adjoint_A(v, **kwargs), x0, max_iter, tol)
         if verbose and self.ctx.rank == 0:
             print(f"Power iteration: ||A||^2 = {value.item():.6g} after {iterations} iterations")
         return value

@@ -21,6 +21,7 @@ on one rank is an error on every rank.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,11 +32,25 @@ from .balance import assign_by_cost
 from .collectives import stable_hash
 from .comm import GATHER_STRATEGIES, Layout, exchange_layout, gather_items, sum_over_ranks
 from .context import DistributedContext
+from .differentiable import GatherOverRanks, ReplicatedInputs, SumOverRanks
 from .least_squares import is_circulant
 from .linalg import SolveInfo
 from .placement import LocalMeasurements, call_signature, select_local
 
 PhysicsFactory = Callable[[int, torch.device, Any], Physics]
+
+
+@dataclass
+class LocalRun:
+    """A rank's results of one call: ``terms`` (one per operator it owns), ``key`` (the signature of a replicated
+    ``y``; ``None`` for a local one) and ``anchor`` (set when the call is differentiable: see
+    :mod:`distinv.differentiable`)."""
+
+    terms: list[torch.Tensor]
+    key: tuple | None
+    anchor: torch.Tensor | None
+
+
 # What a call returns: one (reduced) tensor, all K measurements (replicated), or this rank's (sharded).
 Measurements = torch.Tensor | TensorList | LocalMeasurements
 REDUCE_OPS = ("sum", "mean", None)
@@ -126,13 +141,13 @@ class DistributedStackedPhysics(Physics):
         :param reduce_op: ``"sum"``/``"mean"`` return the sum/mean of the measurements instead (they must
             share a shape).
         """
-        local = self.run_local(
+        run = self.run_local(
             "A",
-            lambda: [p.A(x, **kwargs) for p in self.local_physics],
+            lambda x: [p.A(x, **kwargs) for p in self.local_physics],
             x=x,
             collective=self._communicates(gather, reduce_op),
         )
-        return self._combine(local, ("A", call_signature(x)), gather, reduce_op)
+        return self._combine(run, ("A", call_signature(x)), gather, reduce_op)
 
     def forward(self, x: torch.Tensor, gather: bool = True, reduce_op: str | None = None, **kwargs) -> Measurements:
         """Noisy measurements ``[N_1(A_1 x), ..., N_K(A_K x)]`` with each operator's own noise and sensor.
@@ -144,7 +159,7 @@ class DistributedStackedPhysics(Physics):
         """
         base = int(torch.randint(0, 2**62, (1,)).item())
 
-        def work() -> list[torch.Tensor]:
+        def work(x: torch.Tensor) -> list[torch.Tensor]:
             local = []
             for i, p in zip(self.local_indexes, self.local_physics, strict=True):
                 with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
@@ -152,8 +167,8 @@ class DistributedStackedPhysics(Physics):
                     local.append(p(x, **kwargs))
             return local
 
-        local = self.run_local("forward", work, x=x, collective=self._communicates(gather, reduce_op))
-        return self._combine(local, ("forward", call_signature(x)), gather, reduce_op)
+        run = self.run_local("forward", work, x=x, collective=self._communicates(gather, reduce_op))
+        return self._combine(run, ("forward", call_signature(x)), gather, reduce_op)
 
     def A_vjp(
         self,
@@ -166,11 +181,11 @@ class DistributedStackedPhysics(Physics):
         """``sum_i J_{A_i}(x)^T v_i``: the gradient of ``sum_i <A_i(x), v_i>``; ``v``: all K entries, or this
         rank's as a :class:`~distinv.placement.LocalMeasurements`."""
 
-        def work(v_local: list[torch.Tensor]) -> list[torch.Tensor]:
+        def work(x: torch.Tensor, v_local: list[torch.Tensor]) -> list[torch.Tensor]:
             return [p.A_vjp(x, vi, **kwargs) for p, vi in zip(self.local_physics, v_local, strict=True)]
 
-        local, _ = self.run_local("A_vjp", work, x=x, y=v, name="v", collective=gather)
-        return self._reduce_image(local, x, gather, reduce_op)
+        run = self.run_local("A_vjp", work, x=x, y=v, name="v", collective=gather)
+        return self._reduce_image(run, x, gather, reduce_op)
 
     # ------------------------------------------------------------------ local work, agreed over ranks
     def run_local(
@@ -182,43 +197,92 @@ class DistributedStackedPhysics(Physics):
         y: Any = None,
         name: str = "y",
         collective: bool = True,
-    ) -> Any:
-        """``work()`` (or ``work(y_local)`` when ``y`` is given) on this rank, then one small agreement over
+    ) -> LocalRun:
+        """``work(x)`` (or ``work(x, y_local)`` when ``y`` is given) on this rank, with one small agreement over
         ranks: whether any rank failed, and the call's signature (``x``'s shape and dtype; ``y``'s placement,
-        shapes and dtypes). Returns ``work``'s result, or ``(result, key)`` when ``y`` is given, where ``key``
-        identifies a replicated ``y`` (``None`` for a :class:`~distinv.placement.LocalMeasurements`).
+        shapes and dtypes). Under autograd the ranks also agree, before any graph is built, whether some rank
+        needs a gradient (of ``x``, of a replicated ``y``, of a local ``y`` or of an operator's parameters); if so,
+        ``work`` receives the replicated inputs through :class:`~distinv.differentiable.ReplicatedInputs` and the
+        :class:`LocalRun` carries the anchor the differentiable combination needs (a second agreement then covers
+        ``work``'s own failures).
+
         ``collective=False`` (a purely local call, e.g. ``gather=False``, which communicates nothing): no
         agreement, so the call may be made on some ranks only; an error then stays on its rank.
 
         :raises ValueError: on every rank, when the ranks passed differently shaped or placed inputs.
         """
-        error, result, key, signature = None, None, None, 0
+        error, y_local, key, signature, wants = None, None, None, 0, (False, False, False)
         try:
             if x is not None:
                 self._check_x_type(x)
                 signature = stable_hash(call_signature(x))
-            if y is None:
-                result = work()
-            else:
+            if y is not None:
                 y_local, key = self._select_local(y, name)
                 signature = stable_hash(signature, "local" if key is None else key)
-                result = work(y_local)
+            wants = self._wanted_gradients(x, y, y_local, key)
         except Exception as exc:  # noqa: BLE001 - a failure on one rank must fail every rank
             error = exc
         if not collective:
             if error is not None:
                 raise error
-            return result if y is None else (result, key)
-        agreed = self.ctx.agree(f"{type(self).__name__}.{step}", error, [signature])
-        if len(set(agreed)) > 1:
+            return LocalRun(work(x) if y is None else work(x, y_local), key, None)
+        grad_mode, anchor = torch.is_grad_enabled(), None
+        if grad_mode:  # agree before building the graph: every rank builds the same collectives into it
+            wanted = self._agree_on_inputs(step, error, signature, wants)
+            if any(wanted):
+                x, y, y_local, anchor = self._replicated(x, y, y_local, key, wanted)
+        try:
+            result = None if error is not None else (work(x) if y is None else work(x, y_local))
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+        if grad_mode:
+            self.ctx.agree(f"{type(self).__name__}.{step}", error)
+        else:
+            self._agree_on_inputs(step, error, signature, wants)
+        if x is not None and self.check_replicated:
+            self.ctx.assert_replicated(x, "x")
+        return LocalRun(result, key, anchor)
+
+    def _agree_on_inputs(
+        self, step: str, error: BaseException | None, signature: int, wants: tuple[bool, bool, bool]
+    ) -> tuple[bool, bool, bool]:
+        """One agreement: any failure, the same signature on every rank, and which gradients some rank wants."""
+        agreed = self.ctx.agree(f"{type(self).__name__}.{step}", error, [signature, *map(int, wants)])
+        if len({row[0] for row in agreed}) > 1:
             raise ValueError(
                 f"{step}: the ranks passed inputs of different shapes, dtypes or placements (signatures by rank: "
                 f"{[row[0] for row in agreed]}). Pass the same replicated x on every rank, and measurements either "
                 "all K on every rank or every rank its own LocalMeasurements (as A(x, gather=False) returns)."
             )
-        if x is not None and self.check_replicated:
-            self.ctx.assert_replicated(x, "x")
-        return result if y is None else (result, key)
+        return tuple(any(row[1 + i] for row in agreed) for i in range(3))
+
+    def _wanted_gradients(self, x: Any, y: Any, y_local: Any, key: tuple | None) -> tuple[bool, bool, bool]:
+        """(x needs a gradient, a replicated y does, anything else does: a local y or an operator parameter)."""
+        if not torch.is_grad_enabled():
+            return (False, False, False)
+        want_x = isinstance(x, torch.Tensor) and x.requires_grad
+        want_y = key is not None and any(t.requires_grad for t in y)
+        local = key is None and y_local is not None and any(t.requires_grad for t in y_local)
+        params = any(p.requires_grad for p in self.local_physics.parameters())
+        return (want_x, want_y, local or params)
+
+    def _replicated(self, x: Any, y: Any, y_local: Any, key: tuple | None, wanted: tuple[bool, bool, bool]):
+        """The inputs as :class:`~distinv.differentiable.ReplicatedInputs` outputs (those some rank wants a
+        gradient of), and the anchor."""
+        want_x, want_y, _ = wanted
+        inputs = [torch.zeros((), device=self.ctx.device, requires_grad=True)]
+        if want_x:
+            inputs.append(x)
+        if want_y:
+            inputs.extend(y)
+        outputs = list(ReplicatedInputs.apply(self.ctx, *inputs))
+        anchor = outputs.pop(0)
+        if want_x:
+            x = outputs.pop(0)
+        if want_y:
+            y = list(outputs)
+            y_local = [y[i] for i in self.local_indexes]
+        return x, y, y_local, anchor
 
     def _communicates(self, gather: bool, reduce_op: str | None) -> bool:
         """Whether combining results communicates: a gather, or a reduction whose shape an operator-less rank
@@ -230,34 +294,44 @@ class DistributedStackedPhysics(Physics):
         return LocalMeasurements(items, self.local_indexes, self.num_operators)
 
     # ------------------------------------------------------------------ combining results
-    def _combine(
-        self, local: list[torch.Tensor], key: tuple | None, gather: bool, reduce_op: str | None
-    ) -> Measurements:
+    def _combine(self, run: LocalRun, key: tuple | None, gather: bool, reduce_op: str | None) -> Measurements:
         """Reduce (sum/mean) or gather this rank's results. ``key``: a call signature shared by all ranks
         under which shapes learnt from the other ranks may be cached (``None``: learn them every time)."""
         if reduce_op not in REDUCE_OPS:
             raise ValueError(f"reduce_op={reduce_op!r}: use one of {REDUCE_OPS}.")
+        local = run.terms
         if reduce_op is not None:
             shape, dtype = self._agreed_shape(local, key)
-            total = sum_over_ranks(self.ctx, local, shape, dtype, self.ctx.device, globally=gather)
+            total = self.sum_terms(run, shape, dtype, gather)
             return total / self.num_operators if reduce_op == "mean" and gather else total
         if not gather:
             return self.local_measurements(local)
         layout = None
         if self.gather_strategy != "naive" and self.ctx.is_distributed:
             layout = self._layout(local, key)
-        return TensorList(
-            gather_items(self.ctx, self.local_indexes, local, self.num_operators, self.gather_strategy, layout)
-        )
 
-    def _reduce_image(self, local: list[torch.Tensor], x: torch.Tensor, gather: bool, reduce_op: str | None):
+        def collective(items: list[torch.Tensor]) -> list[torch.Tensor]:
+            return gather_items(self.ctx, self.local_indexes, items, self.num_operators, self.gather_strategy, layout)
+
+        if run.anchor is None:
+            return TensorList(collective(local))
+        return TensorList(list(GatherOverRanks.apply(collective, self.local_indexes, run.anchor, *local)))
+
+    def _reduce_image(self, run: LocalRun, x: torch.Tensor, gather: bool, reduce_op: str | None):
         """Sum of image-sized local terms: the output has ``x``'s shape, so no shape exchange is needed."""
         if reduce_op is None:
-            return self._combine(local, ("image", call_signature(x)), gather, None)
+            return self._combine(run, ("image", call_signature(x)), gather, None)
         if reduce_op not in REDUCE_OPS:
             raise ValueError(f"reduce_op={reduce_op!r}: use one of {REDUCE_OPS}.")
-        total = sum_over_ranks(self.ctx, local, x.shape, x.dtype, x.device, globally=gather)
+        total = self.sum_terms(run, x.shape, x.dtype, gather)
         return total / self.num_operators if reduce_op == "mean" and gather else total
+
+    def sum_terms(self, run: LocalRun, shape: Sequence[int], dtype: torch.dtype, gather: bool) -> torch.Tensor:
+        """This rank's terms summed, then over ranks if ``gather`` (one all-reduce; differentiable when the run
+        is)."""
+        if run.anchor is None or not gather:
+            return sum_over_ranks(self.ctx, run.terms, shape, dtype, self.ctx.device, globally=gather)
+        return SumOverRanks.apply(self.ctx, tuple(shape), dtype, run.anchor, *run.terms)
 
     def _layout(self, local: list[torch.Tensor], key: tuple | None) -> Layout:
         """Shapes/dtypes of all K results for this call signature: exchanged once, then cached."""

@@ -37,6 +37,7 @@ from .executor import (
     assemble,
     cut_from,
     from_local_tiles,
+    local_output,
     local_tiles,
     run_agreed,
     window_call,
@@ -137,40 +138,55 @@ class DistributedProcessing(torch.nn.Module):
     # ------------------------------------------------------------------ public
     def forward(
         self, x: torch.Tensor | LocalTiles, sigma: Any = None, *args: Any, gather: bool = True, **kwargs: Any
-    ) -> torch.Tensor | LocalTiles:
+    ) -> torch.Tensor:
         """Denoise ``x``: a tensor ``(B, C, H, W)`` or ``(B, C, D, H, W)``, the same on every rank (replicated), or
-        the :class:`~distinv.executor.LocalTiles` a previous call returned (sharded; each rank then receives only
+        the :class:`~distinv.executor.LocalTiles` that :meth:`tiles` returned (sharded; each rank then receives only
         its windows' halos; no autograd).
 
         :param sigma: noise level: a number, a ``(B,)`` tensor (one per sample) or a noise map shaped like ``x``
             with one channel; ``None`` calls ``processor(x, *args)``.
-        :param gather: the full output on every rank (default), else this rank's ``LocalTiles`` (no graph: the
-            network's parameters get no gradient from it).
-        :return: the output in the dtype the network returned, replicated; or this rank's ``LocalTiles``.
+        :param gather: the full output on every rank (default, replicated); ``False``: deepinv's local output, a
+            tensor of ``x``'s shape holding this rank's owned regions and zeros elsewhere (summing it over ranks
+            gives the output; no graph). :meth:`tiles` returns the rank's regions alone.
+        :return: the output in the dtype the network returned.
         :raises ValueError: for a ``sigma`` that fits neither ``x`` nor its batch, or ``gather=False`` on an input
             that requires grad.
         """
-        if isinstance(x, LocalTiles):
-            return self._from_tiles(x, sigma, args, kwargs, gather)
+        if not gather and isinstance(x, torch.Tensor) and x.requires_grad and torch.is_grad_enabled():
+            raise ValueError(
+                "gather=False returns a rank's local output, which autograd does not follow, but x requires grad: "
+                "use gather=True under autograd, or wrap the call in torch.no_grad()."
+            )
+        if isinstance(x, LocalTiles) or not gather:
+            layout, pieces, dtype = self._local_pieces(x, sigma, args, kwargs)
+            if gather:
+                return assemble(self.ctx, layout, pieces, dtype)
+            return local_output(layout, pieces, dtype, self.ctx.device)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor or LocalTiles, got {type(x).__name__}.")
         call = window_call(self.processor, sigma, x.shape, args, kwargs)
         if not isinstance(self.tiling_strategy, str):
             if call.kind == "map":
                 raise ValueError("A noise map sigma needs the built-in tiling: give a number or one sigma per sample.")
-            return run_user_strategy(self.ctx, self.tiling_strategy, x, call)
+            batch = self.knobs.max_batch_size if self.knobs.max_batch_size != "auto" else None
+            return run_user_strategy(self.ctx, self.tiling_strategy, x, call, batch)
         layout = self.layout_for(x.shape, self._prober(sigma, args, kwargs))
-        if not gather and x.requires_grad and torch.is_grad_enabled():
-            raise ValueError(
-                "gather=False returns LocalTiles, which autograd cannot follow, but x requires grad: use "
-                "gather=True under autograd, or wrap the call in torch.no_grad()."
-            )
         params = self._trainable_parameters()
-        if gather and torch.is_grad_enabled() and (x.requires_grad or params):
+        if torch.is_grad_enabled() and (x.requires_grad or params):
             return TiledApply.apply(self.ctx, layout, call, x, *params)
         with torch.no_grad():
             pieces, dtype = run_agreed(self.ctx, layout, cut_from(x, layout), call, x.dtype)
-            return assemble(self.ctx, layout, pieces, dtype) if gather else local_tiles(layout, pieces)
+            return assemble(self.ctx, layout, pieces, dtype)
+
+    def tiles(self, x: torch.Tensor | LocalTiles, sigma: Any = None, *args: Any, **kwargs: Any) -> LocalTiles:
+        """Denoise ``x`` and keep it sharded: this rank's owned regions as :class:`~distinv.executor.LocalTiles`
+        (no gather, no graph). Passing them back to :meth:`tiles` or :meth:`forward` runs the next call from them
+        with a halo exchange; :meth:`gather` assembles them.
+
+        :raises TypeError: for a ``tiling_strategy`` of the user's (their patches are not owned regions).
+        """
+        layout, pieces, _ = self._local_pieces(x, sigma, args, kwargs)
+        return local_tiles(layout, pieces)
 
     def gather(self, tiles: LocalTiles) -> torch.Tensor:
         """The full signal on every rank (replicated), from each rank's ``LocalTiles`` (one all-gather)."""
@@ -203,13 +219,22 @@ class DistributedProcessing(torch.nn.Module):
         return self._layouts[(shape, dims)]
 
     # ------------------------------------------------------------------ helpers
-    def _from_tiles(self, tiles: LocalTiles, sigma: Any, args: tuple, kwargs: dict, gather: bool):
+    def _local_pieces(self, x: torch.Tensor | LocalTiles, sigma: Any, args: tuple, kwargs: dict):
+        """This rank's owned output regions (no gather, no graph), with the layout and the agreed dtype."""
+        if not isinstance(self.tiling_strategy, str):
+            raise TypeError("Local outputs need the built-in tiling: a user strategy's patches are not owned regions.")
+        if not isinstance(x, torch.Tensor | LocalTiles):
+            raise TypeError(f"x must be a torch.Tensor or LocalTiles, got {type(x).__name__}.")
+        call = window_call(self.processor, sigma, x.shape, args, kwargs)  # checked before any collective
         with torch.no_grad():
-            layout = self.layout_for(tiles.shape)
-            window_input, fallback = from_local_tiles(self.ctx, layout, tiles)
-            call = window_call(self.processor, sigma, tiles.shape, args, kwargs)
+            if isinstance(x, LocalTiles):
+                layout = self.layout_for(x.shape)
+                window_input, fallback = from_local_tiles(self.ctx, layout, x)
+            else:
+                layout = self.layout_for(x.shape, self._prober(sigma, args, kwargs))
+                window_input, fallback = cut_from(x, layout), x.dtype
             pieces, dtype = run_agreed(self.ctx, layout, window_input, call, fallback)
-            return assemble(self.ctx, layout, pieces, dtype) if gather else local_tiles(layout, pieces)
+        return layout, pieces, dtype
 
     def _prober(self, sigma: Any, args: tuple, kwargs: dict) -> Callable[[torch.Tensor], torch.Tensor]:
         """The network on a probe window with a level like ``sigma`` (a map's mean; a per-sample level as is)."""

@@ -43,6 +43,33 @@ class DistributedSignalStrategy(ABC):
     def get_num_patches(self) -> int:
         """How many patches the signal is cut into."""
 
+    def apply_batching(self, patches: list[torch.Tensor], max_batch_size: int | None = None) -> list[torch.Tensor]:
+        """Consecutive patches of one shape concatenated along the batch dim, at most ``max_batch_size`` per batch
+        (``None`` or < 1: as many as share a shape); processing the batches and concatenating the results keeps
+        the patches' order (see :meth:`unpack_batched_results`)."""
+        limit = max_batch_size if max_batch_size and max_batch_size > 0 else max(1, len(patches))
+        batches: list[list[torch.Tensor]] = []
+        for patch in patches:
+            if batches and len(batches[-1]) < limit and batches[-1][0].shape == patch.shape:
+                batches[-1].append(patch)
+            else:
+                batches.append([patch])
+        self._patch_batch = patches[0].shape[0] if patches else 1
+        return [torch.cat(batch, dim=0) if len(batch) > 1 else batch[0] for batch in batches]
+
+    def unpack_batched_results(self, processed_batches: list[torch.Tensor], num_patches: int) -> list[torch.Tensor]:
+        """The processed patches, one per input patch, in order.
+
+        :raises RuntimeError: when the batches do not hold ``num_patches`` patches.
+        """
+        if not processed_batches:
+            return []
+        per_patch = getattr(self, "_patch_batch", 1)
+        patches = [p for batch in processed_batches for p in batch.split(per_patch, dim=0)]
+        if len(patches) != num_patches:
+            raise RuntimeError(f"The processed batches hold {len(patches)} patches, expected {num_patches}.")
+        return patches
+
 
 class TilingStrategy(DistributedSignalStrategy):
     """The built-in tiling behind deepinv's strategy interface: windows with halos where they meet, owned regions
@@ -51,20 +78,31 @@ class TilingStrategy(DistributedSignalStrategy):
 
     :param img_size: full signal shape ``(B, C, *spatial)``.
     :param tiling_dims: the dims of ``img_size`` to cut (default: all spatial dims).
-    :param world_size, patch_size, overlap, size_multiple, max_window_pixels: as in :meth:`TilePlan.build`.
+    :param patch_size, overlap: owned pixels per window and halo width (deepinv's defaults: 256 and 32).
+    :param world_size, size_multiple, max_window_pixels: as in :meth:`TilePlan.build`.
+    :raises ValueError: for ``stride`` (windows own disjoint regions), or knobs no plan can take.
     """
 
     def __init__(
         self,
         img_size: Sequence[int],
-        tiling_dims: Sequence[int] | None,
-        world_size: int,
-        patch_size: int | Sequence[int] | None = None,
-        overlap: int | Sequence[int] = 0,
+        tiling_dims: int | Sequence[int] | None = None,
+        patch_size: int | Sequence[int] | None = 256,
+        overlap: int | Sequence[int] = 32,
+        *,
+        world_size: int = 1,
         size_multiple: int = 1,
         max_window_pixels: int | None = None,
+        stride: int | Sequence[int] | None = None,
+        pad_mode: str | None = None,
     ):
         super().__init__(img_size)
+        if stride is not None:
+            raise ValueError(
+                "stride is not supported: distinv's windows own disjoint regions that cover the signal; give "
+                "patch_size and overlap instead."
+            )
+        # pad_mode is accepted for deepinv's signature: windows never reach past the signal, so nothing is padded.
         knobs = TilingKnobs(patch_size, overlap, size_multiple, None, max_window_pixels)
         dims = tiling_dims_of(len(self.img_size), tiling_dims)
         self.layout = plan_fixed(self.img_size, dims, world_size, knobs)
@@ -86,8 +124,10 @@ def run_user_strategy(
     strategy: DistributedSignalStrategy,
     x: torch.Tensor,
     call: Callable[[torch.Tensor, list], torch.Tensor],
+    max_batch_size: int | None = 1,
 ) -> torch.Tensor:
-    """A user strategy's patches, balanced by count over ranks, processed by ``call``, written by the strategy
+    """A user strategy's patches, balanced by count over ranks, batched by its ``apply_batching`` (at most
+    ``max_batch_size`` per call), processed by ``call``, unpacked, written by the strategy
     into zeros and summed over ranks (one image-sized all-reduce; replicated output). A failure on any rank is an
     error on every rank before the all-reduce."""
     n = strategy.get_num_patches()
@@ -95,9 +135,12 @@ def run_user_strategy(
     local = [i for i in range(n) if owners[i] == ctx.rank]
 
     def work() -> torch.Tensor:
-        processed = [(i, call(patch, [(slice(None),) * x.ndim])) for i, patch in strategy.get_local_patches(x, local)]
+        pairs = strategy.get_local_patches(x, local)
+        batches = strategy.apply_batching([patch for _, patch in pairs], max_batch_size)
+        results = [call(batch, [(slice(None),) * x.ndim] * (batch.shape[0] // x.shape[0])) for batch in batches]
+        patches = strategy.unpack_batched_results(results, len(pairs))
         out = torch.zeros_like(x)
-        strategy.reduce_patches(out, processed)
+        strategy.reduce_patches(out, [(i, p) for (i, _), p in zip(pairs, patches, strict=True)])
         return out
 
     return ctx.all_reduce(ctx.run_agreed(f"tiling strategy {type(strategy).__name__}", work))
@@ -112,3 +155,11 @@ def check_strategy(strategy: object) -> None:
             "distinv.strategies.DistributedSignalStrategy and implement get_local_patches, reduce_patches and "
             "get_num_patches, or pass 'overlap_tiling' / 'basic'."
         )
+
+
+def create_strategy(
+    img_size: Sequence[int], tiling_dims: int | Sequence[int] | None = None, **kwargs
+) -> DistributedSignalStrategy:
+    """deepinv's factory: the built-in tiling for a signal of ``img_size`` (``tiling_dims`` default: every spatial
+    dim); ``kwargs`` as :class:`TilingStrategy` takes them (``patch_size``, ``overlap``, ...)."""
+    return TilingStrategy(img_size, tiling_dims, **kwargs)

@@ -1,0 +1,100 @@
+"""Autograd through the stack's collectives, for gradients equal to the single-process ones.
+
+A distributed call ``out = combine_r(local_r(x))`` (a sum or a gather over ranks) of replicated inputs ``x``
+becomes, when some rank needs a gradient (agreed over ranks before the call):
+
+- :class:`ReplicatedInputs` on the replicated inputs: the identity forward; backward, one all-reduce of their
+  gradients, since each rank's graph holds only its own operators' share of them;
+- :class:`SumOverRanks` or :class:`GatherOverRanks` on the local results: the collective forward; backward, the
+  identity (every rank back-propagates the same gradient of a replicated output, as a replicated loss does), so
+  no communication.
+
+Both carry an *anchor* (a scalar that :class:`ReplicatedInputs` passes through): its zero gradient reaches
+:class:`ReplicatedInputs` on every rank, including a rank whose operators do not depend on ``x`` or that owns
+none, so every rank reaches the backward all-reduce and the output requires grad on every rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .comm import sum_over_ranks
+from .context import DistributedContext
+
+
+def summed_over_ranks(ctx: DistributedContext, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """New tensors holding each tensor's sum over ranks (one all-reduce per dtype, in the list's dtype order)."""
+    out: list[torch.Tensor] = list(tensors)
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault(t.dtype, []).append(i)
+    for indexes in by_dtype.values():
+        flat = torch.cat([tensors[i].reshape(-1) for i in indexes])
+        ctx.all_reduce(flat)
+        offset = 0
+        for i in indexes:
+            out[i] = flat[offset : offset + tensors[i].numel()].view_as(tensors[i])
+            offset += tensors[i].numel()
+    return out
+
+
+class ReplicatedInputs(torch.autograd.Function):
+    """``(anchor, *tensors)`` unchanged; backward: their gradients summed over ranks (zeros where a rank has
+    none)."""
+
+    @staticmethod
+    def forward(fctx, ctx: DistributedContext, *tensors: torch.Tensor):
+        fctx.ctx = ctx
+        fctx.like = [(t.shape, t.dtype, t.device) for t in tensors]
+        return tuple(t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def backward(fctx, *grads):
+        full = [
+            torch.zeros(shape, dtype=dtype, device=device) if g is None else g
+            for g, (shape, dtype, device) in zip(grads, fctx.like, strict=True)
+        ]
+        return (None, *summed_over_ranks(fctx.ctx, full))
+
+
+class SumOverRanks(torch.autograd.Function):
+    """The sum of every rank's local terms (one all-reduce); backward: the output's gradient to each local term."""
+
+    @staticmethod
+    def forward(fctx, ctx: DistributedContext, shape, dtype, anchor: torch.Tensor, *terms: torch.Tensor):
+        fctx.count, fctx.anchor = len(terms), (anchor.dtype, anchor.device)
+        return sum_over_ranks(ctx, list(terms), shape, dtype, ctx.device)
+
+    @staticmethod
+    def backward(fctx, grad):
+        anchor = torch.zeros((), dtype=fctx.anchor[0], device=fctx.anchor[1])
+        return (None, None, None, anchor, *([grad] * fctx.count))
+
+
+class GatherOverRanks(torch.autograd.Function):
+    """All ``K`` items on every rank from each rank's own (``gather(local)`` does the collective); backward: each
+    own item's gradient from its output."""
+
+    @staticmethod
+    def forward(
+        fctx,
+        gather: Callable[[list[torch.Tensor]], list[torch.Tensor]],
+        local_items: Sequence[int],
+        anchor: torch.Tensor,
+        *local: torch.Tensor,
+    ):
+        fctx.local_items, fctx.anchor = list(local_items), (anchor.dtype, anchor.device)
+        fctx.like = [(t.shape, t.dtype, t.device) for t in local]
+        everything = gather([t.detach() for t in local])
+        return tuple(t.view_as(t) for t in everything)
+
+    @staticmethod
+    def backward(fctx, *grads):
+        own = [
+            torch.zeros(shape, dtype=dtype, device=device) if grads[i] is None else grads[i]
+            for i, (shape, dtype, device) in zip(fctx.local_items, fctx.like, strict=True)
+        ]
+        anchor = torch.zeros((), dtype=fctx.anchor[0], device=fctx.anchor[1])
+        return (None, None, anchor, *own)

@@ -1,0 +1,55 @@
+"""An unrolled deepinv optimiser (``BaseOptim(unfold=True)``) distributed in place, as deepinv 0.5 does it.
+
+- each data fidelity of ``model.data_fidelity`` becomes a :class:`~distinv.DistributedDataFidelity` (the physics
+  passed to the model is distributed by the caller, as in deepinv);
+- each prior's ``denoiser`` becomes a tiled :class:`~distinv.DistributedProcessing`;
+- the trainable ``params_algo`` (step sizes, weights) are kept identical on every rank by
+  :class:`~distinv.replicated.DistributedReplicatedParameters` (``model.replicated_parameters``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from deepinv.models import Denoiser
+from deepinv.optim.optimizers import BaseOptim
+
+from .context import DistributedContext
+from .fidelity import DistributedDataFidelity
+from .processing import DistributedProcessing
+from .replicated import DistributedReplicatedParameters
+
+
+def distribute_unrolled(
+    model: BaseOptim, ctx: DistributedContext, *, average: bool = True, **denoiser_options: Any
+) -> BaseOptim:
+    """Distribute ``model``'s parts in place and return it.
+
+    :param denoiser_options: for every prior's tiled denoiser (``patch_size``, ``overlap``, ``max_batch_size``,
+        ``checkpoint_batches``, ...).
+    :raises TypeError: for a model not built with ``unfold=True``.
+    """
+    if not isinstance(model, BaseOptim) or not getattr(model, "unfold", False):
+        raise TypeError(
+            "distribute() takes an unrolled optimiser built with unfold=True (e.g. PGD(..., unfold=True)); for one "
+            "that is not unfolded, distribute its physics, data fidelity and denoiser separately."
+        )
+    model = model.to(ctx.device)
+    if model.data_fidelity is not None:
+        model.data_fidelity = torch.nn.ModuleList(
+            [
+                d if isinstance(d, DistributedDataFidelity) else DistributedDataFidelity(ctx, d)
+                for d in model.data_fidelity
+            ]
+        )
+    for prior in model.prior or []:
+        denoiser = getattr(prior, "denoiser", None)
+        if isinstance(denoiser, Denoiser) and not isinstance(denoiser, DistributedProcessing):
+            prior.denoiser = DistributedProcessing(ctx, denoiser, **denoiser_options)
+    trainable = []
+    if isinstance(getattr(model, "params_algo", None), torch.nn.ParameterDict):
+        for value in model.params_algo.values():
+            trainable.extend(value if isinstance(value, torch.nn.ParameterList) else [])
+    model.replicated_parameters = DistributedReplicatedParameters(ctx, trainable, average=average)
+    return model
