@@ -84,6 +84,10 @@ class DistributedProcessing(torch.nn.Module):
     :param memory_budget: for ``"auto"``: bytes (or ``"2GB"``) one call may add per rank; default ``None``: half
         the free GPU memory, or half the host's available memory shared by its ranks. The same on every rank (the
         smallest), as are the measured costs (the largest): every rank picks the same plan.
+    :param deepinv_options: deepinv's ``dtype``, ``checkpoint_batches``, ``checkpoint_use_reentrant`` and
+        ``checkpoint_preserve_rng_state`` are accepted so that its calls run unchanged; under autograd distinv
+        always recomputes a rank's windows in the backward pass (deepinv's ``checkpoint_batches="always"``), which
+        stores no activations.
     :raises TypeError, ValueError: naming the argument, for values no plan can take (the same on every rank).
     """
 
