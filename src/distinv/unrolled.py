@@ -4,7 +4,11 @@
   passed to the model is distributed by the caller, as in deepinv);
 - each prior's ``denoiser`` becomes a tiled :class:`~distinv.DistributedProcessing`;
 - the trainable ``params_algo`` (step sizes, weights) are kept identical on every rank by
-  :class:`~distinv.replicated.DistributedReplicatedParameters` (``model.replicated_parameters``).
+  :class:`~distinv.replicated.DistributedReplicatedParameters` (``model.replicated_parameters``);
+- beyond deepinv, ``checkpoint_iterations=True`` recomputes each unrolled iteration in the backward pass instead of
+  keeping its activations (``torch.utils.checkpoint``, non-reentrant), so the activations held grow with one
+  iteration, not with all of them. The recomputation replays the iteration's collectives in the same order on
+  every rank.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from deepinv.models import Denoiser
 from deepinv.optim.optimizers import BaseOptim
 
@@ -22,10 +27,17 @@ from .replicated import DistributedReplicatedParameters
 
 
 def distribute_unrolled(
-    model: BaseOptim, ctx: DistributedContext, *, average: bool = True, **denoiser_options: Any
+    model: BaseOptim,
+    ctx: DistributedContext,
+    *,
+    average: bool = True,
+    checkpoint_iterations: bool = False,
+    **denoiser_options: Any,
 ) -> BaseOptim:
     """Distribute ``model``'s parts in place and return it.
 
+    :param average: average the replicated parameters' gradients over ranks (default), else sum them.
+    :param checkpoint_iterations: recompute each iteration in the backward pass (less memory, one more forward).
     :param denoiser_options: for every prior's tiled denoiser (``patch_size``, ``overlap``, ``max_batch_size``,
         ``checkpoint_batches``, ...).
     :raises TypeError: for a model not built with ``unfold=True``.
@@ -52,4 +64,18 @@ def distribute_unrolled(
         for value in model.params_algo.values():
             trainable.extend(value if isinstance(value, torch.nn.ParameterList) else [])
     model.replicated_parameters = DistributedReplicatedParameters(ctx, trainable, average=average)
+    if checkpoint_iterations:
+        _checkpoint_each_iteration(model.fixed_point.iterator)
     return model
+
+
+def _checkpoint_each_iteration(iterator: torch.nn.Module) -> None:
+    """Make ``iterator``'s forward (one unrolled iteration) a checkpointed one, in place."""
+    step = iterator.forward
+
+    def checkpointed(*args: Any, **kwargs: Any):
+        if not torch.is_grad_enabled():
+            return step(*args, **kwargs)
+        return torch.utils.checkpoint.checkpoint(step, *args, use_reentrant=False, **kwargs)
+
+    iterator.forward = checkpointed
