@@ -16,7 +16,8 @@ none, so every rank reaches the backward all-reduce and the output requires grad
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -98,3 +99,33 @@ class GatherOverRanks(torch.autograd.Function):
         ]
         anchor = torch.zeros((), dtype=fctx.anchor[0], device=fctx.anchor[1])
         return (None, None, anchor, *own)
+
+
+def wanted_gradients(
+    x: Any, y: Any, y_local: Any, key: tuple | None, parameters: Iterable[torch.Tensor]
+) -> tuple[bool, bool, bool]:
+    """Which gradients this rank wants from a call: of ``x``, of a replicated ``y`` (``key`` set), of anything else
+    (a local ``y`` or one of the operators' ``parameters``). All false outside grad mode."""
+    if not torch.is_grad_enabled():
+        return (False, False, False)
+    want_x = isinstance(x, torch.Tensor) and x.requires_grad
+    want_y = key is not None and any(t.requires_grad for t in y)
+    local = key is None and y_local is not None and any(t.requires_grad for t in y_local)
+    return (want_x, want_y, local or any(p.requires_grad for p in parameters))
+
+
+def replicate_inputs(
+    ctx: DistributedContext, x: Any, y: Any, local_indexes: Sequence[int], wanted: tuple[bool, bool, bool]
+) -> tuple[Any, Any, Any, torch.Tensor]:
+    """``x`` and the replicated ``y`` through :class:`ReplicatedInputs` (those some rank wants a gradient of, as
+    agreed in ``wanted``), with this rank's entries of the new ``y`` (``None`` when ``y`` is not wanted) and the
+    anchor."""
+    want_x, want_y, _ = wanted
+    inputs = [torch.zeros((), device=ctx.device, requires_grad=True)]
+    inputs += [x] if want_x else []
+    inputs += list(y) if want_y else []
+    outputs = list(ReplicatedInputs.apply(ctx, *inputs))
+    anchor = outputs.pop(0)
+    x = outputs.pop(0) if want_x else x
+    y_local = [outputs[i] for i in local_indexes] if want_y else None
+    return x, (outputs if want_y else y), y_local, anchor

@@ -1,27 +1,15 @@
 """A stack of physics operators spread over ranks: each rank owns some operators and applies only those.
 
-Where data lives (as in DTensor's vocabulary):
-
-- the image ``x`` is **replicated**: every rank passes the same ``x``;
-- measurements are **sharded by operator**: ``A(x, gather=False)`` returns this rank's ``y_i`` only, as a
-  :class:`~distinv.placement.LocalMeasurements` (a list marked with its partition); ``A(x)`` gathers all ``K``
-  of them onto every rank (replicated ``TensorList``). Methods taking measurements accept either, and never
-  guess the placement from a list's length;
-- image-sized results of adjoint-type operations (``A_adjoint``, ``A_adjoint_A``, ``A_vjp``) are the sum over
-  operators, reduced over ranks with one all-reduce, so they are replicated again.
-
-The linear stack (adjoint, normal operator, exact least squares and operator norm) is
-:class:`~distinv.linear_physics.DistributedStackedLinearPhysics`.
-
-Ranks stay in step: each method runs its local work, then one small agreement (:meth:`DistributedContext.agree`:
-did any rank fail, and do the ranks agree on the call's placement and shapes) before its collective, so an error
-on one rank is an error on every rank.
+The image ``x`` is replicated; measurements are sharded by operator (``A(x, gather=False)``: this rank's, a
+:class:`~distinv.placement.LocalMeasurements`) or replicated (``A(x)``: all ``K`` on every rank); adjoint-type
+results are sums over operators, all-reduced (replicated). The linear algebra of the stack is
+:class:`~distinv.linear_physics.DistributedStackedLinearPhysics`; where data lives at each step, and how ranks
+stay in step (one small agreement before each collective), is ``docs/architecture.md``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,23 +20,12 @@ from .balance import assign_by_cost
 from .collectives import stable_hash
 from .comm import GATHER_STRATEGIES, Layout, exchange_layout, gather_items, sum_over_ranks
 from .context import DistributedContext
-from .differentiable import GatherOverRanks, ReplicatedInputs, SumOverRanks
+from .differentiable import GatherOverRanks, SumOverRanks, replicate_inputs, wanted_gradients
 from .least_squares import is_circulant
 from .linalg import SolveInfo
-from .placement import LocalMeasurements, call_signature, select_local
+from .placement import LocalMeasurements, LocalRun, call_signature, select_local
 
 PhysicsFactory = Callable[[int, torch.device, Any], Physics]
-
-
-@dataclass
-class LocalRun:
-    """A rank's results of one call: ``terms`` (one per operator it owns), ``key`` (the signature of a replicated
-    ``y``; ``None`` for a local one) and ``anchor`` (set when the call is differentiable: see
-    :mod:`distinv.differentiable`)."""
-
-    terms: list[torch.Tensor]
-    key: tuple | None
-    anchor: torch.Tensor | None
 
 
 # What a call returns: one (reduced) tensor, all K measurements (replicated), or this rank's (sharded).
@@ -217,9 +194,9 @@ class DistributedStackedPhysics(Physics):
                 self._check_x_type(x)
                 signature = stable_hash(call_signature(x))
             if y is not None:
-                y_local, key = self._select_local(y, name)
+                y_local, key = select_local(y, self.local_indexes, self.num_operators, name)
                 signature = stable_hash(signature, "local" if key is None else key)
-            wants = self._wanted_gradients(x, y, y_local, key)
+            wants = wanted_gradients(x, y, y_local, key, self.local_physics.parameters())
         except Exception as exc:  # noqa: BLE001 - a failure on one rank must fail every rank
             error = exc
         if not collective:
@@ -230,7 +207,8 @@ class DistributedStackedPhysics(Physics):
         if grad_mode:  # agree before building the graph: every rank builds the same collectives into it
             wanted = self._agree_on_inputs(step, error, signature, wants)
             if any(wanted):
-                x, y, y_local, anchor = self._replicated(x, y, y_local, key, wanted)
+                x, y, replicated_local, anchor = replicate_inputs(self.ctx, x, y, self.local_indexes, wanted)
+                y_local = y_local if replicated_local is None else replicated_local
         try:
             result = None if error is not None else (work(x) if y is None else work(x, y_local))
         except Exception as exc:  # noqa: BLE001
@@ -255,34 +233,6 @@ class DistributedStackedPhysics(Physics):
                 "all K on every rank or every rank its own LocalMeasurements (as A(x, gather=False) returns)."
             )
         return tuple(any(row[1 + i] for row in agreed) for i in range(3))
-
-    def _wanted_gradients(self, x: Any, y: Any, y_local: Any, key: tuple | None) -> tuple[bool, bool, bool]:
-        """(x needs a gradient, a replicated y does, anything else does: a local y or an operator parameter)."""
-        if not torch.is_grad_enabled():
-            return (False, False, False)
-        want_x = isinstance(x, torch.Tensor) and x.requires_grad
-        want_y = key is not None and any(t.requires_grad for t in y)
-        local = key is None and y_local is not None and any(t.requires_grad for t in y_local)
-        params = any(p.requires_grad for p in self.local_physics.parameters())
-        return (want_x, want_y, local or params)
-
-    def _replicated(self, x: Any, y: Any, y_local: Any, key: tuple | None, wanted: tuple[bool, bool, bool]):
-        """The inputs as :class:`~distinv.differentiable.ReplicatedInputs` outputs (those some rank wants a
-        gradient of), and the anchor."""
-        want_x, want_y, _ = wanted
-        inputs = [torch.zeros((), device=self.ctx.device, requires_grad=True)]
-        if want_x:
-            inputs.append(x)
-        if want_y:
-            inputs.extend(y)
-        outputs = list(ReplicatedInputs.apply(self.ctx, *inputs))
-        anchor = outputs.pop(0)
-        if want_x:
-            x = outputs.pop(0)
-        if want_y:
-            y = list(outputs)
-            y_local = [y[i] for i in self.local_indexes]
-        return x, y, y_local, anchor
 
     def _communicates(self, gather: bool, reduce_op: str | None) -> bool:
         """Whether combining results communicates: a gather, or a reduction whose shape an operator-less rank
@@ -355,16 +305,6 @@ class DistributedStackedPhysics(Physics):
     def _check_x_type(self, x: Any) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor (the replicated image), got {type(x).__name__}.")
-
-    def _check_x(self, x: Any) -> None:
-        self._check_x_type(x)
-        if self.check_replicated:
-            self.ctx.assert_replicated(x, "x")
-
-    def _select_local(self, y: Any, name: str) -> tuple[list[torch.Tensor], tuple | None]:
-        """This rank's entries of ``y``, and a signature every rank shares (see
-        :func:`~distinv.placement.select_local`)."""
-        return select_local(y, self.local_indexes, self.num_operators, name)
 
 
 def operator_seed(base: int, index: int) -> int:

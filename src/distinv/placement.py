@@ -10,6 +10,7 @@ partition, as PyLops-MPI's ``DistributedArray`` carries its own. Any other list 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -77,3 +78,14 @@ def select_local(
 def call_signature(x: torch.Tensor) -> tuple:
     """Shape and dtype: what a call's cached layouts depend on."""
     return (tuple(x.shape), x.dtype)
+
+
+@dataclass
+class LocalRun:
+    """A rank's results of one call: ``terms`` (one per operator it owns), ``key`` (the signature of a replicated
+    ``y``; ``None`` for a local one) and ``anchor`` (set when the call is differentiable: see
+    :mod:`distinv.differentiable`)."""
+
+    terms: list[torch.Tensor]
+    key: tuple | None
+    anchor: torch.Tensor | None
