@@ -84,12 +84,13 @@ def check_shard(ctx):
     }
 
 
-def check_gradients_equal_untiled(ctx):
+def check_gradients_equal_untiled(ctx, checkpoint_batches="always"):
     net = dncnn()
     torch.manual_seed(3)
     x = torch.rand(2, 3, 36, 29, requires_grad=True)
     weight = torch.rand(2, 3, 36, 29)
-    (distribute(net, ctx, patch_size=17, overlap=DEPTH)(x, 0.1) * weight).sum().backward()
+    tiled = distribute(net, ctx, patch_size=17, overlap=DEPTH, checkpoint_batches=checkpoint_batches)
+    (tiled(x, 0.1) * weight).sum().backward()
     tiled_x, tiled_params = x.grad.clone(), [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
     x.grad = None
@@ -191,9 +192,10 @@ def test_gather_false_returns_shards_that_partition_the_output(ranks):
     assert (assembled - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
+@pytest.mark.parametrize("checkpoint_batches", ["always", "never"])
 @pytest.mark.parametrize("world_size", [1, 2, 3])
-def test_gradients_reach_input_and_parameters_as_untiled(ranks, world_size):
-    for r in ranks(world_size).run(check_gradients_equal_untiled):
+def test_gradients_reach_input_and_parameters_as_untiled(ranks, world_size, checkpoint_batches):
+    for r in ranks(world_size).run(check_gradients_equal_untiled, checkpoint_batches):
         assert r["input"] <= 1e-5 and r["params"] <= 1e-4, r
 
 

@@ -40,14 +40,20 @@ def gradients_of(model, physics, y) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- checks (every rank)
-def check_unrolled_gradients(ctx, k, checkpoint_iterations=False):
+def check_unrolled_gradients(ctx, k, checkpoint_iterations=False, checkpoint_batches="always"):
     factory = lambda i, device, shared: make_operator("blur", i, IMG).to(device)  # noqa: E731
     physics = distribute(factory, ctx, num_operators=k)  # no type_object: read from the operators
     reference = StackedLinearPhysics(operator_list("blur", k, IMG))
     torch.manual_seed(1)
     y = reference.A(torch.rand(1, *IMG))
     expected = gradients_of(unrolled_pgd(), reference, y)
-    model = distribute(unrolled_pgd(), ctx, overlap=8, checkpoint_iterations=checkpoint_iterations)
+    model = distribute(
+        unrolled_pgd(),
+        ctx,
+        overlap=8,
+        checkpoint_iterations=checkpoint_iterations,
+        checkpoint_batches=checkpoint_batches,
+    )
     kinds = (type(model.data_fidelity[0]).__name__, type(model.prior[0].denoiser).__name__)
     ours = gradients_of(model, physics, y)
     names = sorted(n.removeprefix("prior.0.denoiser.processor.").removeprefix("prior.0.denoiser.") for n in ours)
@@ -90,6 +96,12 @@ def test_an_unrolled_pgd_trains_with_the_single_process_gradients(ranks, world_s
         assert kinds == (DistributedDataFidelity.__name__, DistributedProcessing.__name__)
         assert same_parameters and any("stepsize" in n for n in errors)
         assert max(errors.values()) < 1e-5, errors
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_an_unrolled_pgd_keeping_the_denoisers_activations_has_the_same_gradients(ranks, world_size):
+    for _, same_parameters, errors, _ in ranks(world_size).run(check_unrolled_gradients, 2, False, "never"):
+        assert same_parameters and max(errors.values()) < 1e-5, errors
 
 
 @pytest.mark.parametrize("world_size", [1, 2])

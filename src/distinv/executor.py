@@ -9,7 +9,7 @@ Pure functions over a frozen layout, in data-path order:
 3. **gather** (:func:`assemble`): one all-gather of owned regions, written into one full-size output on every
    rank (replicated); or :func:`local_tiles` keeps the rank's regions (sharded).
 
-:class:`TiledApply` makes the same path differentiable without storing activations.
+:mod:`distinv.tiled_autograd` makes the same path differentiable.
 """
 
 from __future__ import annotations
@@ -236,43 +236,3 @@ def from_local_tiles(
     windows = exchange_windows(ctx, layout, owned, like)  # a rank without windows has nothing to trade
     dtype = like.dtype if like is not None else torch.get_default_dtype()
     return (lambda w: windows[w.index]), dtype
-
-
-class TiledApply(torch.autograd.Function):
-    """The tiled forward without storing activations; a backward that recomputes this rank's windows and
-    sums gradients over ranks (one all-reduce for the input and all parameters together). It assumes, as a
-    replicated loss does, that every rank back-propagates the same output gradient."""
-
-    @staticmethod
-    def forward(fctx, ctx: DistributedContext, layout: TiledLayout, call: WindowCall, x, *params):
-        with torch.no_grad():
-            pieces, dtype = run_agreed(ctx, layout, cut_from(x, layout), call, x.dtype)
-            out = assemble(ctx, layout, pieces, dtype)
-        fctx.ctx, fctx.layout, fctx.call, fctx.params = ctx, layout, call, params
-        fctx.save_for_backward(x)
-        return out
-
-    @staticmethod
-    def backward(fctx, grad_out):
-        (x,) = fctx.saved_tensors
-        ctx, layout = fctx.ctx, fctx.layout
-        inputs = [x.detach().requires_grad_(True), *fctx.params]
-
-        def local_gradients() -> Sequence[torch.Tensor | None]:
-            with torch.enable_grad():
-                pieces = run_windows(ctx.rank, layout, cut_from(inputs[0], layout), fctx.call)
-                if not pieces:
-                    return [None] * len(inputs)
-                windows = layout.plan.windows
-                wanted = [grad_out[layout.index(windows[i].owned_slices)].to(p.dtype) for i, p in pieces.items()]
-                return torch.autograd.grad(list(pieces.values()), inputs, wanted, allow_unused=True)
-
-        grads = ctx.run_agreed("the tiled denoiser's backward", local_gradients)
-        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs, strict=True)]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        ctx.all_reduce(flat)
-        summed, offset = [], 0
-        for t in inputs:
-            summed.append(flat[offset : offset + t.numel()].view_as(t))
-            offset += t.numel()
-        return (None, None, None, summed[0] if fctx.needs_input_grad[3] else None, *summed[1:])

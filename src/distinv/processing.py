@@ -18,7 +18,7 @@ Ranks stay in step: the network is made the same on every rank when it is distri
 buffers are broadcast, as ``DistributedDataParallel`` does), and a rank's windows run before one small agreement
 (did any rank fail; which dtype did the network return) that precedes the gather. The output has the dtype the
 network returned (e.g. bfloat16 under ``torch.autocast``), not necessarily the input's. Under autograd the output
-is differentiable (:class:`~distinv.executor.TiledApply`); inference builds no graph.
+is differentiable (:mod:`distinv.tiled_autograd`); inference builds no graph.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from .comm import broadcast_module_state
 from .context import DistributedContext
 from .executor import (
     LocalTiles,
-    TiledApply,
     agreed_dtype,
     assemble,
     cut_from,
@@ -56,9 +55,11 @@ from .planner import (
     tiling_dims_of,
 )
 from .strategies import DistributedSignalStrategy, check_strategy, run_user_strategy
+from .tiled_autograd import TiledApply, tiled_with_activations
 
 BUILTIN_STRATEGIES = ("overlap_tiling", "basic")
 DEEPINV_OPTIONS = ("dtype", "checkpoint_batches", "checkpoint_use_reentrant", "checkpoint_preserve_rng_state")
+CHECKPOINT_MODES = ("always", "auto", "never")
 
 
 class DistributedProcessing(torch.nn.Module):
@@ -85,9 +86,9 @@ class DistributedProcessing(torch.nn.Module):
         the free GPU memory, or half the host's available memory shared by its ranks. The same on every rank (the
         smallest), as are the measured costs (the largest): every rank picks the same plan.
     :param deepinv_options: deepinv's ``dtype``, ``checkpoint_batches``, ``checkpoint_use_reentrant`` and
-        ``checkpoint_preserve_rng_state`` are accepted so that its calls run unchanged; under autograd distinv
-        always recomputes a rank's windows in the backward pass (deepinv's ``checkpoint_batches="always"``), which
-        stores no activations.
+        ``checkpoint_preserve_rng_state`` are accepted so that its calls run unchanged. ``checkpoint_batches``:
+        ``"always"`` (default) and ``"auto"`` recompute a rank's windows in the backward pass and store no
+        activations; ``"never"`` keeps them (faster backward, more memory).
     :raises TypeError, ValueError: naming the argument, for values no plan can take (the same on every rank).
     """
 
@@ -119,6 +120,9 @@ class DistributedProcessing(torch.nn.Module):
         unknown = set(deepinv_options) - {*DEEPINV_OPTIONS, "strategy_kwargs"}
         if unknown:
             raise TypeError(f"DistributedProcessing got unexpected arguments {sorted(unknown)}.")
+        self.checkpoint_batches = deepinv_options.get("checkpoint_batches", "always")
+        if self.checkpoint_batches not in CHECKPOINT_MODES:
+            raise ValueError(f"checkpoint_batches={self.checkpoint_batches!r}: use one of {CHECKPOINT_MODES}.")
         on_cpu = ctx.device.type == "cpu"
         self.ctx = ctx
         self.tiling_strategy = tiling_strategy or "overlap_tiling"
@@ -177,6 +181,9 @@ class DistributedProcessing(torch.nn.Module):
         layout = self.layout_for(x.shape, self._prober(sigma, args, kwargs))
         params = self._trainable_parameters()
         if torch.is_grad_enabled() and (x.requires_grad or params):
+            if self.checkpoint_batches == "never":
+                network = self.processor if isinstance(self.processor, torch.nn.Module) else None
+                return tiled_with_activations(self.ctx, layout, call, x, network)
             return TiledApply.apply(self.ctx, layout, call, x, *params)
         with torch.no_grad():
             pieces, dtype = run_agreed(self.ctx, layout, cut_from(x, layout), call, x.dtype)

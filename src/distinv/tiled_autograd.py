@@ -1,0 +1,97 @@
+"""The tiled denoiser under autograd, two ways: recompute a rank's windows in the backward pass (:class:`TiledApply`,
+no activations stored; deepinv's ``checkpoint_batches="always"``), or keep them (:func:`tiled_with_activations`;
+``"never"``). Both give the untiled gradients of the input and of the network's weights, summed over ranks with one
+all-reduce per backward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .context import DistributedContext
+from .differentiable import ReplicatedInputs
+from .executor import WindowCall, assemble, cut_from, run_agreed, run_windows
+from .planner import TiledLayout
+
+
+class TiledApply(torch.autograd.Function):
+    """The tiled forward without storing activations; a backward that recomputes this rank's windows and
+    sums gradients over ranks (one all-reduce for the input and all parameters together). It assumes, as a
+    replicated loss does, that every rank back-propagates the same output gradient."""
+
+    @staticmethod
+    def forward(fctx, ctx: DistributedContext, layout: TiledLayout, call: WindowCall, x, *params):
+        with torch.no_grad():
+            pieces, dtype = run_agreed(ctx, layout, cut_from(x, layout), call, x.dtype)
+            out = assemble(ctx, layout, pieces, dtype)
+        fctx.ctx, fctx.layout, fctx.call, fctx.params = ctx, layout, call, params
+        fctx.save_for_backward(x)
+        return out
+
+    @staticmethod
+    def backward(fctx, grad_out):
+        (x,) = fctx.saved_tensors
+        ctx, layout = fctx.ctx, fctx.layout
+        inputs = [x.detach().requires_grad_(True), *fctx.params]
+
+        def local_gradients() -> Sequence[torch.Tensor | None]:
+            with torch.enable_grad():
+                pieces = run_windows(ctx.rank, layout, cut_from(inputs[0], layout), fctx.call)
+                if not pieces:
+                    return [None] * len(inputs)
+                windows = layout.plan.windows
+                wanted = [grad_out[layout.index(windows[i].owned_slices)].to(p.dtype) for i, p in pieces.items()]
+                return torch.autograd.grad(list(pieces.values()), inputs, wanted, allow_unused=True)
+
+        grads = ctx.run_agreed("the tiled denoiser's backward", local_gradients)
+        grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs, strict=True)]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        ctx.all_reduce(flat)
+        summed, offset = [], 0
+        for t in inputs:
+            summed.append(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+        return (None, None, None, summed[0] if fctx.needs_input_grad[3] else None, *summed[1:])
+
+
+class AssembleOverRanks(torch.autograd.Function):
+    """:func:`assemble` with autograd: backward gives each of this rank's owned pieces its slice of the output's
+    gradient (every rank back-propagates the same gradient of the replicated output; no communication)."""
+
+    @staticmethod
+    def forward(fctx, ctx: DistributedContext, layout: TiledLayout, dtype, anchor, *pieces: torch.Tensor):
+        fctx.layout = layout
+        fctx.owned = [layout.plan.windows_of(ctx.rank)[i] for i in range(len(pieces))]
+        fctx.anchor = (anchor.dtype, anchor.device)
+        by_window = {w.index: p.detach() for w, p in zip(fctx.owned, pieces, strict=True)}
+        return assemble(ctx, layout, by_window, dtype)
+
+    @staticmethod
+    def backward(fctx, grad):
+        anchor = torch.zeros((), dtype=fctx.anchor[0], device=fctx.anchor[1])
+        own = [grad[fctx.layout.index(w.owned_slices)] for w in fctx.owned]
+        return (None, None, None, anchor, *own)
+
+
+def tiled_with_activations(
+    ctx: DistributedContext, layout: TiledLayout, call: WindowCall, x: torch.Tensor, network: torch.nn.Module | None
+) -> torch.Tensor:
+    """The tiled call under autograd keeping this rank's activations (no recomputation in backward; deepinv's
+    ``checkpoint_batches="never"``). ``x`` and the network's trainable parameters enter through
+    :class:`~distinv.differentiable.ReplicatedInputs`, so their gradients, partial on each rank (its own windows),
+    are summed over ranks in one all-reduce per dtype; the network runs with those parameters through
+    ``torch.func.functional_call``."""
+    named = [(n, p) for n, p in network.named_parameters() if p.requires_grad] if network is not None else []
+    inputs = [torch.zeros((), device=ctx.device, requires_grad=True), x, *[p for _, p in named]]
+    anchor, x_replicated, *params = ReplicatedInputs.apply(ctx, *inputs)
+    if named:
+        values = dict(zip([n for n, _ in named], params, strict=True))
+
+        def processor(*args, **kwargs):
+            return torch.func.functional_call(network, values, args, kwargs)
+
+        call = WindowCall(processor, call.sigma, call.kind, call.args, call.kwargs)
+    pieces, dtype = run_agreed(ctx, layout, cut_from(x_replicated, layout), call, x.dtype)
+    return AssembleOverRanks.apply(ctx, layout, dtype, anchor, *pieces.values())
