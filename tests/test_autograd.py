@@ -147,3 +147,59 @@ def test_each_owned_operators_parameters_get_the_single_process_gradient(ranks, 
 
 def test_a_call_nobody_differentiates_builds_no_graph(ranks):
     assert ranks(2).run(check_no_graph_without_gradients) == [False, False]
+
+
+def squared(outputs) -> torch.Tensor:
+    """A fixed weighted sum of squares of the outputs (so their second derivative is not zero)."""
+    items = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+    total = 0.0
+    for i, t in enumerate(items):
+        t = torch.view_as_real(t) if t.is_complex() else t
+        total = total + (torch.rand(t.shape, generator=torch.Generator().manual_seed(20 + i)) * t * t).sum()
+    return total
+
+
+def second_order(fn, physics, x, y, wrt: str) -> list[torch.Tensor]:
+    """The gradient of a gradient penalty ``<v, d loss/d input>`` with respect to the input (``x`` or the
+    measurements ``y``, as ``wrt`` says); the operators' parameters get theirs in ``.grad``."""
+    x = x.detach().clone().requires_grad_(wrt == "x")
+    y = [t.detach().clone().requires_grad_(wrt == "y") for t in y]
+    inputs = [x] if wrt == "x" else y
+    grads = torch.autograd.grad(squared(fn(physics, x, y)), inputs, create_graph=True)
+    sum(real_sum(g, 3 + i) for i, g in enumerate(grads)).backward()
+    return [t.grad for t in inputs]
+
+
+def check_double_backward(ctx, k):
+    torch.manual_seed(0)
+    dphys = distribute(lambda i, device, shared: LearnedGain(i), ctx, num_operators=k, type_object="linear_physics")
+    ref = StackedLinearPhysics([LearnedGain(i) for i in range(k)])
+    fidelity = distribute(L2(), ctx)
+    x = torch.rand(2, *IMG)
+    y = list(ref.A(torch.rand(2, *IMG)))
+    worst = {}
+    # not fidelity_grad: deepinv's own stacked data fidelity cannot be differentiated twice through ``A_vjp``
+    for name in ("A", "A_adjoint", "A_adjoint_A", "A_A_adjoint", "fidelity_fn"):
+        fn, wrt = operations(dphys, fidelity)[name]
+        for p in [*dphys.parameters(), *(op.gain for op in ref.physics_list)]:
+            p.grad = None
+        ours = second_order(fn, dphys, x, y, wrt[0])
+        theirs = second_order(fn, ref, x, y, wrt[0])
+        errors = [relative(a, b) for a, b in zip(ours, theirs, strict=True)]
+        errors += [
+            relative(op.gain.grad, ref.physics_list[i].gain.grad)
+            for i, op in zip(dphys.local_indexes, dphys.local_physics, strict=True)
+        ]
+        worst[name] = max(errors)
+    return worst
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_double_backward_through_physics_and_fidelity_equals_the_single_process_one(ranks, world_size):
+    for worst in ranks(world_size).run(check_double_backward, 2):
+        assert max(worst.values()) < 1e-5, worst
+
+
+def test_double_backward_with_more_operators_than_ranks_and_a_gathered_output(ranks):
+    for worst in ranks(2).run(check_double_backward, 5):
+        assert max(worst.values()) < 1e-5, worst

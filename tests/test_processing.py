@@ -192,6 +192,46 @@ def test_gather_false_returns_shards_that_partition_the_output(ranks):
     assert (assembled - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
+def gradient_penalty_gradients(denoiser, net, x, weight) -> list[torch.Tensor]:
+    """Gradients of ``<v, d/dx sum(weight * D(x)^2)>`` with respect to ``x`` and the network's weights."""
+    net.zero_grad()
+    x = x.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad((denoiser(x, 0.1) ** 2 * weight).sum(), x, create_graph=True)
+    (g * weight.flip(-1)).sum().backward()
+    return [x.grad, *(p.grad.clone() for p in net.parameters())]
+
+
+def check_double_backward_equals_untiled(ctx):
+    net = dncnn()
+    torch.manual_seed(3)
+    x, weight = torch.rand(1, 3, 36, 29), torch.rand(1, 3, 36, 29)
+    tiled = distribute(net, ctx, patch_size=17, overlap=DEPTH, checkpoint_batches="never")
+    ours = gradient_penalty_gradients(tiled, net, x, weight)
+    theirs = gradient_penalty_gradients(net, net, x, weight)
+    return max(((a - b).norm() / b.norm()).item() for a, b in zip(ours, theirs, strict=True))
+
+
+def check_double_backward_when_recomputing(ctx):
+    net = dncnn()
+    tiled = distribute(net, ctx, patch_size=17, overlap=DEPTH, checkpoint_batches="always")
+    try:
+        gradient_penalty_gradients(tiled, net, torch.rand(1, 3, 36, 29), torch.rand(1, 3, 36, 29))
+    except RuntimeError as exc:
+        return str(exc)
+    return "no error"
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_double_backward_through_the_tiled_denoiser_keeping_activations_equals_untiled(ranks, world_size):
+    for error in ranks(world_size).run(check_double_backward_equals_untiled):
+        assert error <= 1e-4, error
+
+
+def test_double_backward_through_recomputed_windows_names_the_setting_that_allows_it(ranks):
+    for message in ranks(2).run(check_double_backward_when_recomputing):
+        assert "checkpoint_batches='never'" in message, message
+
+
 @pytest.mark.parametrize("checkpoint_batches", ["always", "never"])
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 def test_gradients_reach_input_and_parameters_as_untiled(ranks, world_size, checkpoint_batches):

@@ -12,6 +12,14 @@ becomes, when some rank needs a gradient (agreed over ranks before the call):
 Both carry an *anchor* (a scalar that :class:`ReplicatedInputs` passes through): its zero gradient reaches
 :class:`ReplicatedInputs` on every rank, including a rank whose operators do not depend on ``x`` or that owns
 none, so every rank reaches the backward all-reduce and the output requires grad on every rank.
+
+Double backward (``create_graph=True``): each backward is written with the other's forward, so it is itself
+differentiable. :class:`ReplicatedInputs`'s backward is :class:`SumEachOverRanks` (an all-reduce whose backward
+is :class:`ReplicatedInputs` again); :class:`SumOverRanks`'s backward passes the gradient through
+:class:`ReplicatedInputs` (identity now, an all-reduce in the next backward); :class:`GatherOverRanks`'s backward
+is :class:`PickOwnItems` (this rank's items now, an all-gather in the next backward). The anchors travel with
+the gradients, so every rank reaches every collective of the next backward too. Outside ``create_graph`` the
+extra functions record nothing and cost a view.
 """
 
 from __future__ import annotations
@@ -57,7 +65,21 @@ class ReplicatedInputs(torch.autograd.Function):
             torch.zeros(shape, dtype=dtype, device=device) if g is None else g
             for g, (shape, dtype, device) in zip(grads, fctx.like, strict=True)
         ]
-        return (None, *summed_over_ranks(fctx.ctx, full))
+        return (None, *SumEachOverRanks.apply(fctx.ctx, *full))
+
+
+class SumEachOverRanks(torch.autograd.Function):
+    """Each tensor summed over ranks (:func:`summed_over_ranks`); backward: :class:`ReplicatedInputs` (every rank
+    back-propagates the same gradient of a replicated sum)."""
+
+    @staticmethod
+    def forward(fctx, ctx: DistributedContext, *tensors: torch.Tensor):
+        fctx.ctx = ctx
+        return tuple(summed_over_ranks(ctx, list(tensors)))
+
+    @staticmethod
+    def backward(fctx, *grads):
+        return (None, *ReplicatedInputs.apply(fctx.ctx, *grads))
 
 
 class SumOverRanks(torch.autograd.Function):
@@ -65,12 +87,13 @@ class SumOverRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(fctx, ctx: DistributedContext, shape, dtype, anchor: torch.Tensor, *terms: torch.Tensor):
-        fctx.count, fctx.anchor = len(terms), (anchor.dtype, anchor.device)
+        fctx.ctx, fctx.count, fctx.anchor = ctx, len(terms), (anchor.dtype, anchor.device)
         return sum_over_ranks(ctx, list(terms), shape, dtype, ctx.device)
 
     @staticmethod
     def backward(fctx, grad):
         anchor = torch.zeros((), dtype=fctx.anchor[0], device=fctx.anchor[1])
+        anchor, grad = ReplicatedInputs.apply(fctx.ctx, anchor, grad)
         return (None, None, None, anchor, *([grad] * fctx.count))
 
 
@@ -86,19 +109,35 @@ class GatherOverRanks(torch.autograd.Function):
         anchor: torch.Tensor,
         *local: torch.Tensor,
     ):
-        fctx.local_items, fctx.anchor = list(local_items), (anchor.dtype, anchor.device)
-        fctx.like = [(t.shape, t.dtype, t.device) for t in local]
+        fctx.gather, fctx.local_items, fctx.anchor = gather, list(local_items), (anchor.dtype, anchor.device)
         everything = gather([t.detach() for t in local])
+        fctx.like_all = [(t.shape, t.dtype, t.device) for t in everything]
         return tuple(t.view_as(t) for t in everything)
 
     @staticmethod
     def backward(fctx, *grads):
-        own = [
-            torch.zeros(shape, dtype=dtype, device=device) if grads[i] is None else grads[i]
-            for i, (shape, dtype, device) in zip(fctx.local_items, fctx.like, strict=True)
+        items = [
+            torch.zeros(shape, dtype=dtype, device=device) if g is None else g
+            for g, (shape, dtype, device) in zip(grads, fctx.like_all, strict=True)
         ]
         anchor = torch.zeros((), dtype=fctx.anchor[0], device=fctx.anchor[1])
+        anchor, *own = PickOwnItems.apply(fctx.gather, fctx.local_items, anchor, *items)
         return (None, None, anchor, *own)
+
+
+class PickOwnItems(torch.autograd.Function):
+    """This rank's items (``local_items``) of a replicated list of ``K`` tensors, after an anchor; backward: the
+    own items' gradients gathered from every rank (:class:`GatherOverRanks`), the gradient of the whole list."""
+
+    @staticmethod
+    def forward(fctx, gather: Callable, local_items: Sequence[int], anchor: torch.Tensor, *items: torch.Tensor):
+        fctx.gather, fctx.local_items = gather, list(local_items)
+        return (anchor.view_as(anchor), *(items[i].view_as(items[i]) for i in fctx.local_items))
+
+    @staticmethod
+    def backward(fctx, anchor_grad, *own_grads):
+        everything = GatherOverRanks.apply(fctx.gather, fctx.local_items, anchor_grad, *own_grads)
+        return (None, None, anchor_grad, *everything)
 
 
 def wanted_gradients(

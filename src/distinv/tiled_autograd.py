@@ -32,6 +32,11 @@ class TiledApply(torch.autograd.Function):
 
     @staticmethod
     def backward(fctx, grad_out):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "Double backward (create_graph=True) through the tiled denoiser needs its activations: distribute "
+                "the denoiser with checkpoint_batches='never' (the default recomputes its windows in backward)."
+            )
         (x,) = fctx.saved_tensors
         ctx, layout = fctx.ctx, fctx.layout
         inputs = [x.detach().requires_grad_(True), *fctx.params]
@@ -58,21 +63,38 @@ class TiledApply(torch.autograd.Function):
 
 class AssembleOverRanks(torch.autograd.Function):
     """:func:`assemble` with autograd: backward gives each of this rank's owned pieces its slice of the output's
-    gradient (every rank back-propagates the same gradient of the replicated output; no communication)."""
+    gradient (every rank back-propagates the same gradient of the replicated output; no communication), through
+    :class:`PickOwnedPieces` so that a double backward assembles the slices' own gradients."""
 
     @staticmethod
     def forward(fctx, ctx: DistributedContext, layout: TiledLayout, dtype, anchor, *pieces: torch.Tensor):
-        fctx.layout = layout
-        fctx.owned = [layout.plan.windows_of(ctx.rank)[i] for i in range(len(pieces))]
+        fctx.ctx, fctx.layout, fctx.dtype = ctx, layout, dtype
         fctx.anchor = (anchor.dtype, anchor.device)
-        by_window = {w.index: p.detach() for w, p in zip(fctx.owned, pieces, strict=True)}
+        owned = layout.plan.windows_of(ctx.rank)
+        by_window = {owned[i].index: p.detach() for i, p in enumerate(pieces)}
         return assemble(ctx, layout, by_window, dtype)
 
     @staticmethod
     def backward(fctx, grad):
         anchor = torch.zeros((), dtype=fctx.anchor[0], device=fctx.anchor[1])
-        own = [grad[fctx.layout.index(w.owned_slices)] for w in fctx.owned]
+        anchor, *own = PickOwnedPieces.apply(fctx.ctx, fctx.layout, fctx.dtype, anchor, grad)
         return (None, None, None, anchor, *own)
+
+
+class PickOwnedPieces(torch.autograd.Function):
+    """The owned slices of this rank's windows from a replicated image, after an anchor; backward: the slices'
+    gradients assembled over ranks (:class:`AssembleOverRanks`)."""
+
+    @staticmethod
+    def forward(fctx, ctx: DistributedContext, layout: TiledLayout, dtype, anchor, image: torch.Tensor):
+        fctx.ctx, fctx.layout, fctx.dtype = ctx, layout, dtype
+        slices = [layout.index(w.owned_slices) for w in layout.plan.windows_of(ctx.rank)]
+        return (anchor.view_as(anchor), *(image[s].view_as(image[s]) for s in slices))
+
+    @staticmethod
+    def backward(fctx, anchor_grad, *own_grads):
+        image = AssembleOverRanks.apply(fctx.ctx, fctx.layout, fctx.dtype, anchor_grad, *own_grads)
+        return (None, None, None, anchor_grad, image)
 
 
 def tiled_with_activations(
