@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from deepinv.models import DnCNN
-from deepinv.optim import PGD
+from deepinv.optim import DRS, PGD
 from deepinv.optim.data_fidelity import L2
 from deepinv.optim.prior import PnP
 from deepinv.physics import StackedLinearPhysics
@@ -18,10 +18,10 @@ from operators import make_operator, operator_list
 IMG = (1, 16, 16)
 
 
-def unrolled_pgd() -> PGD:
+def unrolled_pgd(algorithm=PGD) -> PGD:
     torch.manual_seed(0)
     denoiser = DnCNN(in_channels=1, out_channels=1, depth=3, nf=8, pretrained=None)
-    return PGD(
+    return algorithm(
         prior=PnP(denoiser),
         data_fidelity=L2(),
         stepsize=0.5,
@@ -40,15 +40,16 @@ def gradients_of(model, physics, y) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------- checks (every rank)
-def check_unrolled_gradients(ctx, k, checkpoint_iterations=False, checkpoint_batches="always"):
+def check_unrolled_gradients(ctx, k, checkpoint_iterations=False, checkpoint_batches="always", algorithm=PGD):
     factory = lambda i, device, shared: make_operator("blur", i, IMG).to(device)  # noqa: E731
     physics = distribute(factory, ctx, num_operators=k)  # no type_object: read from the operators
     reference = StackedLinearPhysics(operator_list("blur", k, IMG))
+    reference.tol, reference.max_iter = 1e-12, 500  # its prox (DRS) by CG, run to convergence
     torch.manual_seed(1)
     y = reference.A(torch.rand(1, *IMG))
-    expected = gradients_of(unrolled_pgd(), reference, y)
+    expected = gradients_of(unrolled_pgd(algorithm), reference, y)
     model = distribute(
-        unrolled_pgd(),
+        unrolled_pgd(algorithm),
         ctx,
         overlap=8,
         checkpoint_iterations=checkpoint_iterations,
@@ -96,6 +97,13 @@ def test_an_unrolled_pgd_trains_with_the_single_process_gradients(ranks, world_s
         assert kinds == (DistributedDataFidelity.__name__, DistributedProcessing.__name__)
         assert same_parameters and any("stepsize" in n for n in errors)
         assert max(errors.values()) < 1e-5, errors
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_an_unrolled_drs_trains_through_the_exact_data_prox_with_the_single_process_gradients(ranks, world_size):
+    for _, same_parameters, errors, _ in ranks(world_size).run(check_unrolled_gradients, 3, False, "always", DRS):
+        assert same_parameters and any("stepsize" in n for n in errors)
+        assert max(errors.values()) < 1e-4, errors
 
 
 @pytest.mark.parametrize("world_size", [2, 3])

@@ -204,11 +204,17 @@ def run_command(args: argparse.Namespace) -> int:
 
 def results_command(args: argparse.Namespace) -> int:
     """Print the per-run summary of a results folder."""
-    from .bench.results import format_summary, summarise, table_path
+    from .bench.results import format_summary, read_rows, summarise, table_path
+    from .bench.training_report import format_training_summary, summarise_training
 
     if not table_path(args.directory).exists():
         raise SystemExit(f"distinv results: no {table_path(args.directory)}; run `distinv run CONFIG` first.")
-    print(format_summary(summarise(args.directory)))
+    pnp = summarise(args.directory)
+    trained = summarise_training(read_rows(args.directory))
+    if pnp or not trained:
+        print(format_summary(pnp))
+    if trained:
+        print(format_training_summary(trained))
     return 0
 
 

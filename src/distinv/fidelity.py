@@ -127,6 +127,47 @@ class DistributedDataFidelity(torch.nn.Module):
         total = physics.sum_terms(run, x.shape, x.dtype, gather)
         return total / physics.num_operators if self.reduction == "mean" else total
 
+    def prox(
+        self,
+        x: torch.Tensor,
+        y: Sequence[torch.Tensor],
+        physics: DistributedStackedPhysics,
+        *args,
+        gamma: float | torch.Tensor = 1.0,
+        solver: str = "auto",
+        max_iter: int = 100,
+        tol: float | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """``argmin_u gamma f(u) + 1/2 ||u - x||^2`` for an ``L2`` fidelity (``f = 1/(2 sigma^2) sum_i
+        ||A_i u - y_i||^2``): the normal equations ``(A^T A + I / g) u = A^T y + x / g`` with ``g = gamma /
+        sigma^2`` (over ``K`` for ``reduction="mean"``), solved exactly (closed form for circulant operators, else
+        CG; see :meth:`~distinv.DistributedStackedLinearPhysics.solve_normal`), differentiable in ``x``, ``y``
+        and ``gamma``. Replicated result, shaped like ``x``.
+
+        :raises NotImplementedError: for a fidelity other than one ``L2`` shared by all operators.
+        """
+        self._check(physics)
+        norm = self._shared_l2_norm()
+        if self.reduction == "mean":
+            norm = norm / physics.num_operators
+        g = norm * gamma
+        rhs = physics.A_adjoint(y, **kwargs) + x / g
+        u, _ = physics.solve_normal(rhs, 1.0 / g, solver=solver, x0=x, max_iter=max_iter, tol=tol, warn=False)
+        return u
+
+    def _shared_l2_norm(self) -> float:
+        from deepinv.optim.data_fidelity import L2
+
+        fidelities = [self.single] if self.single is not None else list(self.per_operator or [])
+        norms = {float(d.norm) for d in fidelities if isinstance(d, L2)}
+        if not fidelities or len(norms) != 1 or not all(isinstance(d, L2) for d in fidelities):
+            raise NotImplementedError(
+                "prox is exact for one L2 data fidelity shared by every operator (e.g. distribute(L2(), ctx)); "
+                "for another fidelity, use a gradient step (PGD) instead of its prox."
+            )
+        return norms.pop()
+
     def forward(self, x: torch.Tensor, y: Sequence[torch.Tensor], physics: DistributedStackedPhysics, **kwargs):
         return self.fn(x, y, physics, **kwargs)
 

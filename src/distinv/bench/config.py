@@ -8,6 +8,9 @@ not exist, two grid entries that are the same run) is checked here.
 
 Engines: ``distinv`` (this library), ``deepinv`` (deepinv's ``deepinv.distributed`` module, same settings) and
 ``none`` (the untiled single-device baseline: deepinv's stacked physics and the bare denoiser, world size 1).
+
+A config with a ``training`` section (``configs/training.yml``) runs the training half instead of PnP: each run
+trains an unrolled network (:mod:`distinv.bench.training`); its rows say ``kind: training`` in the same table.
 """
 
 from __future__ import annotations
@@ -37,6 +40,17 @@ SOLVER_DEFAULTS: dict[str, Any] = {
     "relaxation": 1.0,
     "tol": None,
 }
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "algorithm": "pgd",  # unrolled: pgd or drs
+    "iterations": 4,  # unrolled iterations
+    "steps": 20,  # optimiser steps, one fresh image each
+    "lr": 1e-4,
+    "sigma": 0.03,  # the prior's denoiser level
+    "stepsize": None,  # None: 1 / ||A||^2
+    "validate_every": 5,
+    "checkpoint_iterations": False,  # distinv: recompute each unrolled iteration in backward
+}
+TRAINING_ALGORITHMS = ("pgd", "drs")
 DENOISER_DEFAULTS: dict[str, Any] = {"model": "auto"}
 TILING_DEFAULTS: dict[str, Any] = {"patch_size": None, "overlap": 32, "max_batch_size": None}
 SLURM_DEFAULTS: dict[str, Any] = {
@@ -67,6 +81,7 @@ TOP_DEFAULTS: dict[str, Any] = {
     "denoiser": {},
     "tiling": {},
     "slurm": {},
+    "training": None,
 }
 PROBLEM_KEYS = {"name", "sizes", "params", "solver", "denoiser", "tiling"}
 
@@ -92,19 +107,32 @@ class RunSpec:
     threads_per_rank: int
     timeout_s: float
     seed: int
+    training: dict | None = None  # a training run's settings; None for PnP
+
+    @property
+    def kind(self) -> str:
+        """``"training"`` or ``"pnp"``: the table's ``kind`` column."""
+        return "pnp" if self.training is None else "training"
+
+    def _defining(self) -> dict:
+        fields = asdict(self)
+        if fields["training"] is None:  # PnP runs keep the keys they had before training runs existed
+            del fields["training"]
+        return fields
 
     @property
     def key(self) -> str:
         """Stable over runs of the same config (and independent of its other runs): readable, then a hash of
         everything that defines the run."""
-        digest = hashlib.sha1(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:10]
+        digest = hashlib.sha1(json.dumps(self._defining(), sort_keys=True, default=str).encode()).hexdigest()[:10]
         size = "x".join(map(str, self.size)) if isinstance(self.size, list | tuple) else self.size
-        return f"{self.problem}-{size}-{self.engine}-w{self.world_size}-r{self.repetition}-{digest}"
+        prefix = "train-" if self.training is not None else ""
+        return f"{prefix}{self.problem}-{size}-{self.engine}-w{self.world_size}-r{self.repetition}-{digest}"
 
     @property
     def group(self) -> str:
         """Runs that compare with each other (same problem, size, solver, denoiser): the speedup's scope."""
-        fields = {k: v for k, v in asdict(self).items() if k not in ("engine", "world_size", "repetition")}
+        fields = {k: v for k, v in self._defining().items() if k not in ("engine", "world_size", "repetition")}
         return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -123,8 +151,9 @@ class Config:
     def runs(self) -> list[RunSpec]:
         c = self.raw
         grid = []
+        training = None if c.get("training") is None else {**TRAINING_DEFAULTS, **c["training"]}
         for entry in c["problems"]:
-            solver = {**SOLVER_DEFAULTS, **c["solver"], **entry.get("solver", {})}
+            solver = {} if training else {**SOLVER_DEFAULTS, **c["solver"], **entry.get("solver", {})}
             denoiser = {**DENOISER_DEFAULTS, **c["denoiser"], **entry.get("denoiser", {})}
             for size in entry["sizes"]:
                 for rep in range(c["repetitions"]):
@@ -146,6 +175,7 @@ class Config:
                                     threads_per_rank=c["threads_per_rank"],
                                     timeout_s=float(c["timeout_s"]),
                                     seed=c["seed"],
+                                    training=training,
                                 )
                             )
         return grid
@@ -217,7 +247,10 @@ def validate(raw: dict, slurm: bool = False, name: str = "benchmark") -> Config:
         _check_once(worlds, "world_sizes", "world size", errors)
         if c["device"] in DEVICES and (slurm_ok or not slurm):
             _check_devices(c, slurm, errors)
-    _check_solver(c["solver"], "solver", errors)
+    if c["training"] is not None:
+        _check_training(c, errors)
+    else:
+        _check_solver(c["solver"], "solver", errors)
     _check_tiling(c["tiling"], "tiling", c["engines"], errors)
     if "model" in c["denoiser"]:
         _check_model(c["denoiser"]["model"], "denoiser", slurm, errors)
@@ -301,6 +334,30 @@ def _check_solver(solver: dict, where: str, errors: list[str]) -> None:
             f"{where}.tol={tol!r}: give the relative change > 0 below which the solver stops, e.g. 0.0001, or "
             f"null to run every iteration{_hint(tol)}."
         )
+
+
+def _check_training(c: dict, errors: list[str]) -> None:
+    """The ``training`` section (a training config has no PnP ``solver``)."""
+    training = c["training"]
+    if not isinstance(training, dict):
+        errors.append(f"training: give a mapping of its keys {sorted(TRAINING_DEFAULTS)}, or leave it out for PnP.")
+        return
+    unknown_keys(training, TRAINING_DEFAULTS, "training.", errors)
+    if c["solver"] or any(isinstance(e, dict) and "solver" in e for e in c["problems"] or []):
+        errors.append("solver: a training config trains an unrolled network; set its keys under training instead.")
+    t = {**TRAINING_DEFAULTS, **training}
+    if t["algorithm"] not in TRAINING_ALGORITHMS:
+        errors.append(f"training.algorithm={t['algorithm']!r}: choose one of {list(TRAINING_ALGORITHMS)} (unrolled).")
+    for key in ("iterations", "steps", "validate_every"):
+        if not _is_int(t[key]) or t[key] < 1:
+            errors.append(f"training.{key}={t[key]!r}: give a whole number >= 1.")
+    for key in ("lr", "sigma"):
+        if not _is_number(t[key]) or t[key] <= 0:
+            errors.append(f"training.{key}={t[key]!r}: give a number > 0{_hint(t[key])}.")
+    if t["stepsize"] is not None and (not _is_number(t["stepsize"]) or t["stepsize"] <= 0):
+        errors.append(f"training.stepsize={t['stepsize']!r}: give a step > 0, or null for 1 / ||A||^2.")
+    if not isinstance(t["checkpoint_iterations"], bool):
+        errors.append(f"training.checkpoint_iterations={t['checkpoint_iterations']!r}: give true or false.")
 
 
 def _check_tiling(tiling: dict, where: str, engines: Any, errors: list[str]) -> None:

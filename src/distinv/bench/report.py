@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .palette import colour
 from .results import last_line, read_rows, summarise
+from .training_report import summarise_training, training_section
 
 ENGINE_NAMES = {"distinv": "distinv", "deepinv": "deepinv's module", "none": "untiled, 1 device"}
 ENGINE_ORDER = {"none": 0, "distinv": 1, "deepinv": 2}
@@ -389,7 +390,7 @@ def write_report(results_dir: str | Path, output: str | Path | None = None) -> P
             "insights STUDY`) first."
         )
     summary = summarise(directory) if rows else []
-    figures = build_figures(rows, summary)
+    figures = build_figures([r for r in rows if r.get("kind") != "training"], summary)
     sections = []
     for problem in sorted({e["problem"] for e in summary}):
         notes = observations(problem, summary)
@@ -410,8 +411,10 @@ def write_report(results_dir: str | Path, output: str | Path | None = None) -> P
         )
     if rows:
         env = rows[0]
+        trained = summarise_training(rows)
         meta = (
-            f"{len(summary)} runs ({sum(e['status'] != 'ok' for e in summary)} failed) from "
+            f"{len(summary)} PnP runs ({sum(e['status'] != 'ok' for e in summary)} failed), {len(trained)} training "
+            f"runs ({sum(e['status'] != 'ok' for e in trained)} failed) from "
             f"{html.escape(str(directory))}; torch {env.get('torch_version')}, deepinv {env.get('deepinv_version')}, "
             f"distinv {env.get('distinv_version')}, commit {str(env.get('git_commit') or 'unknown')[:10]}, "
             f"{env.get('device_name')} ({env.get('backend')})"
@@ -419,6 +422,7 @@ def write_report(results_dir: str | Path, output: str | Path | None = None) -> P
         runs = f"<h2>All runs</h2>{runs_table_html(summary)}"
     else:
         meta, runs = f"insight studies from {html.escape(str(directory))}", ""
+    sections.append(training_section(rows))
     sections += insight_sections
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>distinv benchmark report</title>"

@@ -35,17 +35,21 @@ def run_row(spec: Any, config_hash: str, status: str, **fields: Any) -> dict:
     """The columns every row of a run has (its key, comparison group, config hash, status and settings), then
     ``fields`` (per-iteration measurements of a finished run, or the error of a failed one): the table's one
     schema, for the ranks' rows and the runner's failure rows alike."""
-    settings = {k: v for k, v in asdict(spec).items() if k not in ("tiling", "solver", "denoiser", "params")}
+    settings = {
+        k: v for k, v in asdict(spec).items() if k not in ("tiling", "solver", "denoiser", "params", "training")
+    }
     return {
         RUN_KEY: spec.key,
         "group": spec.group,
         "config_hash": config_hash,
+        "kind": spec.kind,
         "status": status,
         **settings,
         "params": spec.params,
         "solver": spec.solver,
         "denoiser_model": spec.denoiser["model"],
         "tiling": spec.tiling,
+        "training": spec.training,
         **fields,
     }
 
@@ -151,12 +155,14 @@ def finished_runs(directory: str | Path) -> set[str]:
 
 
 def summarise(directory: str | Path) -> list[dict]:
-    """Per run: world size, final PSNR, median seconds per iteration by component (the first iteration, a
+    """Per PnP run (training runs: :func:`~distinv.bench.training_report.summarise_training`): world size, final
+    PSNR, median seconds per iteration by component (the first iteration, a
     warm-up, left out when there are more) and speedup and parallel efficiency against its baseline
     (:func:`baseline_of`; S = T_baseline / T_N, E = S N_baseline / N)."""
     runs: dict[str, list[dict]] = defaultdict(list)
     for row in read_rows(directory):
-        runs[row["run_key"]].append(row)
+        if row.get("kind") != "training":  # rows from before the column existed are PnP
+            runs[row["run_key"]].append(row)
     summary = []
     for rows in runs.values():
         rows = _latest_attempt(rows)

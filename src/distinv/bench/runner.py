@@ -20,7 +20,17 @@ from pathlib import Path
 from .config import Config, RunSpec
 from .launch import RunOutcome, launch_local, srun_command, submit_slurm
 from .progress import progress_path, remove_stale_progress
-from .results import append_rows, finished_runs, format_summary, last_line, remove_stale_temporaries, run_row, summarise
+from .results import (
+    append_rows,
+    finished_runs,
+    format_summary,
+    last_line,
+    read_rows,
+    remove_stale_temporaries,
+    run_row,
+    summarise,
+)
+from .training_report import format_training_summary, summarise_training
 
 
 def select(runs: list[RunSpec], only: list[str] | None) -> list[RunSpec]:
@@ -73,11 +83,15 @@ def run_config(
             f"{last_line(outcome.error, 'no message')} (logs: {outcome.log_dir})"
         )
     summary = summarise(output)
-    if summary:
+    trained = summarise_training(read_rows(output))
+    if summary or trained:
         from .report import write_report
 
         out("")
-        out(format_summary(summary))
+        if summary:
+            out(format_summary(summary))
+        if trained:
+            out(format_training_summary(trained))
         out(f"report: {write_report(output)}")
     if failed:
         out(f"{len(failed)} run(s) failed: " + ", ".join(f.key for f in failed))
@@ -165,9 +179,11 @@ def _with_progress(
             state = json.loads(progress.read_text())
         except (OSError, ValueError):
             continue
-        line = f"{label}: iteration {state['iteration']}/{spec.solver['iterations']}" + (
-            f", PSNR {state['psnr']:.2f} dB" if state.get("psnr") is not None else ""
-        )
+        if spec.training is not None:
+            line = f"{label}: step {state['iteration']}/{spec.training['steps']}"
+        else:
+            line = f"{label}: iteration {state['iteration']}/{spec.solver['iterations']}"
+        line += f", PSNR {state['psnr']:.2f} dB" if state.get("psnr") is not None else ""
         if line != shown:
             if live:
                 sys.stdout.write("\r\033[K" + line)

@@ -1,4 +1,5 @@
-"""One run on one rank: build the problem, the engine and the denoiser, reconstruct with PnP, record rows.
+"""One run on one rank: build the problem, the engine and the denoiser, reconstruct with PnP (or train an unrolled
+network, for a training run), record rows.
 
 :func:`run_rank` is what every rank executes, whoever started it (``torch.distributed.run``'s API locally,
 submitit or ``srun`` on a cluster); rank 0 gathers the rows of all ranks and appends them to the results table.
@@ -121,10 +122,7 @@ def run_rank(spec_json: str, output: str, config_hash: str = "") -> int:
 
 def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
     from .. import DistributedContext
-    from ..pnp import pnp
-    from .engines import build_engine
     from .problems import build
-    from .progress import write_progress
     from .results import append_rows, run_row
 
     warnings.simplefilter("ignore")
@@ -140,53 +138,74 @@ def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
             raise RuntimeError(f"run {spec.key} wants {spec.world_size} ranks, the launch gave {ctx.world_size}.")
         problem = build(spec.problem, size=spec.size, **spec.params)
         model = load_model(spec, problem.ground_truth.shape[1], problem.ground_truth.ndim == 5).to(ctx.device)
-        engine = build_engine(spec.engine, ctx, problem, model, spec.tiling)
-
-        def progress(record, _x) -> None:
-            write_progress(output, spec.key, record.iteration, record.psnr)
-
-        with torch.no_grad():
-            y = problem.measure(engine.view)
-            x0 = problem.initial(engine.view, y)
-            init_psnr = problem.psnr(x0)
-            solver = spec.solver
-            levels = sigma_levels(solver)
-            x, records = pnp(
-                solver["algorithm"],
-                engine.physics,
-                engine.denoiser,
-                y,
-                x0,
-                levels,
-                iterations=solver["iterations"],
-                step=solver_steps(solver, levels, problem.noise_sigma),
-                relaxation=solver["relaxation"],
-                tol=solver["tol"],
-                cg_iterations=solver["cg_iterations"],
-                ground_truth=problem.ground_truth if ctx.rank == 0 else None,  # the iterate is replicated
-                data_range=problem.data_range,
-                ctx=ctx,
-                measure_memory=True,
-                callback=progress if ctx.rank == 0 else None,
-            )
+        run = _train if spec.training is not None else _reconstruct
+        fields, rows = run(ctx, spec, problem, model, output)
         env = environment(ctx)
-        base = run_row(
-            spec,
-            config_hash,
-            "ok",
-            error=None,
-            rank=ctx.rank,
-            init=problem.init_name,
-            init_psnr=init_psnr,
-            started=started,
-            **env,
-        )
-        rows = [{**base, **asdict(r)} for r in records]
+        base = run_row(spec, config_hash, "ok", error=None, rank=ctx.rank, started=started, **fields, **env)
+        rows = [{**base, **r} for r in rows]
         everyone: list = [None] * ctx.world_size
         ctx.all_gather_object(everyone, rows)
         if ctx.rank == 0:
             append_rows(output, [row for rank_rows in everyone for row in rank_rows])
-            save_previews(Path(output) / "previews", spec, problem, engine.view, y, x0, x)
+    return 0
+
+
+def _reconstruct(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict, list[dict]]:
+    """PnP on this rank: the run's fields and one row per iteration (rank 0 also saves the previews)."""
+    from ..pnp import pnp
+    from .engines import build_engine
+    from .progress import write_progress
+
+    engine = build_engine(spec.engine, ctx, problem, model, spec.tiling)
+
+    def progress(record, _x) -> None:
+        write_progress(output, spec.key, record.iteration, record.psnr)
+
+    with torch.no_grad():
+        y = problem.measure(engine.view)
+        x0 = problem.initial(engine.view, y)
+        init_psnr = problem.psnr(x0)
+        solver = spec.solver
+        levels = sigma_levels(solver)
+        x, records = pnp(
+            solver["algorithm"],
+            engine.physics,
+            engine.denoiser,
+            y,
+            x0,
+            levels,
+            iterations=solver["iterations"],
+            step=solver_steps(solver, levels, problem.noise_sigma),
+            relaxation=solver["relaxation"],
+            tol=solver["tol"],
+            cg_iterations=solver["cg_iterations"],
+            ground_truth=problem.ground_truth if ctx.rank == 0 else None,  # the iterate is replicated
+            data_range=problem.data_range,
+            ctx=ctx,
+            measure_memory=True,
+            callback=progress if ctx.rank == 0 else None,
+        )
+    if ctx.rank == 0:
+        save_previews(Path(output) / "previews", spec, problem, engine.view, y, x0, x)
+    return {"init": problem.init_name, "init_psnr": init_psnr}, [asdict(r) for r in records]
+
+
+def _train(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict, list[dict]]:
+    """Training on this rank: the run's fields and one row per step (step 0: the validation PSNR at the
+    start)."""
+    from .progress import write_progress
+    from .training import build_trainee, train, training_image
+
+    trainee = build_trainee(spec.engine, ctx, problem, model, spec.training, spec.tiling)
+
+    def progress(record) -> None:
+        write_progress(output, spec.key, record.step, record.val_psnr)
+
+    def image(step: int) -> torch.Tensor:
+        return training_image(spec.problem, spec.size, spec.params, spec.seed + 1 + step)
+
+    records = train(ctx, trainee, problem, image, spec.training, on_step=progress if ctx.rank == 0 else None)
+    return {"init": "unrolled model at its start"}, [asdict(r) for r in records]
     return 0
 
 

@@ -1,0 +1,231 @@
+"""The benchmark's training half: an unrolled network trained under one engine, one new image per step.
+
+An unrolled PGD or DRS (deepinv's ``BaseOptim(unfold=True)``; trainable step size; the run's denoiser, e.g. the
+shipped DRUNet, as its initial PnP prior with trainable weights) is trained with Adam on the mean squared error.
+Step ``s`` trains on a fresh image from the problem's own generator (its ``seed`` is ``run seed + 1 + s``) and its
+measurements; the validation image is the problem's own (seed ``run seed``), which no step trains on.
+
+Engines, as for PnP: ``none`` (one process, deepinv's ``StackedLinearPhysics`` and the untiled network),
+``distinv`` (:func:`distinv.distribute` of the operators and of the unrolled model) and ``deepinv``
+(``deepinv.distributed`` on the same process group, its ``checkpoint_batches`` default). Every rank computes the
+same replicated loss; the parameters stay identical on every rank.
+
+Per step and rank a :class:`StepRecord`: seconds of forward (model and loss), backward and optimiser step, of
+communication (within them), the peak memory the step adds above its start, the loss, and the validation PSNR
+every ``validate_every`` steps (and after the first and last).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..context import DistributedContext
+from ..memory import PeakMemory
+from ..metrics import psnr
+from .engines import DEEPINV_OVERLAP, DEEPINV_PATCH, OperatorView, deepinv_patch, time_collectives
+from .problems import build
+from .problems.base import Problem
+
+
+@dataclass
+class StepRecord:
+    """One training step on one rank (seconds of wall time; bytes above the step's start)."""
+
+    step: int
+    loss: float
+    forward_s: float
+    backward_s: float
+    optimizer_s: float
+    comm_s: float
+    step_s: float
+    peak_bytes: int
+    elapsed_s: float  # since the first step began, validation excluded
+    val_psnr: float | None = None
+
+
+@dataclass
+class Trainee:
+    """What one engine trains: ``model(y, physics)``, the ``physics`` it is given, and ``measure(x, seed)``
+    giving the measurements of image ``x`` (noise seeded by ``seed``) as the model takes them."""
+
+    model: torch.nn.Module
+    physics: Any
+    measure: Callable[[torch.Tensor, int], Any]
+
+
+def unrolled_model(network: torch.nn.Module, training: dict, stepsize: float) -> torch.nn.Module:
+    """deepinv's unrolled ``PGD`` or ``DRS`` with ``network`` (made trainable) as its PnP prior."""
+    from deepinv.optim import DRS, PGD
+    from deepinv.optim.data_fidelity import L2
+    from deepinv.optim.prior import PnP
+
+    network.train()
+    for p in network.parameters():
+        p.requires_grad_(True)
+    algorithm = {"pgd": PGD, "drs": DRS}[training["algorithm"]]
+    return algorithm(
+        prior=PnP(network),
+        data_fidelity=L2(),
+        stepsize=stepsize,
+        sigma_denoiser=training["sigma"],
+        max_iter=training["iterations"],
+        unfold=True,
+        trainable_params=["stepsize"],
+    )
+
+
+def build_trainee(
+    engine: str,
+    ctx: DistributedContext,
+    problem: Problem,
+    network: torch.nn.Module,
+    training: dict,
+    tiling: dict,
+) -> Trainee:
+    """The unrolled model and physics of ``engine`` on ``problem``; the step size (when ``training["stepsize"]``
+    is null, ``1 / ||A||^2``, exact, the same for every engine) is computed on distinv's physics."""
+    from ..distribute import distribute
+
+    ours = problem.distribute(ctx)
+    stepsize = training["stepsize"]
+    if stepsize is None:
+        stepsize = 1.0 / float(ours.compute_sqnorm(problem.ground_truth.to(ctx.device), verbose=False))
+    model = unrolled_model(network, training, stepsize)
+    if engine == "distinv":
+        options = {"patch_size": tiling.get("patch_size"), "overlap": tiling.get("overlap", 32)}
+        if tiling.get("max_batch_size") is not None:
+            options["max_batch_size"] = tiling["max_batch_size"]
+        model = distribute(model, ctx, checkpoint_iterations=training["checkpoint_iterations"], **options)
+        return Trainee(model, ours, lambda x, seed: _with_image(problem, x, seed).measure(ours))
+    if engine == "none":
+        from deepinv.physics import StackedLinearPhysics
+        from deepinv.utils.tensorlist import TensorList
+
+        operators = [problem.factory(i, ctx.device, problem.shared) for i in range(problem.num_operators)]
+        view = OperatorView(ctx, list(range(problem.num_operators)), operators, problem.ground_truth)
+
+        def measure(x: torch.Tensor, seed: int) -> TensorList:
+            return TensorList(_with_image(problem, x, seed).measure(view))
+
+        return Trainee(model, StackedLinearPhysics(operators), measure)
+    if engine == "deepinv":
+        return _deepinv_trainee(ctx, problem, model, tiling)
+    raise ValueError(f"engine={engine!r}: choose 'distinv', 'deepinv' or 'none'.")
+
+
+def _deepinv_trainee(ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict) -> Trainee:
+    import deepinv.distributed as theirs
+    from deepinv.utils.tensorlist import TensorList
+
+    from ..comm import exchange_layout, gather_items
+
+    their_ctx = theirs.DistributedContext(device_mode="gpu" if ctx.device.type == "cuda" else "cpu")
+    their_ctx.__enter__()  # adopts our process group, as the PnP engine does
+    time_collectives(their_ctx, ctx)
+    physics = theirs.distribute(
+        problem.factory,
+        their_ctx,
+        num_operators=problem.num_operators,
+        type_object="linear_physics",
+        factory_kwargs=problem.shared,
+    )
+    patch = deepinv_patch(
+        tiling.get("patch_size") or DEEPINV_PATCH,
+        problem.ground_truth.shape[2:],
+        given=tiling.get("patch_size") is not None,
+    )
+    overlap = tiling.get("overlap") if tiling.get("overlap") is not None else DEEPINV_OVERLAP
+    model = theirs.distribute(model, their_ctx, patch_size=patch, overlap=overlap)
+    local = list(physics.local_indexes)
+    view = OperatorView(ctx, local, list(physics.local_physics), problem.ground_truth)
+    held: list = [None] * ctx.world_size
+    ctx.all_gather_object(held, local)
+    owners = [0] * problem.num_operators
+    for rank, indexes in enumerate(held):
+        for i in indexes:
+            owners[i] = rank
+
+    def measure(x: torch.Tensor, seed: int) -> TensorList:
+        """deepinv's unrolled model takes all K measurements on every rank: each rank measures with the
+        operators it holds, then one all-gather."""
+        mine = list(_with_image(problem, x, seed).measure(view))
+        layout = exchange_layout(ctx, owners, local, mine)
+        return TensorList(gather_items(ctx, local, mine, problem.num_operators, "concatenated", layout))
+
+    return Trainee(model, physics, measure)
+
+
+def _with_image(problem: Problem, x: torch.Tensor, seed: int) -> Problem:
+    return dataclasses.replace(problem, ground_truth=x, seed=seed)
+
+
+def training_image(spec_problem: str, size: Any, params: dict, seed: int) -> torch.Tensor:
+    """A fresh ground truth from the problem's own generator (its ``seed`` parameter)."""
+    return build(spec_problem, size=size, **{**params, "seed": seed}).ground_truth
+
+
+def train(
+    ctx: DistributedContext,
+    trainee: Trainee,
+    problem: Problem,
+    image: Callable[[int], torch.Tensor],
+    training: dict,
+    *,
+    on_step: Callable[[StepRecord], None] | None = None,
+) -> list[StepRecord]:
+    """``training["steps"]`` Adam steps on fresh images ``image(step)``; every rank returns its own records.
+
+    :param image: the ground truth of step ``s`` (the same on every rank).
+    """
+    model, physics = trainee.model, trainee.physics
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=training["lr"])
+    truth = problem.ground_truth.to(ctx.device)
+    y_val = trainee.measure(truth, problem.seed)
+
+    def validate() -> float:
+        with torch.no_grad():
+            return psnr(model(y_val, physics), truth, problem.data_range)
+
+    records: list[StepRecord] = []
+    start_psnr = validate()
+    elapsed = 0.0
+    for step in range(training["steps"]):
+        x = image(step).to(ctx.device)
+        y = trainee.measure(x, problem.seed + 1 + step)
+        ctx.barrier()
+        comm_before = ctx.comm_seconds
+        with PeakMemory(ctx.device) as memory:
+            t0 = time.perf_counter()
+            optimiser.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.mse_loss(model(y, physics), x)
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            optimiser.step()
+            t3 = time.perf_counter()
+        elapsed += t3 - t0
+        last = step == training["steps"] - 1
+        val = validate() if last or (step + 1) % training["validate_every"] == 0 else None
+        record = StepRecord(
+            step=step + 1,
+            loss=loss.item(),
+            forward_s=t1 - t0,
+            backward_s=t2 - t1,
+            optimizer_s=t3 - t2,
+            comm_s=ctx.comm_seconds - comm_before,
+            step_s=t3 - t0,
+            peak_bytes=memory.peak_bytes,
+            elapsed_s=elapsed,
+            val_psnr=val,
+        )
+        records.append(record)
+        if on_step is not None:
+            on_step(record)
+    start = StepRecord(0, float("nan"), 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, start_psnr)
+    return [start, *records]
