@@ -8,6 +8,8 @@ truth, one Adam step. Settings, every rank one CPU core:
 (b) distinv at ``--nproc`` ranks: ``distribute(factory)``, ``distribute(model)`` (default plan);
 (c) the same with ``checkpoint_iterations=True``;
 (c') distinv keeping the denoiser's activations (``checkpoint_batches="never"``: no recomputation in backward);
+(c'') distinv for memory: ``checkpoint_iterations=True`` with windows owning 256² and one window per network call
+    (``patch_size=256, max_batch_size=1``), so a backward pass holds one window's activations;
 (d) deepinv 0.5's module at ``--nproc`` ranks, its defaults (patch 256, or half the image's side when smaller,
     overlap 64), ``checkpoint_batches="always"``;
 (e) deepinv's module with (b)'s owned size as patch and (b)'s overlap, ``checkpoint_batches="always"``.
@@ -124,6 +126,7 @@ def worker(args) -> None:
             "distinv": {},
             "distinv_checkpointed": {"checkpoint_iterations": True},
             "distinv_activations": {"checkpoint_batches": "never"},
+            "distinv_lean": {"checkpoint_iterations": True, "patch_size": 256, "max_batch_size": 1},
         }
         for name, options in variants.items():
             model = distribute(unrolled(iterations), ctx, **options)
@@ -175,6 +178,7 @@ def main() -> None:
         "distinv": "(b) distinv",
         "distinv_checkpointed": "(c) distinv, iterations checkpointed",
         "distinv_activations": "(c') distinv, activations kept",
+        "distinv_lean": "(c'') distinv, iterations checkpointed, 256² windows one by one",
         "deepinv_defaults": "(d) deepinv, 256/64, batches checkpointed",
         "deepinv_matched": "(e) deepinv, matched, batches checkpointed",
     }
@@ -199,11 +203,14 @@ def main() -> None:
             / rows[labels["deepinv_defaults"]]["peak_mb"],
             "checkpointed_vs_deepinv_matched_memory": rows[labels["distinv_checkpointed"]]["peak_mb"]
             / rows[labels["deepinv_matched"]]["peak_mb"],
+            "lean_vs_deepinv_defaults_memory": rows[labels["distinv_lean"]]["peak_mb"]
+            / rows[labels["deepinv_defaults"]]["peak_mb"],
+            "lean_vs_deepinv_defaults_time": rows[labels["distinv_lean"]]["s"] / rows[labels["deepinv_defaults"]]["s"],
         }
         result["by_iterations"][iterations] = {"rows": rows, "ratios": ratios, "plan": worker_result["plan"]}
-        print(f"  {'setting':<44} {'s/step':>7} {'peak MB/rank':>13}")
+        print(f"  {'setting':<66} {'s/step':>7} {'peak MB/rank':>13}")
         for label, row in rows.items():
-            print(f"  {label:<44} {row['s']:7.2f} {row['peak_mb']:13.0f}")
+            print(f"  {label:<66} {row['s']:7.2f} {row['peak_mb']:13.0f}")
         print("  " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
     tmp = Path(args.out).with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))

@@ -14,7 +14,7 @@ Pure functions over a frozen layout, in data-path order:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -115,8 +115,18 @@ def run_windows(rank: int, layout: TiledLayout, window_input: WindowInput, call:
 
     :raises ValueError: when the processor does not keep its input's shape.
     """
-    samples, channels = layout.img_size[0], layout.img_size[1]
     pieces: dict[int, torch.Tensor] = {}
+    for batch in window_batches(rank, layout, window_input, call):
+        pieces.update(batch)
+    return dict(sorted(pieces.items()))
+
+
+def window_batches(
+    rank: int, layout: TiledLayout, window_input: WindowInput, call: WindowCall
+) -> Iterator[dict[int, torch.Tensor]]:
+    """:func:`run_windows` one network call at a time: each call's owned output regions by window index (so a
+    caller can use one batch's results, and free them, before the next batch runs)."""
+    samples, channels = layout.img_size[0], layout.img_size[1]
     for group in layout.plan.windows_by_size(rank).values():
         step = layout.batch or len(group)
         for start in range(0, len(group), step):
@@ -129,9 +139,10 @@ def run_windows(rank: int, layout: TiledLayout, window_input: WindowInput, call:
                     f"The processor returned shape {tuple(out.shape)} for windows of shape "
                     f"{tuple(batch.shape)}: a tiled processor must keep the input's shape."
                 )
-            for j, w in enumerate(chunk):
-                pieces[w.index] = out[j * samples : (j + 1) * samples][layout.index(w.owned_in_window)]
-    return dict(sorted(pieces.items()))
+            yield {
+                w.index: out[j * samples : (j + 1) * samples][layout.index(w.owned_in_window)]
+                for j, w in enumerate(chunk)
+            }
 
 
 def run_agreed(

@@ -1,5 +1,6 @@
 """The tiled denoiser under autograd, two ways: recompute a rank's windows in the backward pass (:class:`TiledApply`,
-no activations stored; deepinv's ``checkpoint_batches="always"``), or keep them (:func:`tiled_with_activations`;
+no activations stored, one network call's activations alive at a time in backward; deepinv's
+``checkpoint_batches="always"``), or keep them (:func:`tiled_with_activations`;
 ``"never"``). Both give the untiled gradients of the input and of the network's weights, summed over ranks with one
 all-reduce per backward pass.
 """
@@ -12,7 +13,7 @@ import torch
 
 from .context import DistributedContext
 from .differentiable import ReplicatedInputs
-from .executor import WindowCall, assemble, cut_from, run_agreed, run_windows
+from .executor import WindowCall, assemble, cut_from, run_agreed, window_batches
 from .planner import TiledLayout
 
 
@@ -42,13 +43,17 @@ class TiledApply(torch.autograd.Function):
         inputs = [x.detach().requires_grad_(True), *fctx.params]
 
         def local_gradients() -> Sequence[torch.Tensor | None]:
+            """This rank's share, one network call at a time: a batch's activations are freed before the next
+            batch is recomputed, so the backward pass holds one batch's activations, not all of the rank's."""
+            total: list[torch.Tensor | None] = [None] * len(inputs)
+            windows = layout.plan.windows
             with torch.enable_grad():
-                pieces = run_windows(ctx.rank, layout, cut_from(inputs[0], layout), fctx.call)
-                if not pieces:
-                    return [None] * len(inputs)
-                windows = layout.plan.windows
-                wanted = [grad_out[layout.index(windows[i].owned_slices)].to(p.dtype) for i, p in pieces.items()]
-                return torch.autograd.grad(list(pieces.values()), inputs, wanted, allow_unused=True)
+                for pieces in window_batches(ctx.rank, layout, cut_from(inputs[0], layout), fctx.call):
+                    wanted = [grad_out[layout.index(windows[i].owned_slices)].to(p.dtype) for i, p in pieces.items()]
+                    grads = torch.autograd.grad(list(pieces.values()), inputs, wanted, allow_unused=True)
+                    del pieces
+                    total = [g if t is None else t if g is None else t + g for t, g in zip(total, grads, strict=True)]
+            return total
 
         grads = ctx.run_agreed("the tiled denoiser's backward", local_gradients)
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs, strict=True)]

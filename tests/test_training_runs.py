@@ -1,0 +1,106 @@
+"""The benchmark's training half: a training config trains an unrolled network under each engine at world sizes
+1 and 2 (real launches), every rank on the same parameters, rows marked ``kind: training`` in the one results
+table beside PnP runs, summarised in text and in the report's training section; bad training settings are
+config errors."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distinv.bench.config import ConfigError, validate
+from distinv.bench.report import write_report
+from distinv.bench.results import read_rows, summarise
+from distinv.bench.runner import run_config
+from distinv.bench.config import load_config
+from distinv.bench.training_report import format_training_summary, summarise_training
+
+TESTS = Path(__file__).parent
+BLUR = {"name": "highres_blur", "sizes": [32], "params": {"num_operators": 2}}
+TRAINING = {"algorithm": "pgd", "iterations": 2, "steps": 3, "lr": 1e-3, "validate_every": 2}
+
+
+def _config(tmp_path: Path, **changes) -> dict:
+    raw = {
+        "name": "tiny-training",
+        "output": str(tmp_path / "results"),
+        "world_sizes": [1, 2],
+        "engines": ["none", "distinv", "deepinv"],
+        "timeout_s": 120,
+        "oversubscribe": True,
+        "problems": [BLUR],
+        "denoiser": {"model": "python:runner_models:tiny"},
+        "training": TRAINING,
+        "tiling": {"overlap": 32},  # a halo as wide as the image: tiling is exact, so losses match one process
+    }
+    raw.update(changes)
+    return raw
+
+
+@pytest.fixture(autouse=True)
+def _ranks_import_the_test_models(monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(TESTS))
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"training": {"algoritm": "pgd"}}, "training.algoritm is not a config key: did you mean training.algorithm?"),
+        ({"training": {"algorithm": "hqs"}}, "training.algorithm='hqs': choose one of ['pgd', 'drs']"),
+        ({"training": {"steps": 0}}, "training.steps=0: give a whole number >= 1."),
+        ({"training": {"lr": -1}}, "training.lr=-1: give a number > 0"),
+        ({"training": {"stepsize": 0}}, "training.stepsize=0: give a step > 0"),
+        ({"training": {"checkpoint_iterations": "yes"}}, "training.checkpoint_iterations='yes': give true or false."),
+        ({"solver": {"iterations": 3}}, "solver: a training config trains an unrolled network"),
+    ],
+)
+def test_bad_training_settings_are_config_errors_naming_the_key(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=None) as caught:
+        validate(_config(tmp_path, **change))
+    assert message in str(caught.value)
+
+
+def test_pnp_run_keys_do_not_change_with_the_training_half(tmp_path):
+    raw = _config(tmp_path, training=None, solver={"iterations": 2})
+    spec = validate(raw).runs()[0]
+    assert spec.kind == "pnp" and not spec.key.startswith("train-")
+    trained = validate(_config(tmp_path)).runs()[0]
+    assert trained.kind == "training" and trained.key.startswith("train-") and trained.solver == {}
+
+
+def test_training_runs_every_engine_with_ranks_on_the_same_parameters_and_report_them(tmp_path):
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(_config(tmp_path)))
+    config = load_config(path)
+    assert run_config(config, out=lambda _line: None) == 0
+    rows = read_rows(config.output)
+    assert {r["kind"] for r in rows} == {"training"}
+    runs = {(r["engine"], r["world_size"]) for r in rows}
+    assert runs == {("none", 1), ("distinv", 1), ("distinv", 2), ("deepinv", 1), ("deepinv", 2)}
+    for engine, world in runs:
+        mine = [r for r in rows if (r["engine"], r["world_size"]) == (engine, world)]
+        assert sorted({r["step"] for r in mine}) == [0, 1, 2, 3]
+        for step in (1, 2, 3):  # a replicated loss: the same on every rank
+            losses = {r["loss"] for r in mine if r["step"] == step}
+            assert len(losses) == 1 and math.isfinite(losses.pop())
+        assert all(r["step_s"] >= r["forward_s"] > 0 for r in mine if r["step"] > 0)
+        validated = [r["step"] for r in mine if r["val_psnr"] is not None and r["rank"] == 0]
+        assert validated == [0, 2, 3]
+    ours = {r["step"]: r["loss"] for r in rows if r["engine"] == "distinv" and r["world_size"] == 2}
+    alone = {r["step"]: r["loss"] for r in rows if r["engine"] == "none"}
+    assert all(abs(ours[s] - alone[s]) <= 1e-4 * abs(alone[s]) for s in (1, 2, 3)), (ours, alone)
+
+    summary = summarise_training(rows)
+    assert len(summary) == 5 and all(e["status"] == "ok" for e in summary)
+    baseline = next(e for e in summary if e["engine"] == "none")
+    assert baseline["speedup"] == pytest.approx(1.0)
+    assert "PSNR start" in format_training_summary(summary)
+    assert summarise(config.output) == []  # the PnP summary holds PnP runs only
+    page = write_report(config.output).read_text()
+    for figure in ("training-breakdown", "training-scaling", "training-memory", "training-curves"):
+        assert f'data-figure="{figure}"' in page
