@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from harness import RankPool
@@ -23,3 +26,12 @@ def ranks():
     for pool in _pools.values():
         pool.close()
     _pools.clear()
+
+
+@pytest.fixture
+def test_models_importable(monkeypatch):
+    """Spawned ranks (and this process) can import ``tests/runner_models.py``, which configs name as
+    ``python:runner_models:NAME``."""
+    tests = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(tests)

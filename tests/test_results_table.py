@@ -20,15 +20,11 @@ from distinv.bench.config import validate
 from distinv.bench.results import append_rows, finished_runs, format_summary, read_rows, summarise, table_path
 from distinv.bench.runner import run_config
 
-TESTS = Path(__file__).parent
 TINY = {"model": "python:runner_models:tiny"}
 SOLVER = {"algorithm": "hqs", "iterations": 2, "step": 5.0, "sigma": 0.05, "cg_iterations": 2}
 
 
-@pytest.fixture(autouse=True)
-def _ranks_import_the_test_models(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.syspath_prepend(str(TESTS))
+pytestmark = pytest.mark.usefixtures("test_models_importable")
 
 
 def _config(tmp_path: Path, sizes: list, **changes) -> dict:

@@ -46,10 +46,7 @@ def _write(tmp_path: Path, raw: dict) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _ranks_import_the_test_models(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.syspath_prepend(str(TESTS))
+pytestmark = pytest.mark.usefixtures("test_models_importable")
 
 
 @pytest.mark.parametrize(

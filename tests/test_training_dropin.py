@@ -48,13 +48,8 @@ def check_unrolled_gradients(ctx, k, checkpoint_iterations=False, checkpoint_bat
     torch.manual_seed(1)
     y = reference.A(torch.rand(1, *IMG))
     expected = gradients_of(unrolled_pgd(algorithm), reference, y)
-    model = distribute(
-        unrolled_pgd(algorithm),
-        ctx,
-        overlap=8,
-        checkpoint_iterations=checkpoint_iterations,
-        checkpoint_batches=checkpoint_batches,
-    )
+    options = {} if checkpoint_batches is None else {"checkpoint_batches": checkpoint_batches}
+    model = distribute(unrolled_pgd(algorithm), ctx, overlap=8, checkpoint_iterations=checkpoint_iterations, **options)
     kinds = (type(model.data_fidelity[0]).__name__, type(model.prior[0].denoiser).__name__)
     ours = gradients_of(model, physics, y)
     names = sorted(n.removeprefix("prior.0.denoiser.processor.").removeprefix("prior.0.denoiser.") for n in ours)
@@ -112,9 +107,16 @@ def test_an_unrolled_pgd_keeping_the_denoisers_activations_has_the_same_gradient
         assert same_parameters and max(errors.values()) < 1e-5, errors
 
 
-@pytest.mark.parametrize("world_size", [1, 2])
-def test_iteration_checkpointing_keeps_the_single_process_gradients(ranks, world_size):
-    for _, same_parameters, errors, _ in ranks(world_size).run(check_unrolled_gradients, 2, True):
+@pytest.mark.parametrize("checkpoint_batches", [None, "never"])
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_iteration_checkpointing_keeps_the_single_process_gradients(ranks, world_size, checkpoint_batches):
+    for _, same_parameters, errors, _ in ranks(world_size).run(check_unrolled_gradients, 2, True, checkpoint_batches):
+        assert same_parameters and max(errors.values()) < 1e-5, errors
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_default_settings_keep_the_single_process_gradients(ranks, world_size):
+    for _, same_parameters, errors, _ in ranks(world_size).run(check_unrolled_gradients, 3, False, None):
         assert same_parameters and max(errors.values()) < 1e-5, errors
 
 

@@ -6,20 +6,17 @@ config errors."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pytest
 import yaml
 
-from distinv.bench.config import ConfigError, validate
+from distinv.bench.config import ConfigError, load_config, validate
 from distinv.bench.report import write_report
 from distinv.bench.results import read_rows, summarise
 from distinv.bench.runner import run_config
-from distinv.bench.config import load_config
 from distinv.bench.training_report import format_training_summary, summarise_training
 
-TESTS = Path(__file__).parent
 BLUR = {"name": "highres_blur", "sizes": [32], "params": {"num_operators": 2}}
 TRAINING = {"algorithm": "pgd", "iterations": 2, "steps": 3, "lr": 1e-3, "validate_every": 2}
 
@@ -41,10 +38,7 @@ def _config(tmp_path: Path, **changes) -> dict:
     return raw
 
 
-@pytest.fixture(autouse=True)
-def _ranks_import_the_test_models(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    monkeypatch.syspath_prepend(str(TESTS))
+pytestmark = pytest.mark.usefixtures("test_models_importable")
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,11 @@ class TiledLayout:
             full[d] = s
         return tuple(full)
 
+    def network_calls(self, rank: int) -> int:
+        """How many network calls ``rank``'s windows take (``batch`` same-size windows per call)."""
+        groups = self.plan.windows_by_size(rank).values()
+        return sum(-(-len(group) // (self.batch or len(group))) for group in groups)
+
     def owned_shape(self, window: Window) -> tuple[int, ...]:
         """The full shape of ``window``'s owned region, ``(B, C, ...)``."""
         shape = list(self.img_size)

@@ -87,8 +87,10 @@ class DistributedProcessing(torch.nn.Module):
         smallest), as are the measured costs (the largest): every rank picks the same plan.
     :param deepinv_options: deepinv's ``dtype``, ``checkpoint_batches``, ``checkpoint_use_reentrant`` and
         ``checkpoint_preserve_rng_state`` are accepted so that its calls run unchanged. ``checkpoint_batches``:
-        ``"always"`` (default) and ``"auto"`` recompute a rank's windows in the backward pass and store no
-        activations; ``"never"`` keeps them (faster backward, more memory).
+        ``"always"`` recomputes a rank's windows in the backward pass, one network call at a time, and stores no
+        activations; ``"never"`` keeps them (no recomputation, more memory); ``"auto"`` (default, as deepinv's)
+        keeps them when every rank's windows take one network call, else recomputes (decided from the plan,
+        which every rank shares, so every rank takes the same path).
     :raises TypeError, ValueError: naming the argument, for values no plan can take (the same on every rank).
     """
 
@@ -120,7 +122,7 @@ class DistributedProcessing(torch.nn.Module):
         unknown = set(deepinv_options) - {*DEEPINV_OPTIONS, "strategy_kwargs"}
         if unknown:
             raise TypeError(f"DistributedProcessing got unexpected arguments {sorted(unknown)}.")
-        self.checkpoint_batches = deepinv_options.get("checkpoint_batches", "always")
+        self.checkpoint_batches = deepinv_options.get("checkpoint_batches", "auto")
         if self.checkpoint_batches not in CHECKPOINT_MODES:
             raise ValueError(f"checkpoint_batches={self.checkpoint_batches!r}: use one of {CHECKPOINT_MODES}.")
         on_cpu = ctx.device.type == "cpu"
@@ -181,13 +183,20 @@ class DistributedProcessing(torch.nn.Module):
         layout = self.layout_for(x.shape, self._prober(sigma, args, kwargs))
         params = self._trainable_parameters()
         if torch.is_grad_enabled() and (x.requires_grad or params):
-            if self.checkpoint_batches == "never":
+            if self._keeps_activations(layout):
                 network = self.processor if isinstance(self.processor, torch.nn.Module) else None
                 return tiled_with_activations(self.ctx, layout, call, x, network)
             return TiledApply.apply(self.ctx, layout, call, x, *params)
         with torch.no_grad():
             pieces, dtype = run_agreed(self.ctx, layout, cut_from(x, layout), call, x.dtype)
             return assemble(self.ctx, layout, pieces, dtype)
+
+    def _keeps_activations(self, layout: TiledLayout) -> bool:
+        """Whether the backward pass uses kept activations (``checkpoint_batches``; ``"auto"``: when every rank
+        runs its windows in one network call)."""
+        if self.checkpoint_batches != "auto":
+            return self.checkpoint_batches == "never"
+        return all(layout.network_calls(rank) <= 1 for rank in range(self.ctx.world_size))
 
     def tiles(self, x: torch.Tensor | LocalTiles, sigma: Any = None, *args: Any, **kwargs: Any) -> LocalTiles:
         """Denoise ``x`` and keep it sharded: this rank's owned regions as :class:`~distinv.executor.LocalTiles`

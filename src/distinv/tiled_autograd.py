@@ -36,7 +36,8 @@ class TiledApply(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "Double backward (create_graph=True) through the tiled denoiser needs its activations: distribute "
-                "the denoiser with checkpoint_batches='never' (the default recomputes its windows in backward)."
+                "the denoiser with checkpoint_batches='never' (this one recomputes its windows in backward: "
+                "checkpoint_batches='always', or 'auto' with several network calls on some rank)."
             )
         (x,) = fctx.saved_tensors
         ctx, layout = fctx.ctx, fctx.layout

@@ -37,7 +37,9 @@ def distribute_unrolled(
     """Distribute ``model``'s parts in place and return it.
 
     :param average: average the replicated parameters' gradients over ranks (default), else sum them.
-    :param checkpoint_iterations: recompute each iteration in the backward pass (less memory, one more forward).
+    :param checkpoint_iterations: recompute each iteration in the backward pass (less memory, one more forward);
+        the tiled denoiser then also recomputes its windows (``checkpoint_batches="always"``) unless
+        ``checkpoint_batches`` is given, so that the backward pass holds one network call's activations at a time.
     :param denoiser_options: for every prior's tiled denoiser (``patch_size``, ``overlap``, ``max_batch_size``,
         ``checkpoint_batches``, ...).
     :raises TypeError: for a model not built with ``unfold=True``.
@@ -47,6 +49,8 @@ def distribute_unrolled(
             "distribute() takes an unrolled optimiser built with unfold=True (e.g. PGD(..., unfold=True)); for one "
             "that is not unfolded, distribute its physics, data fidelity and denoiser separately."
         )
+    if checkpoint_iterations:
+        denoiser_options.setdefault("checkpoint_batches", "always")
     model = model.to(ctx.device)
     if model.data_fidelity is not None:
         model.data_fidelity = torch.nn.ModuleList(

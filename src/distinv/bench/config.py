@@ -49,6 +49,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "stepsize": None,  # None: 1 / ||A||^2
     "validate_every": 5,
     "checkpoint_iterations": False,  # distinv: recompute each unrolled iteration in backward
+    "checkpoint_batches": None,  # the tiled denoiser: always / never / auto; None: each engine's default
 }
 TRAINING_ALGORITHMS = ("pgd", "drs")
 DENOISER_DEFAULTS: dict[str, Any] = {"model": "auto"}
@@ -356,6 +357,11 @@ def _check_training(c: dict, errors: list[str]) -> None:
             errors.append(f"training.{key}={t[key]!r}: give a number > 0{_hint(t[key])}.")
     if t["stepsize"] is not None and (not _is_number(t["stepsize"]) or t["stepsize"] <= 0):
         errors.append(f"training.stepsize={t['stepsize']!r}: give a step > 0, or null for 1 / ||A||^2.")
+    if t["checkpoint_batches"] not in (None, "auto", "always", "never"):
+        errors.append(
+            f"training.checkpoint_batches={t['checkpoint_batches']!r}: give always (recompute the denoiser's "
+            "windows in backward), never (keep their activations), auto, or null for each engine's default."
+        )
     if not isinstance(t["checkpoint_iterations"], bool):
         errors.append(f"training.checkpoint_iterations={t['checkpoint_iterations']!r}: give true or false.")
 

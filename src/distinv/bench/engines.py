@@ -85,6 +85,33 @@ def _distinv_tiling(tiling: dict) -> dict:
 
 
 def _deepinv_engine(ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict) -> Engine:
+    setup = deepinv_setup(ctx, problem, tiling)
+    denoiser = setup.distribute(model, max_batch_size=tiling.get("max_batch_size"))
+    physics = setup.physics
+    view = OperatorView(ctx, list(physics.local_indexes), list(physics.local_physics), problem.ground_truth)
+    return Engine("deepinv", _DeepinvPhysics(physics), denoiser, view)
+
+
+@dataclass
+class DeepinvSetup:
+    """deepinv's module on our process group for one problem: its context (collectives timed in ours), its
+    distributed physics, and the tiling it gets (``patch``, ``overlap``)."""
+
+    context: Any
+    physics: Any
+    patch: int
+    overlap: int
+
+    def distribute(self, model: torch.nn.Module, **options: Any) -> Any:
+        """``deepinv.distributed.distribute(model)`` with this setup's tiling (a denoiser or an unrolled model)."""
+        import deepinv.distributed as theirs
+
+        return theirs.distribute(model, self.context, patch_size=self.patch, overlap=self.overlap, **options)
+
+
+def deepinv_setup(ctx: DistributedContext, problem: Problem, tiling: dict) -> DeepinvSetup:
+    """Enter deepinv's context on ``ctx``'s group and distribute ``problem``'s operators with it; the patch and
+    overlap its denoiser gets from ``tiling`` (its defaults where ours are automatic)."""
     import deepinv.distributed as theirs
 
     their_ctx = theirs.DistributedContext(device_mode="gpu" if ctx.device.type == "cuda" else "cpu")
@@ -100,11 +127,7 @@ def _deepinv_engine(ctx: DistributedContext, problem: Problem, model: torch.nn.M
     patch = tiling.get("patch_size") or DEEPINV_PATCH
     overlap = tiling.get("overlap") if tiling.get("overlap") is not None else DEEPINV_OVERLAP
     patch = deepinv_patch(patch, problem.ground_truth.shape[2:], given=tiling.get("patch_size") is not None)
-    denoiser = theirs.distribute(
-        model, their_ctx, patch_size=patch, overlap=overlap, max_batch_size=tiling.get("max_batch_size")
-    )
-    view = OperatorView(ctx, list(physics.local_indexes), list(physics.local_physics), problem.ground_truth)
-    return Engine("deepinv", _DeepinvPhysics(physics), denoiser, view)
+    return DeepinvSetup(their_ctx, physics, patch, overlap)
 
 
 def deepinv_patch(patch: int, spatial: tuple[int, ...], given: bool) -> int:

@@ -28,7 +28,7 @@ import torch
 from ..context import DistributedContext
 from ..memory import PeakMemory
 from ..metrics import psnr
-from .engines import DEEPINV_OVERLAP, DEEPINV_PATCH, OperatorView, deepinv_patch, time_collectives
+from .engines import OperatorView, deepinv_setup
 from .problems import build
 from .problems.base import Problem
 
@@ -97,10 +97,14 @@ def build_trainee(
     if stepsize is None:
         stepsize = 1.0 / float(ours.compute_sqnorm(problem.ground_truth.to(ctx.device), verbose=False))
     model = unrolled_model(network, training, stepsize)
+    if engine != "distinv":
+        del ours  # the other engines hold their own operators
     if engine == "distinv":
         options = {"patch_size": tiling.get("patch_size"), "overlap": tiling.get("overlap", 32)}
         if tiling.get("max_batch_size") is not None:
             options["max_batch_size"] = tiling["max_batch_size"]
+        if training["checkpoint_batches"] is not None:
+            options["checkpoint_batches"] = training["checkpoint_batches"]
         model = distribute(model, ctx, checkpoint_iterations=training["checkpoint_iterations"], **options)
         return Trainee(model, ours, lambda x, seed: _with_image(problem, x, seed).measure(ours))
     if engine == "none":
@@ -115,33 +119,21 @@ def build_trainee(
 
         return Trainee(model, StackedLinearPhysics(operators), measure)
     if engine == "deepinv":
-        return _deepinv_trainee(ctx, problem, model, tiling)
+        return _deepinv_trainee(ctx, problem, model, tiling, training["checkpoint_batches"])
     raise ValueError(f"engine={engine!r}: choose 'distinv', 'deepinv' or 'none'.")
 
 
-def _deepinv_trainee(ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict) -> Trainee:
-    import deepinv.distributed as theirs
+def _deepinv_trainee(
+    ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict, checkpoint_batches: str | None
+) -> Trainee:
     from deepinv.utils.tensorlist import TensorList
 
     from ..comm import exchange_layout, gather_items
 
-    their_ctx = theirs.DistributedContext(device_mode="gpu" if ctx.device.type == "cuda" else "cpu")
-    their_ctx.__enter__()  # adopts our process group, as the PnP engine does
-    time_collectives(their_ctx, ctx)
-    physics = theirs.distribute(
-        problem.factory,
-        their_ctx,
-        num_operators=problem.num_operators,
-        type_object="linear_physics",
-        factory_kwargs=problem.shared,
-    )
-    patch = deepinv_patch(
-        tiling.get("patch_size") or DEEPINV_PATCH,
-        problem.ground_truth.shape[2:],
-        given=tiling.get("patch_size") is not None,
-    )
-    overlap = tiling.get("overlap") if tiling.get("overlap") is not None else DEEPINV_OVERLAP
-    model = theirs.distribute(model, their_ctx, patch_size=patch, overlap=overlap)
+    setup = deepinv_setup(ctx, problem, tiling)
+    physics = setup.physics
+    options = {} if checkpoint_batches is None else {"checkpoint_batches": checkpoint_batches}
+    model = setup.distribute(model, **options)
     local = list(physics.local_indexes)
     view = OperatorView(ctx, local, list(physics.local_physics), problem.ground_truth)
     held: list = [None] * ctx.world_size
