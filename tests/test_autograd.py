@@ -203,3 +203,29 @@ def test_double_backward_through_physics_and_fidelity_equals_the_single_process_
 def test_double_backward_with_more_operators_than_ranks_and_a_gathered_output(ranks):
     for worst in ranks(2).run(check_double_backward, 5):
         assert max(worst.values()) < 1e-5, worst
+
+
+def check_constant_cotangent_with_an_empty_rank(ctx):
+    """A Jacobian-vector penalty ``||J^T v||^2`` with a constant ``v``: the penalty's gradient reaches the
+    operators' parameters through the second backward pass on every rank, one owning no operator included."""
+    dphys = distribute(lambda i, device, shared: LearnedGain(i), ctx, num_operators=2, type_object="linear_physics")
+    ref = StackedLinearPhysics([LearnedGain(i) for i in range(2)])
+    x = torch.rand(2, *IMG, requires_grad=True)
+    v = torch.rand(2, *IMG, generator=torch.Generator().manual_seed(7))
+    requires = []
+    for physics in (dphys, ref):
+        (g,) = torch.autograd.grad(physics.A_adjoint_A(x), x, grad_outputs=v, create_graph=True)
+        requires.append(g.requires_grad)
+        (g**2).sum().backward()
+    errors = [
+        relative(op.gain.grad, ref.physics_list[i].gain.grad)
+        for i, op in zip(dphys.local_indexes, dphys.local_physics, strict=True)
+    ]
+    return requires[0], errors
+
+
+def test_a_constant_cotangent_penalty_reaches_every_rank_in_the_second_backward(ranks):
+    per_rank = ranks(3).run(check_constant_cotangent_with_an_empty_rank)
+    assert [requires for requires, _ in per_rank] == [True, True, True]
+    assert [len(errors) for _, errors in per_rank] == [1, 1, 0]  # rank 2 owns no operator
+    assert max(e for _, errors in per_rank for e in errors) < 1e-5

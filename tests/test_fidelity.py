@@ -83,3 +83,55 @@ def check_grad_is_one_image_reduction(ctx):
 def test_grad_costs_one_image_sized_reduction(ranks):
     for calls in ranks(2).run(check_grad_is_one_image_reduction):
         assert calls == [(1, *IMG)]
+
+
+def check_prox(ctx, kind, k):
+    """The distributed L2 prox against its optimality condition and deepinv's (CG run to convergence)."""
+    torch.manual_seed(0)
+    ref_phys = StackedLinearPhysics(operator_list(kind, k, IMG))
+    ref_phys.tol, ref_phys.max_iter = 1e-12, 1000
+    dphys = distribute(operator_list(kind, k, IMG), ctx)
+    fidelity = distribute(L2(sigma=0.5), ctx)
+    y = ref_phys.A(torch.rand(2, *IMG))
+    z = torch.rand(2, *IMG)
+    u = fidelity.prox(z, y, dphys, gamma=0.3)
+    # 0 = gamma / sigma^2 * A^T (A u - y) + (u - z)
+    residual = 0.3 / 0.25 * dphys.A_adjoint(list(dphys.A(u) - y)) + (u - z)
+    theirs = L2(sigma=0.5).prox(z, y, ref_phys, gamma=0.3)
+    return (residual.norm() / z.norm()).item(), relative_error(u, theirs)
+
+
+def check_bad_prox(ctx):
+    from deepinv.optim.data_fidelity import ItohFidelity
+
+    dphys = distribute(operator_list("blur", 2, IMG), ctx)
+    nonlinear = distribute(operator_list("blur", 2, IMG), ctx, type_object="physics")
+    y, z = list(dphys.A(torch.rand(1, *IMG))), torch.rand(1, *IMG)
+    messages = []
+    for fidelity, physics, gamma in (
+        (distribute(L2(), ctx), dphys, 0.0),
+        (distribute(L2(), ctx), dphys, torch.tensor([0.1, 0.2])),
+        (distribute(L2(), ctx), nonlinear, 0.1),
+        (distribute(ItohFidelity(), ctx), dphys, 0.1),
+    ):
+        try:
+            fidelity.prox(z, y, physics, gamma=gamma)
+            messages.append("no error")
+        except (ValueError, TypeError, NotImplementedError) as exc:
+            messages.append(f"{type(exc).__name__}: {exc}")
+    return messages
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize(("kind", "k"), [("blur", 3), ("mixed", 4)])
+def test_the_l2_prox_is_exact(ranks, world_size, kind, k):
+    for residual, error in ranks(world_size).run(check_prox, kind, k):
+        assert residual < 1e-5 and error < 1e-4, (residual, error)
+
+
+def test_a_prox_it_cannot_solve_exactly_is_a_clear_error(ranks):
+    for messages in ranks(2).run(check_bad_prox):
+        assert messages[0].startswith("ValueError: gamma=0.0")
+        assert messages[1].startswith("ValueError: gamma=tensor")
+        assert messages[2].startswith("TypeError: prox needs linear physics")
+        assert messages[3].startswith("NotImplementedError: prox is exact for deepinv's L2")

@@ -211,6 +211,40 @@ def check_double_backward_equals_untiled(ctx):
     return max(((a - b).norm() / b.norm()).item() for a, b in zip(ours, theirs, strict=True))
 
 
+def check_constant_cotangent_with_a_rank_without_windows(ctx):
+    """``||J^T v||^2`` for a constant ``v`` on 2 windows over 3 ranks: the weights' gradients equal untiled ones."""
+    net = dncnn()
+    torch.manual_seed(3)
+    x, v = torch.rand(1, 3, 36, 29, requires_grad=True), torch.rand(1, 3, 36, 29)
+    tiled = distribute(net, ctx, patch_size=(18, 29), overlap=DEPTH)
+    grads = []
+    for denoiser in (tiled, net):
+        net.zero_grad()
+        (g,) = torch.autograd.grad(denoiser(x, 0.1), x, grad_outputs=v, create_graph=True)
+        (g**2).sum().backward()
+        grads.append([torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in net.parameters()])
+    windows = len(tiled.layout_for(x.shape).plan.windows_of(ctx.rank))
+    errors = [((a - b).norm() / b.norm().clamp_min(1e-12)).item() for a, b in zip(*grads, strict=True) if b.any()]
+    return windows, max(errors)
+
+
+def check_auto_checkpointing(ctx, patch, batch):
+    """``checkpoint_batches="auto"``: the path every rank takes (from the shared plan) and its gradients."""
+    net = dncnn()
+    torch.manual_seed(3)
+    x, weight = torch.rand(1, 3, 36, 29, requires_grad=True), torch.rand(1, 3, 36, 29)
+    tiled = distribute(net, ctx, patch_size=patch, overlap=DEPTH, max_batch_size=batch)
+    layout = tiled.layout_for(x.shape)
+    (tiled(x, 0.1) * weight).sum().backward()
+    ours = [x.grad.clone(), *(p.grad.clone() for p in net.parameters())]
+    net.zero_grad()
+    x.grad = None
+    (net(x, 0.1) * weight).sum().backward()
+    theirs = [x.grad, *(p.grad for p in net.parameters())]
+    error = max(((a - b).norm() / b.norm()).item() for a, b in zip(ours, theirs, strict=True))
+    return layout.network_calls(ctx.rank), tiled._keeps_activations(layout), error
+
+
 def check_double_backward_when_recomputing(ctx):
     net = dncnn()
     tiled = distribute(net, ctx, patch_size=17, overlap=DEPTH, checkpoint_batches="always")
@@ -225,6 +259,27 @@ def check_double_backward_when_recomputing(ctx):
 def test_double_backward_through_the_tiled_denoiser_keeping_activations_equals_untiled(ranks, world_size):
     for error in ranks(world_size).run(check_double_backward_equals_untiled):
         assert error <= 1e-4, error
+
+
+def test_a_constant_cotangent_penalty_through_the_tiled_denoiser_with_a_rank_without_windows(ranks):
+    per_rank = ranks(3).run(check_constant_cotangent_with_a_rank_without_windows)
+    assert sorted(windows for windows, _ in per_rank) == [0, 1, 1]
+    assert max(error for _, error in per_rank) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("world_size", "patch", "batch", "keeps"),
+    [
+        (2, None, None, True),  # one window per rank: activations kept
+        (2, 17, 1, False),  # several calls on every rank: windows recomputed
+        (3, 18, 1, False),  # 2, 1 and 1 calls: every rank recomputes, as the busiest must
+    ],
+)
+def test_auto_checkpointing_takes_one_path_on_every_rank_with_untiled_gradients(ranks, world_size, patch, batch, keeps):
+    per_rank = ranks(world_size).run(check_auto_checkpointing, patch, batch)
+    assert {k for _, k, _ in per_rank} == {keeps}
+    assert (max(calls for calls, _, _ in per_rank) > 1) == (not keeps)
+    assert max(error for _, _, error in per_rank) <= 1e-4
 
 
 def test_double_backward_through_recomputed_windows_names_the_setting_that_allows_it(ranks):

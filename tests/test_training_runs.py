@@ -98,3 +98,17 @@ def test_training_runs_every_engine_with_ranks_on_the_same_parameters_and_report
     page = write_report(config.output).read_text()
     for figure in ("training-breakdown", "training-scaling", "training-memory", "training-curves"):
         assert f'data-figure="{figure}"' in page
+
+
+def test_an_unrolled_drs_trains_with_recomputed_windows_and_its_bytes_counted(tmp_path):
+    training = {**TRAINING, "algorithm": "drs", "checkpoint_batches": "always", "steps": 2}
+    raw = _config(tmp_path, engines=["distinv"], world_sizes=[2], training=training)
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    assert run_config(config, out=lambda _line: None) == 0
+    rows = [r for r in read_rows(config.output) if r["step"] > 0]
+    assert {r["rank"] for r in rows} == {0, 1} and all(math.isfinite(r["loss"]) for r in rows)
+    for step in (1, 2):
+        assert len({r["loss"] for r in rows if r["step"] == step}) == 1
+    assert all(r["bytes_sent"] > 0 and r["bytes_received"] > 0 for r in rows)

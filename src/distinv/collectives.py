@@ -2,11 +2,19 @@
 keeps ranks in step.
 
 Every method is a no-op (the identity) in a single process, so the engine calls them unconditionally, and each
-collective runs inside :meth:`Collectives.communicating`, which counts its wall time in ``comm_seconds``.
+collective runs inside :meth:`Collectives.communicating`, which counts its wall time in ``comm_seconds`` and the
+bytes this rank sends and receives in ``bytes_sent`` and ``bytes_received``.
+
+Bytes are counted as a bandwidth-optimal (ring) algorithm moves them for this rank, whatever the backend does
+internally, so they compare engines and world sizes: an all-reduce of ``n`` bytes sends and receives
+``2 (p - 1) / p * n``; an all-gather of ``n`` bytes per rank sends and receives ``(p - 1) * n``; a broadcast of
+``n`` bytes is ``n`` sent by its source and ``n`` received by every other rank; point-to-point calls count
+exactly what they carry; objects count their pickled size the same way.
 """
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -17,6 +25,10 @@ import torch.distributed as dist
 from .timing import DeviceTimer
 
 T = TypeVar("T")
+
+
+def _nbytes(x: torch.Tensor) -> int:
+    return x.numel() * x.element_size()
 
 
 class PeerRankError(RuntimeError):
@@ -33,31 +45,45 @@ class PeerRankError(RuntimeError):
 
 class Collectives:
     """Mixed into :class:`~distinv.DistributedContext`, which provides ``is_distributed``, ``rank``,
-    ``world_size``, ``device`` and ``comm_seconds``."""
+    ``world_size``, ``device``, ``comm_seconds``, ``bytes_sent`` and ``bytes_received``."""
 
     @contextmanager
-    def communicating(self) -> Iterator[None]:
+    def communicating(self, sent: int = 0, received: int = 0) -> Iterator[None]:
         """Adds the block's wall time to :attr:`comm_seconds` (after the device finished its work, so that
-        queued GPU kernels are not counted as communication). Every collective of the engine runs in one."""
+        queued GPU kernels are not counted as communication) and ``sent`` / ``received`` bytes to
+        :attr:`bytes_sent` / :attr:`bytes_received`. Every collective of the engine runs in one."""
         timer = DeviceTimer(self.device)
+        self.bytes_sent += int(sent)
+        self.bytes_received += int(received)
         try:
             with timer:
                 yield
         finally:
             self.comm_seconds += timer.seconds
 
+    def all_reduce_bytes(self, nbytes: int) -> int:
+        """Bytes one rank sends (and receives) in an all-reduce of ``nbytes`` (ring: ``2 (p - 1) / p``)."""
+        p = self.world_size
+        return 2 * (p - 1) * int(nbytes) // p
+
+    def all_gather_bytes(self, nbytes: int) -> int:
+        """Bytes one rank sends (and receives) in an all-gather of ``nbytes`` per rank (``(p - 1) * nbytes``)."""
+        return (self.world_size - 1) * int(nbytes)
+
     def all_reduce(self, x: torch.Tensor, op: Any = None) -> torch.Tensor:
         """Sum (or ``op``) ``x`` over ranks, in place; complex tensors are reduced as pairs of reals."""
         if self.is_distributed:
             target = torch.view_as_real(x) if x.is_complex() else x
-            with self.communicating():
+            moved = self.all_reduce_bytes(_nbytes(target))
+            with self.communicating(moved, moved):
                 dist.all_reduce(target, op=dist.ReduceOp.SUM if op is None else op)
         return x
 
     def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
         """Overwrite ``x`` on every rank with rank ``src``'s, in place."""
         if self.is_distributed:
-            with self.communicating():
+            mine = self.rank == src
+            with self.communicating(_nbytes(x) if mine else 0, 0 if mine else _nbytes(x)):
                 dist.broadcast(torch.view_as_real(x) if x.is_complex() else x, src=src)
         return x
 
@@ -66,7 +92,8 @@ class Collectives:
         if not self.is_distributed:
             return x.unsqueeze(0)
         out = torch.empty((self.world_size, *x.shape), dtype=x.dtype, device=x.device)
-        with self.communicating():
+        moved = self.all_gather_bytes(_nbytes(x))
+        with self.communicating(moved, moved):
             dist.all_gather(list(out.unbind(0)), x.contiguous())
         return out
 
@@ -75,6 +102,9 @@ class Collectives:
         if self.is_distributed:
             with self.communicating():
                 dist.all_gather_object(obj_list, obj)
+            # torch pads every rank's pickle to the largest one
+            moved = self.all_gather_bytes(max(len(pickle.dumps(o)) for o in obj_list))
+            self.bytes_sent, self.bytes_received = self.bytes_sent + moved, self.bytes_received + moved
         else:
             obj_list[0] = obj
 
@@ -82,6 +112,11 @@ class Collectives:
         if self.is_distributed:
             with self.communicating():
                 dist.broadcast_object_list(object_list, src=src)
+            size = sum(len(pickle.dumps(o)) for o in object_list)
+            if self.rank == src:
+                self.bytes_sent += size
+            else:
+                self.bytes_received += size
         return object_list
 
     def barrier(self) -> None:

@@ -152,7 +152,8 @@ def _gather_concatenated(ctx, local_items, local, layout: Layout) -> list[torch.
         send[offset : offset + raw.numel()] = raw
         offset += layout.nbytes(i)
     received = torch.empty((ctx.world_size, width), dtype=torch.uint8, device=device)
-    with ctx.communicating():
+    moved = ctx.all_gather_bytes(width)
+    with ctx.communicating(moved, moved):
         dist.all_gather(list(received.unbind(0)), send)
     out: list = [None] * len(layout.owners)
     offsets = [0] * ctx.world_size
@@ -171,12 +172,13 @@ def _gather_broadcast(ctx, local_items, local, layout: Layout) -> list[torch.Ten
     out: list = [None] * len(layout.owners)
     for i, owner in enumerate(layout.owners):
         if owner == ctx.rank:
-            with ctx.communicating():
-                dist.broadcast(_as_bytes(mine[i]), src=owner)
+            raw = _as_bytes(mine[i])
+            with ctx.communicating(sent=raw.numel()):
+                dist.broadcast(raw, src=owner)
             out[i] = mine[i]
         else:
             buffer = torch.empty(layout.nbytes(i), dtype=torch.uint8, device=ctx.device)
-            with ctx.communicating():
+            with ctx.communicating(received=buffer.numel()):
                 dist.broadcast(buffer, src=owner)
             out[i] = _from_bytes(buffer, layout.shapes[i], layout.dtypes[i])
     return out

@@ -78,6 +78,8 @@ class DistributedContext(Collectives):
             raise ValueError(f"num_threads={num_threads}: it must be at least 1 (or None for automatic).")
         self.backend = backend
         self.comm_seconds = 0.0  # wall time spent in collectives, waiting for other ranks included
+        self.bytes_sent = 0  # bytes this rank sent and received in collectives (see distinv.collectives)
+        self.bytes_received = 0
         self.cleanup = cleanup
         self.seed = seed
         self.seed_offset = seed_offset

@@ -49,6 +49,16 @@ def summed_over_ranks(ctx: DistributedContext, tensors: Sequence[torch.Tensor]) 
     return out
 
 
+def backward_anchor(fctx) -> torch.Tensor:
+    """The anchor gradient a backward pass hands on (its function saved the forward's anchor first): a zero
+    scalar; under ``create_graph``, zero times the forward's anchor, so that the next backward's graph reaches the
+    forward's :class:`ReplicatedInputs` on every rank, whatever gradient arrived (a constant one included)."""
+    (anchor,) = fctx.saved_tensors
+    if torch.is_grad_enabled():
+        return anchor * 0
+    return torch.zeros((), dtype=anchor.dtype, device=anchor.device)
+
+
 class ReplicatedInputs(torch.autograd.Function):
     """``(anchor, *tensors)`` unchanged; backward: their gradients summed over ranks (zeros where a rank has
     none)."""
@@ -87,13 +97,13 @@ class SumOverRanks(torch.autograd.Function):
 
     @staticmethod
     def forward(fctx, ctx: DistributedContext, shape, dtype, anchor: torch.Tensor, *terms: torch.Tensor):
-        fctx.ctx, fctx.count, fctx.anchor = ctx, len(terms), (anchor.dtype, anchor.device)
+        fctx.ctx, fctx.count = ctx, len(terms)
+        fctx.save_for_backward(anchor)
         return sum_over_ranks(ctx, list(terms), shape, dtype, ctx.device)
 
     @staticmethod
     def backward(fctx, grad):
-        anchor = torch.zeros((), dtype=fctx.anchor[0], device=fctx.anchor[1])
-        anchor, grad = ReplicatedInputs.apply(fctx.ctx, anchor, grad)
+        anchor, grad = ReplicatedInputs.apply(fctx.ctx, backward_anchor(fctx), grad)
         return (None, None, None, anchor, *([grad] * fctx.count))
 
 
@@ -109,7 +119,8 @@ class GatherOverRanks(torch.autograd.Function):
         anchor: torch.Tensor,
         *local: torch.Tensor,
     ):
-        fctx.gather, fctx.local_items, fctx.anchor = gather, list(local_items), (anchor.dtype, anchor.device)
+        fctx.gather, fctx.local_items = gather, list(local_items)
+        fctx.save_for_backward(anchor)
         everything = gather([t.detach() for t in local])
         fctx.like_all = [(t.shape, t.dtype, t.device) for t in everything]
         return tuple(t.view_as(t) for t in everything)
@@ -120,8 +131,7 @@ class GatherOverRanks(torch.autograd.Function):
             torch.zeros(shape, dtype=dtype, device=device) if g is None else g
             for g, (shape, dtype, device) in zip(grads, fctx.like_all, strict=True)
         ]
-        anchor = torch.zeros((), dtype=fctx.anchor[0], device=fctx.anchor[1])
-        anchor, *own = PickOwnItems.apply(fctx.gather, fctx.local_items, anchor, *items)
+        anchor, *own = PickOwnItems.apply(fctx.gather, fctx.local_items, backward_anchor(fctx), *items)
         return (None, None, anchor, *own)
 
 

@@ -11,9 +11,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from deepinv.optim.data_fidelity import DataFidelity, StackedPhysicsDataFidelity
+from deepinv.optim.data_fidelity import L2, DataFidelity, StackedPhysicsDataFidelity
 
 from .context import DistributedContext
+from .linear_physics import DistributedStackedLinearPhysics
 from .physics import DistributedStackedPhysics
 
 FidelityFactory = Callable[[int, torch.device, Any], DataFidelity]
@@ -146,27 +147,40 @@ class DistributedDataFidelity(torch.nn.Module):
         and ``gamma``. Replicated result, shaped like ``x``.
 
         :raises NotImplementedError: for a fidelity other than one ``L2`` shared by all operators.
+        :raises TypeError: for non-linear physics. :raises ValueError: for a ``gamma`` that is not one number > 0.
         """
         self._check(physics)
+        if not isinstance(physics, DistributedStackedLinearPhysics):
+            raise TypeError(
+                "prox needs linear physics (distribute(..., type_object='linear_physics')): its normal equations are "
+                f"solved exactly; got {type(physics).__name__}. Use a gradient step (PGD) for non-linear physics."
+            )
+        gamma_value = torch.as_tensor(gamma).detach()
+        if gamma_value.numel() != 1 or not bool(gamma_value.real.reshape(()) > 0):
+            raise ValueError(f"gamma={gamma!r}: give one step size > 0 (a number or a one-element tensor).")
         norm = self._shared_l2_norm()
         if self.reduction == "mean":
             norm = norm / physics.num_operators
-        g = norm * gamma
+        g = norm * (gamma.reshape(()) if isinstance(gamma, torch.Tensor) else gamma)
         rhs = physics.A_adjoint(y, **kwargs) + x / g
-        u, _ = physics.solve_normal(rhs, 1.0 / g, solver=solver, x0=x, max_iter=max_iter, tol=tol, warn=False)
+        u, _ = physics.solve_normal(rhs, 1.0 / g, solver=solver, x0=x, max_iter=max_iter, tol=tol, warn=False, **kwargs)
         return u
 
-    def _shared_l2_norm(self) -> float:
-        from deepinv.optim.data_fidelity import L2
-
+    def _shared_l2_norm(self) -> float | torch.Tensor:
+        """``1 / sigma^2`` of the one ``L2`` every operator shares (exactly deepinv's ``L2``, not a subclass such as
+        ``ItohFidelity`` whose prox differs)."""
         fidelities = [self.single] if self.single is not None else list(self.per_operator or [])
-        norms = {float(d.norm) for d in fidelities if isinstance(d, L2)}
-        if not fidelities or len(norms) != 1 or not all(isinstance(d, L2) for d in fidelities):
+        if not fidelities or any(type(d) is not L2 for d in fidelities):
             raise NotImplementedError(
-                "prox is exact for one L2 data fidelity shared by every operator (e.g. distribute(L2(), ctx)); "
-                "for another fidelity, use a gradient step (PGD) instead of its prox."
+                "prox is exact for deepinv's L2 data fidelity given directly (distribute(L2(), ctx), or one L2 per "
+                "operator with the same sigma; not a factory); for another fidelity, use a gradient step (PGD)."
             )
-        return norms.pop()
+        norms = {float(d.norm) for d in fidelities}
+        if len(norms) != 1:
+            raise NotImplementedError(
+                f"prox needs the same L2 sigma for every operator, got norms {sorted(norms)}: use one L2(sigma)."
+            )
+        return fidelities[0].norm
 
     def forward(self, x: torch.Tensor, y: Sequence[torch.Tensor], physics: DistributedStackedPhysics, **kwargs):
         return self.fn(x, y, physics, **kwargs)

@@ -67,7 +67,9 @@ def exchange_windows(
                 ops.append(dist.P2POp(dist.irecv, buffer, source.rank))
                 received.append((target, meet, buffer))
     if ops:
-        with ctx.communicating():
+        sent = sum(op.tensor.numel() * op.tensor.element_size() for op in ops if op.op is dist.isend)
+        got = sum(buffer.numel() * buffer.element_size() for _, _, buffer in received)
+        with ctx.communicating(sent, got):
             for request in dist.batch_isend_irecv(ops):
                 request.wait()
     for target, meet, buffer in received:

@@ -5,7 +5,8 @@ ranks hold the same ``x`` and take the same decisions (stopping included) withou
 
 Per iteration a :class:`IterationRecord` gives PSNR and SSIM against the ground truth (if given), the seconds
 spent in the data-fidelity step and in the denoiser (each including its own communication), and the seconds
-spent in collectives (``ctx.comm_seconds``, waiting for slower ranks included).
+spent in collectives (``ctx.comm_seconds``, waiting for slower ranks included) and the bytes this rank sent and
+received in them (``ctx.bytes_sent``, ``ctx.bytes_received``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class IterationRecord:
     denoiser_comm_s: float
     total_s: float
     relative_change: float
+    bytes_sent: int = 0  # by this rank in the iteration's collectives (see distinv.collectives)
+    bytes_received: int = 0
     data_peak_bytes: int | None = None
     denoiser_peak_bytes: int | None = None
     data_solver: str = "gradient"  # how the data step ran: "gradient" (PGD), "fft" (closed form) or "cg"
@@ -163,6 +166,7 @@ def _pnp(
         raise ValueError(f"sigma has {len(sigmas)} levels for iterations={iterations}: give one per iteration.")
     ctx = ctx if ctx is not None else getattr(physics, "ctx", None)
     comm_seconds = (lambda: ctx.comm_seconds) if hasattr(ctx, "comm_seconds") else (lambda: 0.0)
+    traffic = (lambda: (ctx.bytes_sent, ctx.bytes_received)) if hasattr(ctx, "bytes_sent") else (lambda: (0, 0))
     device = x0.device
     if step is None:
         step = 1.0 / float(physics.compute_sqnorm(x0, verbose=False))
@@ -175,7 +179,7 @@ def _pnp(
     u = torch.zeros_like(x) if algorithm == "admm" else None
     records: list[IterationRecord] = []
     for k in range(iterations):
-        comm_before, start = comm_seconds(), time.perf_counter()
+        comm_before, traffic_before, start = comm_seconds(), traffic(), time.perf_counter()
         with _peak(device, measure_memory) as data_memory, DeviceTimer(device) as data_clock:
             if algorithm == "pgd":
                 z, solver = x - steps[k] * (physics.A_adjoint_A(x) - aty), "gradient"
@@ -192,6 +196,7 @@ def _pnp(
             u = u + v - new
         change = float((new - x).norm() / x.norm().clamp_min(1e-12))
         x = new
+        sent, received = (after - before for after, before in zip(traffic(), traffic_before, strict=True))
         record = IterationRecord(
             iteration=k + 1,
             sigma=sigmas[k],
@@ -204,6 +209,8 @@ def _pnp(
             denoiser_comm_s=comm_seconds() - comm_middle,
             total_s=time.perf_counter() - start,
             relative_change=change,
+            bytes_sent=sent,
+            bytes_received=received,
             data_peak_bytes=data_memory.peak_total_bytes if measure_memory else None,
             denoiser_peak_bytes=denoiser_memory.peak_total_bytes if measure_memory else None,
             data_solver=solver,

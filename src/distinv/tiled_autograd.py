@@ -1,8 +1,8 @@
 """The tiled denoiser under autograd, two ways: recompute a rank's windows in the backward pass (:class:`TiledApply`,
-no activations stored, one network call's activations alive at a time in backward; deepinv's
-``checkpoint_batches="always"``), or keep them (:func:`tiled_with_activations`;
-``"never"``). Both give the untiled gradients of the input and of the network's weights, summed over ranks with one
-all-reduce per backward pass.
+no activations stored, one network call's activations alive at a time in backward; ``checkpoint_batches="always"``,
+or ``"auto"`` when some rank's windows take several network calls), or keep them (:func:`tiled_with_activations`;
+``"never"``, or ``"auto"`` when every rank's windows take one call). Both give the untiled gradients of the input and
+of the network's weights, summed over ranks with one all-reduce per backward pass.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from .context import DistributedContext
-from .differentiable import ReplicatedInputs
+from .differentiable import ReplicatedInputs, backward_anchor
 from .executor import WindowCall, assemble, cut_from, run_agreed, window_batches
 from .planner import TiledLayout
 
@@ -75,15 +75,14 @@ class AssembleOverRanks(torch.autograd.Function):
     @staticmethod
     def forward(fctx, ctx: DistributedContext, layout: TiledLayout, dtype, anchor, *pieces: torch.Tensor):
         fctx.ctx, fctx.layout, fctx.dtype = ctx, layout, dtype
-        fctx.anchor = (anchor.dtype, anchor.device)
+        fctx.save_for_backward(anchor)
         owned = layout.plan.windows_of(ctx.rank)
         by_window = {owned[i].index: p.detach() for i, p in enumerate(pieces)}
         return assemble(ctx, layout, by_window, dtype)
 
     @staticmethod
     def backward(fctx, grad):
-        anchor = torch.zeros((), dtype=fctx.anchor[0], device=fctx.anchor[1])
-        anchor, *own = PickOwnedPieces.apply(fctx.ctx, fctx.layout, fctx.dtype, anchor, grad)
+        anchor, *own = PickOwnedPieces.apply(fctx.ctx, fctx.layout, fctx.dtype, backward_anchor(fctx), grad)
         return (None, None, None, anchor, *own)
 
 

@@ -13,6 +13,7 @@ data and the start are the same for all three (noise is seeded per operator).
 from __future__ import annotations
 
 import functools
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,14 +163,44 @@ class _DeepinvPhysics:
 
 
 def time_collectives(their_ctx: Any, ctx: DistributedContext) -> None:
-    """Count the wall time of every collective of deepinv's context in ``ctx.comm_seconds`` (they all go through
-    its methods); the communication itself is untouched."""
+    """Count the wall time and bytes of every collective of deepinv's context in ``ctx.comm_seconds``,
+    ``ctx.bytes_sent`` and ``ctx.bytes_received``, by the same rules as ours (:mod:`distinv.collectives`); the
+    communication itself is untouched. Its collectives go through these methods, but for its ``"broadcast"``
+    gather strategy (not its default), which calls ``torch.distributed`` directly and is not counted."""
     for method in ("all_reduce", "broadcast", "all_gather", "all_gather_object", "broadcast_object_list"):
         original = getattr(their_ctx, method)
 
         @functools.wraps(original)
-        def timed(*args, _original=original, **kwargs):
-            with ctx.communicating():
-                return _original(*args, **kwargs)
+        def timed(*args, _original=original, _method=method, **kwargs):
+            sent, received = _tensor_bytes(ctx, _method, args, kwargs)
+            with ctx.communicating(sent, received):
+                result = _original(*args, **kwargs)
+            if _method == "all_gather_object" and ctx.is_distributed:
+                moved = ctx.all_gather_bytes(max(len(pickle.dumps(o)) for o in args[0]))
+                ctx.bytes_sent, ctx.bytes_received = ctx.bytes_sent + moved, ctx.bytes_received + moved
+            elif _method == "broadcast_object_list" and ctx.is_distributed:
+                size = sum(len(pickle.dumps(o)) for o in args[0])
+                src = args[1] if len(args) > 1 else kwargs.get("src", 0)
+                if ctx.rank == src:
+                    ctx.bytes_sent += size
+                else:
+                    ctx.bytes_received += size
+            return result
 
         setattr(their_ctx, method, timed)
+
+
+def _tensor_bytes(ctx: DistributedContext, method: str, args: tuple, kwargs: dict) -> tuple[int, int]:
+    """Bytes sent and received by one of deepinv's tensor collectives on this rank (0 for objects)."""
+    x = args[0] if args else kwargs.get("x")
+    if not ctx.is_distributed or not isinstance(x, torch.Tensor):
+        return 0, 0
+    size = x.numel() * x.element_size()
+    if method == "all_reduce":
+        return (ctx.all_reduce_bytes(size),) * 2
+    if method == "all_gather":
+        return (ctx.all_gather_bytes(size),) * 2
+    if method == "broadcast":
+        src = args[1] if len(args) > 1 else kwargs.get("src", 0)
+        return (size, 0) if ctx.rank == src else (0, size)
+    return 0, 0

@@ -2,23 +2,23 @@
 
 An unrolled PGD or DRS (deepinv's ``BaseOptim(unfold=True)``; trainable step size; the run's denoiser, e.g. the
 shipped DRUNet, as its initial PnP prior with trainable weights) is trained with Adam on the mean squared error.
-Step ``s`` trains on a fresh image from the problem's own generator (its ``seed`` is ``run seed + 1 + s``) and its
-measurements; the validation image is the problem's own (seed ``run seed``), which no step trains on.
+Step ``s`` trains on a fresh image from the problem's own generator (its ``seed`` is the problem's seed ``+ 1 + s``)
+and its measurements; the validation image is the problem's own, which no step trains on.
 
 Engines, as for PnP: ``none`` (one process, deepinv's ``StackedLinearPhysics`` and the untiled network),
 ``distinv`` (:func:`distinv.distribute` of the operators and of the unrolled model) and ``deepinv``
-(``deepinv.distributed`` on the same process group, its ``checkpoint_batches`` default). Every rank computes the
+(``deepinv.distributed`` on the same process group). ``checkpoint_batches`` (null: each engine's default) and the
+tiling settings go to both tiled engines. Every rank computes the
 same replicated loss; the parameters stay identical on every rank.
 
 Per step and rank a :class:`StepRecord`: seconds of forward (model and loss), backward and optimiser step, of
-communication (within them), the peak memory the step adds above its start, the loss, and the validation PSNR
-every ``validate_every`` steps (and after the first and last).
+communication (within them), the bytes sent and received, the peak memory the step adds above its start, the loss,
+and the validation PSNR every ``validate_every`` steps (and after the first and last).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +28,7 @@ import torch
 from ..context import DistributedContext
 from ..memory import PeakMemory
 from ..metrics import psnr
+from ..timing import DeviceTimer
 from .engines import OperatorView, deepinv_setup
 from .problems import build
 from .problems.base import Problem
@@ -44,6 +45,8 @@ class StepRecord:
     optimizer_s: float
     comm_s: float
     step_s: float
+    bytes_sent: int  # by this rank in the step's collectives (see distinv.collectives)
+    bytes_received: int
     peak_bytes: int
     elapsed_s: float  # since the first step began, validation excluded
     val_psnr: float | None = None
@@ -133,7 +136,7 @@ def _deepinv_trainee(
     setup = deepinv_setup(ctx, problem, tiling)
     physics = setup.physics
     options = {} if checkpoint_batches is None else {"checkpoint_batches": checkpoint_batches}
-    model = setup.distribute(model, **options)
+    model = setup.distribute(model, max_batch_size=tiling.get("max_batch_size"), **options)
     local = list(physics.local_indexes)
     view = OperatorView(ctx, local, list(physics.local_physics), problem.ground_truth)
     held: list = [None] * ctx.world_size
@@ -173,7 +176,8 @@ def train(
 ) -> list[StepRecord]:
     """``training["steps"]`` Adam steps on fresh images ``image(step)``; every rank returns its own records.
 
-    :param image: the ground truth of step ``s`` (the same on every rank).
+    :param image: the ground truth of step ``s`` (the same on every rank; the problem's generator at seed
+        ``problem.seed + 1 + s``, so never the validation image, which is the problem's own).
     """
     model, physics = trainee.model, trainee.physics
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=training["lr"])
@@ -191,27 +195,34 @@ def train(
         x = image(step).to(ctx.device)
         y = trainee.measure(x, problem.seed + 1 + step)
         ctx.barrier()
-        comm_before = ctx.comm_seconds
+        comm_before, sent_before, received_before = ctx.comm_seconds, ctx.bytes_sent, ctx.bytes_received
         with PeakMemory(ctx.device) as memory:
-            t0 = time.perf_counter()
-            optimiser.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.mse_loss(model(y, physics), x)
-            t1 = time.perf_counter()
-            loss.backward()
-            t2 = time.perf_counter()
-            optimiser.step()
-            t3 = time.perf_counter()
-        elapsed += t3 - t0
+            with DeviceTimer(ctx.device) as forward:  # each phase synchronised: GPU work lands in its phase
+                optimiser.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.mse_loss(model(y, physics), x)
+            with DeviceTimer(ctx.device) as backward:
+                loss.backward()
+            with DeviceTimer(ctx.device) as update:
+                optimiser.step()
+        step_s = forward.seconds + backward.seconds + update.seconds
+        comm_s, sent, received = (
+            ctx.comm_seconds - comm_before,
+            ctx.bytes_sent - sent_before,
+            ctx.bytes_received - received_before,
+        )
+        elapsed += step_s
         last = step == training["steps"] - 1
         val = validate() if last or (step + 1) % training["validate_every"] == 0 else None
         record = StepRecord(
             step=step + 1,
             loss=loss.item(),
-            forward_s=t1 - t0,
-            backward_s=t2 - t1,
-            optimizer_s=t3 - t2,
-            comm_s=ctx.comm_seconds - comm_before,
-            step_s=t3 - t0,
+            forward_s=forward.seconds,
+            backward_s=backward.seconds,
+            optimizer_s=update.seconds,
+            comm_s=comm_s,
+            step_s=step_s,
+            bytes_sent=sent,
+            bytes_received=received,
             peak_bytes=memory.peak_bytes,
             elapsed_s=elapsed,
             val_psnr=val,
@@ -219,5 +230,5 @@ def train(
         records.append(record)
         if on_step is not None:
             on_step(record)
-    start = StepRecord(0, float("nan"), 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, start_psnr)
+    start = StepRecord(0, float("nan"), 0.0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0, 0.0, start_psnr)
     return [start, *records]

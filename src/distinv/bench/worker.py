@@ -202,11 +202,10 @@ def _train(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict, list[
         write_progress(output, spec.key, record.step, record.val_psnr)
 
     def image(step: int) -> torch.Tensor:
-        return training_image(spec.problem, spec.size, spec.params, spec.seed + 1 + step)
+        return training_image(spec.problem, spec.size, spec.params, problem.seed + 1 + step)
 
     records = train(ctx, trainee, problem, image, spec.training, on_step=progress if ctx.rank == 0 else None)
     return {"init": "unrolled model at its start"}, [asdict(r) for r in records]
-    return 0
 
 
 def save_previews(folder: Path, spec: RunSpec, problem, view, y: list, x0: torch.Tensor, x: torch.Tensor) -> None:
