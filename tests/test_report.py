@@ -60,7 +60,7 @@ def test_the_report_is_one_self_contained_file_with_every_figure(results):
     page = path.read_text()
     assert path.stat().st_size > 3_000_000  # plotly's JavaScript is inside
     assert _external_resources(page) == []
-    for kind in ("scaling", "breakdown", "quality", "memory"):
+    for kind in ("scaling", "breakdown", "quality", "memory", "bytes"):
         for problem in ("tomography_2d", "radio"):
             assert f'data-figure="{kind}-{problem}"' in page
     assert page.count("data:image/png;base64,") >= 4  # truth, measurement, start, reconstructions
@@ -111,7 +111,13 @@ def test_figures_carry_data_and_labelled_axes(results):
     scaling = figures["scaling-tomography_2d"]
     assert any(t.name.startswith("distinv") for t in scaling.data) and any(t.name == "ideal" for t in scaling.data)
     assert scaling.layout.yaxis.title.text == "speedup (x)" and "devices" in scaling.layout.xaxis4.title.text
-    assert figures["memory-tomography_2d"].layout.yaxis.title.text == "peak memory (MiB)"
+    memory = figures["memory-tomography_2d"]
+    assert memory.layout.yaxis.title.text == "peak memory (MiB)"
+    assert "above the process's level before the run built anything" in memory.layout.title.text
+    moved = figures["bytes-tomography_2d"]
+    assert moved.layout.yaxis.title.text == "MiB per iteration"
+    distributed = [t for t in moved.data if t.name == "distinv"]
+    assert distributed and max(distributed[0].y) > 0  # two ranks move bytes
     assert figures["quality-radio"].layout.yaxis.title.text == "PSNR (dB)"
     assert figures["breakdown-tomography_2d"].layout.yaxis.title.text == "seconds per iteration"
 
@@ -177,7 +183,9 @@ def test_the_report_renders_in_headless_chromium_offline_with_every_figure_and_n
     finally:
         driver.quit()
     expected = {
-        f"{kind}-{p}" for kind in ("scaling", "breakdown", "quality", "memory") for p in ("tomography_2d", "radio")
+        f"{kind}-{p}"
+        for kind in ("scaling", "breakdown", "quality", "memory", "bytes")
+        for p in ("tomography_2d", "radio")
     }
     assert {name for name, *_ in rendered} == expected
     for name, traces, drawn, titles in rendered:
@@ -194,4 +202,4 @@ def test_every_figure_exports_as_an_image_for_papers(results, tmp_path):
     if _chromium() is None:  # kaleido draws with a local Chrome/Chromium
         pytest.skip("no chromium here (make test installs it on Debian)")
     paths = export_static(results, tmp_path / "figures", "svg")
-    assert len(paths) == 8 and all(p.read_text().lstrip().startswith("<svg") for p in paths)
+    assert len(paths) == 10 and all(p.read_text().lstrip().startswith("<svg") for p in paths)  # 5 panels x 2

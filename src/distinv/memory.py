@@ -61,6 +61,16 @@ class PeakMemory:
         self.peak_bytes = max(0, peak - self._before)
 
 
+def process_bytes(device: torch.device | str = "cpu") -> int:
+    """What the process holds now: CUDA allocated memory on GPU; on CPU its resident set after freed heap pages
+    are given back (the level a run's peak is measured above: libraries and imports included)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    _release_cached_heap()
+    return _status_kib("VmRSS") * 1024
+
+
 def default_memory_budget(device: torch.device | str = "cpu", fraction: float = 0.5) -> int:
     """Bytes one rank may use for a denoiser call: ``fraction`` of the device's free memory (GPU), or of the
     host's available memory shared by the ranks on this host (CPU; their number as

@@ -5,8 +5,9 @@ Per problem, in this order: observations computed from the data (in words), stro
 parallel efficiency against the number of devices, for the whole iteration, the data-fidelity gradient and the
 denoiser, one curve per image size and engine, with the ideal line), the time breakdown of an iteration per
 world size (gradient and denoiser compute, their communication, the rest), PSNR against iteration and against
-time, peak memory per rank, and the preview images. Failed runs and world sizes without a baseline are shown
-as such: listed in the runs table and the observations, never dropped silently.
+time, peak memory per rank (above the process's level before the run built anything, where the table records
+it), bytes sent and received per iteration, and the preview images. Failed runs and world sizes without a baseline
+are shown as such: listed in the runs table and the observations, never dropped silently.
 
 Speedups are those of :func:`~distinv.bench.results.summarise`: against the untiled single-device run of the
 same problem and size (engine ``none``), else distinv at its smallest world size; each plot says which.
@@ -22,8 +23,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from .palette import colour
-from .results import last_line, read_rows, summarise
-from .training_report import summarise_training, training_section
+from .results import last_line, read_rows, run_memory, summarise
+from .training_report import summarise_training, training_figures, training_section
 
 ENGINE_NAMES = {"distinv": "distinv", "deepinv": "deepinv's module", "none": "untiled, 1 device"}
 ENGINE_ORDER = {"none": 0, "distinv": 1, "deepinv": 2}
@@ -90,7 +91,7 @@ def observations(problem: str, summary: list[dict]) -> list[str]:
             if engine == "none" or not (untiled and untiled.get("peak_bytes") and e.get("peak_bytes")):
                 continue
             lines.append(
-                f"{size}, {ENGINE_NAMES.get(engine, engine)} at {n} device{'s' * (n > 1)}: peak memory per rank "
+                f"{size}, {ENGINE_NAMES.get(engine, engine)} at {n} device{'s' * (n > 1)}: peak memory a rank adds "
                 f"{e['peak_bytes'] / MIB:.0f} MiB, {e['peak_bytes'] / untiled['peak_bytes']:.2f}x the untiled run's "
                 f"{untiled['peak_bytes'] / MIB:.0f} MiB."
             )
@@ -261,6 +262,30 @@ def quality_figure(problem: str, rows: list[dict]):
     return fig
 
 
+def bytes_figure(problem: str, summary: list[dict]):
+    """Bytes sent plus received per iteration by the busiest rank (median over iterations), per engine and
+    world size, one group of bars per image size."""
+    import plotly.graph_objects as go
+
+    ok = [e for e in summary if e["problem"] == problem and e["status"] == "ok" and e.get("bytes_moved") is not None]
+    fig = go.Figure()
+    for engine in sorted({e["engine"] for e in ok}, key=lambda n: ENGINE_ORDER.get(n, 9)):
+        runs = sorted(
+            (e for e in ok if e["engine"] == engine),
+            key=lambda e: (_size_order(size_label(e["size"])), e["world_size"]),
+        )
+        fig.add_bar(
+            x=[[f"size {size_label(e['size'])}" for e in runs], [f"×{e['world_size']}" for e in runs]],
+            y=[e["bytes_moved"] / MIB for e in runs], name=ENGINE_NAMES.get(engine, engine),
+            marker_color=colour(ENGINE_ORDER.get(engine, 9)),
+        )  # fmt: skip
+    fig.update_layout(title=f"{problem}: MiB sent + received per iteration (busiest rank, median)", barmode="group")
+    fig.update_xaxes(title_text="image size, devices")
+    fig.update_yaxes(title_text="MiB per iteration", rangemode="tozero")
+    _legend_below(fig, 450, gap=0.3)
+    return fig
+
+
 def memory_figure(problem: str, rows: list[dict]):
     """Peak memory of each rank (the larger of the gradient's and the denoiser's), bars at the largest rank."""
     import plotly.graph_objects as go
@@ -270,8 +295,7 @@ def memory_figure(problem: str, rows: list[dict]):
         if r["problem"] != problem or r.get("status") != "ok":
             continue
         key = (size_label(r["size"]), r["engine"], r["world_size"], r.get("repetition") or 0)
-        peak = max(r.get("data_peak_bytes") or 0, r.get("denoiser_peak_bytes") or 0) / MIB
-        peaks[key][r["rank"]] = max(peaks[key].get(r["rank"], 0.0), peak)
+        peaks[key][r["rank"]] = max(peaks[key].get(r["rank"], 0.0), run_memory(r) / MIB)
     keys = sorted(peaks, key=lambda k: (_size_order(k[0]), ENGINE_ORDER.get(k[1], 9), k[2], k[3]))
     label = lambda k: [f"size {k[0]}", f"{ENGINE_NAMES.get(k[1], k[1])} ×{k[2]}"]  # noqa: E731
     fig = go.Figure()
@@ -285,8 +309,13 @@ def memory_figure(problem: str, rows: list[dict]):
         y=[v for _, _, v in points], mode="markers", name="each rank", marker={"color": "#08519c", "size": 9},
         text=[f"rank {rank}" for _, rank, _ in points], hovertemplate="%{text}: %{y:.0f} MiB<extra></extra>",
     )  # fmt: skip
-    device = next((r.get("device_type") for r in rows if r["problem"] == problem), "cpu")
-    what = "CUDA peak allocated" if device == "cuda" else "peak resident set of the process, libraries included"
+    mine = [r for r in rows if r["problem"] == problem]
+    device = next((r.get("device_type") for r in mine), "cpu")
+    if all(r.get("memory_baseline_bytes") is not None for r in mine if r.get("status") == "ok"):
+        what = "CUDA" if device == "cuda" else "resident set"
+        what = f"{what} peak above the process's level before the run built anything (imports excluded)"
+    else:  # tables written before the baseline was recorded
+        what = "CUDA peak allocated" if device == "cuda" else "peak resident set of the process, libraries included"
     fig.update_layout(title=f"{problem}: peak memory per rank ({what})")
     fig.update_xaxes(title_text="image size, engine × devices")
     fig.update_yaxes(title_text="peak memory (MiB)", rangemode="tozero")
@@ -373,6 +402,7 @@ def build_figures(rows: list[dict], summary: list[dict]) -> dict[str, object]:
         figures[f"breakdown-{problem}"] = breakdown_figure(problem, summary)
         figures[f"quality-{problem}"] = quality_figure(problem, rows)
         figures[f"memory-{problem}"] = memory_figure(problem, rows)
+        figures[f"bytes-{problem}"] = bytes_figure(problem, summary)
     return figures
 
 
@@ -477,7 +507,8 @@ def export_static(results_dir: str | Path, folder: str | Path, fmt: str = "png")
     from .insights_report import FIGURES
 
     rows = read_rows(results_dir)
-    figures = build_figures(rows, summarise(results_dir) if rows else [])
+    figures = build_figures([r for r in rows if r.get("kind") != "training"], summarise(results_dir) if rows else [])
+    figures |= training_figures(rows, summarise_training(rows))
     insight_rows = read_rows(results_dir, TABLE)
     figures |= {f"insight-{s}": FIGURES[s][0](insight_rows) for s in studies_in(insight_rows)}
     out = Path(folder)

@@ -184,8 +184,12 @@ def summarise(directory: str | Path) -> list[dict]:
         entry["psnr"] = last[0]["psnr"] if last else None
         entry["init_psnr"] = first.get("init_psnr")
         entry["iterations"] = len(iterations)
-        peaks = [max(r.get("data_peak_bytes") or 0, r.get("denoiser_peak_bytes") or 0) for r in rows]
-        entry["peak_bytes"] = max(peaks) if peaks else None
+        entry["peak_bytes"] = max(run_memory(r) for r in rows) if rows else None
+        if any(r.get("bytes_sent") is not None for r in rows):  # tables from before the counter have none
+            entry["bytes_moved"] = statistics.median(
+                max((r.get("bytes_sent") or 0) + (r.get("bytes_received") or 0) for r in rows if r["iteration"] == i)
+                for i in timed
+            )
         summary.append(entry)
     for e in summary:
         base, label = baseline_of(e, summary)
@@ -199,6 +203,13 @@ def summarise(directory: str | Path) -> list[dict]:
             e[f"speedup_{component[:-2]}"] = speedup
             e[f"efficiency_{component[:-2]}"] = speedup * scale / e["world_size"] if speedup else None
     return summary
+
+
+def run_memory(row: dict) -> int:
+    """Bytes an iteration's row held at its peak (the larger of the gradient's and the denoiser's), above the
+    process's baseline when the row has one (what the run added, not the libraries' resident set)."""
+    peak = max(row.get("data_peak_bytes") or 0, row.get("denoiser_peak_bytes") or 0)
+    return max(0, peak - (row.get("memory_baseline_bytes") or 0))
 
 
 def _latest_attempt(rows: list[dict]) -> list[dict]:

@@ -140,7 +140,7 @@ def training_figures(rows: list[dict], summary: list[dict]) -> dict[str, object]
             col=2,
         )
     scaling.update_layout(title="training: strong scaling against one process")
-    scaling.update_xaxes(title_text="ranks")
+    scaling.update_xaxes(title_text="ranks", tickvals=sorted({e["world_size"] for e in ok}))
 
     memory = go.Figure(go.Bar(x=names, y=[e["peak_bytes"] / MIB for e in ok]))
     memory.update_layout(title="training: peak memory a step adds per rank (MiB, largest rank)")

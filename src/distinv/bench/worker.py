@@ -122,6 +122,7 @@ def run_rank(spec_json: str, output: str, config_hash: str = "") -> int:
 
 def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
     from .. import DistributedContext
+    from ..memory import process_bytes
     from .problems import build
     from .results import append_rows, run_row
 
@@ -136,11 +137,13 @@ def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
     ) as ctx:
         if ctx.world_size != spec.world_size:
             raise RuntimeError(f"run {spec.key} wants {spec.world_size} ranks, the launch gave {ctx.world_size}.")
+        baseline = process_bytes(ctx.device)  # libraries imported, nothing of the run built yet
         problem = build(spec.problem, size=spec.size, **spec.params)
         model = load_model(spec, problem.ground_truth.shape[1], problem.ground_truth.ndim == 5).to(ctx.device)
         run = _train if spec.training is not None else _reconstruct
         fields, rows = run(ctx, spec, problem, model, output)
         env = environment(ctx)
+        fields["memory_baseline_bytes"] = baseline
         base = run_row(spec, config_hash, "ok", error=None, rank=ctx.rank, started=started, **fields, **env)
         rows = [{**base, **r} for r in rows]
         everyone: list = [None] * ctx.world_size
