@@ -5,9 +5,12 @@ Side by side in one run, so that the ratios are not skewed by a noisy machine:
 1. one process, one thread: deepinv's ``StackedLinearPhysics.A_adjoint_A``, and the per-operator sum
    ``sum_i A_i^T A_i x`` that the distributed versions compute (the baseline of the speedups);
 2. ``--nproc`` gloo ranks of one thread each (launched with ``torch.distributed.run``): distinv's and
-   deepinv's distributed ``A_adjoint_A`` on the same operators, their repetitions interleaved.
+   deepinv's distributed ``A_adjoint_A`` on the same operators (the operators split over ranks, the image
+   replicated, one image-sized all-reduce), and distinv's spatially distributed blur
+   (:class:`~distinv.sharded_blur.ShardedBlur`: every rank all K blurs on its band of rows, halo rows only),
+   their repetitions interleaved; the bytes each rank sends and receives per call.
 
-Prints the median time per call and the ratios, and writes them as JSON (``--out``).
+Prints the median time per call, the bytes and the ratios, and writes them as JSON (``--out``).
 
     python benchmarks/physics_normal_op.py                 # K=8, 3x2048x2048, 2 ranks
     python benchmarks/physics_normal_op.py --size 512 --reps 3
@@ -86,21 +89,33 @@ def worker(args) -> None:
     import deepinv.distributed as dinv_dist
 
     from distinv import DistributedContext, distribute
+    from distinv.sharded_blur import ShardedBlur, gather_rows, shard_rows
 
     with DistributedContext(seed=0, device_mode="cpu", num_threads=1) as ctx:
         ops = blur_operators(args.k, args.size, ctx.device)
         ours = distribute(ops, ctx)
+        sharded = ShardedBlur.from_physics(ctx, ops)
         with dinv_dist.DistributedContext(device_mode="cpu") as dctx:  # adopts our process group
             theirs = dinv_dist.distribute(ops, dctx)
             x = torch.rand(1, 3, args.size, args.size)
             reference = theirs.A_adjoint_A(x)
             result = ours.A_adjoint_A(x)  # also the warm-ups
             agreement = (torch.linalg.vector_norm(result - reference) / torch.linalg.vector_norm(reference)).item()
-            t_ours, t_theirs, t_local = [], [], []
-            for _ in range(args.reps):  # interleaved, so both see the same machine
+            bands = shard_rows(ctx, x)
+            banded = gather_rows(ctx, sharded.A_adjoint_A(bands))  # also its warm-up
+            sharded_agreement = (torch.linalg.vector_norm(banded - result) / torch.linalg.vector_norm(result)).item()
+            before = ctx.bytes_sent + ctx.bytes_received
+            ours.A_adjoint_A(x)
+            replicated_bytes = ctx.bytes_sent + ctx.bytes_received - before
+            before = ctx.bytes_sent + ctx.bytes_received
+            sharded.A_adjoint_A(bands)
+            sharded_bytes = ctx.bytes_sent + ctx.bytes_received - before
+            t_ours, t_theirs, t_local, t_sharded = [], [], [], []
+            for _ in range(args.reps):  # interleaved, so all see the same machine
                 t_ours += timed(lambda: ours.A_adjoint_A(x), 1, ctx.barrier)
                 t_theirs += timed(lambda: theirs.A_adjoint_A(x), 1, ctx.barrier)
                 t_local += timed(lambda: ours.A_adjoint_A(x, gather=False), 1, ctx.barrier)  # no all-reduce
+                t_sharded += timed(lambda: sharded.A_adjoint_A(bands), 1, ctx.barrier)
         if ctx.rank == 0:
             Path(args.worker_out).write_text(
                 json.dumps(
@@ -109,6 +124,10 @@ def worker(args) -> None:
                         "deepinv_distributed_s": statistics.median(t_theirs),
                         "distinv_without_reduction_s": statistics.median(t_local),
                         "relative_difference": agreement,
+                        "sharded_s": statistics.median(t_sharded),
+                        "sharded_relative_difference": sharded_agreement,
+                        "replicated_bytes_per_rank": replicated_bytes,
+                        "sharded_bytes_per_rank": sharded_bytes,
                     }
                 )
             )
@@ -162,6 +181,16 @@ def main() -> None:
     )
     print(
         f"  of which local compute (gather=False, no all-reduce):      {result['distinv_without_reduction_s']:8.3f} s"
+    )
+    print(
+        f"  {args.nproc} ranks, distinv, blurs sharded by rows:         {result['sharded_s']:8.3f} s"
+        f"   speedup {base / result['sharded_s']:.2f}x"
+    )
+    print(
+        f"  bytes sent + received per rank and call: operators split {result['replicated_bytes_per_rank'] / 2**20:.2f}"
+        f" MiB, rows sharded {result['sharded_bytes_per_rank'] / 2**20:.3f} MiB"
+        f" (ratio {result['sharded_bytes_per_rank'] / result['replicated_bytes_per_rank']:.4f}); sharded result "
+        f"differs from the replicated one by {result['sharded_relative_difference']:.1e}"
     )
     print(
         f"  distinv / deepinv.distributed speed: {result['distinv_vs_deepinv']:.2f}x "

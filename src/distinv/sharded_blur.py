@@ -4,7 +4,10 @@ The signal is sharded by rows (:class:`RowBands`: rank ``r`` holds rows ``bounds
 and channel, full width); a blur needs a few rows beyond its band (the kernel's reach), received from the two
 neighbouring ranks in one batch of point-to-point calls, periodically at the image's top and bottom as the circular
 boundary wants. The measurements are sharded the same way, so ``A``, ``A^T`` and ``A^T A`` never move an image: only
-the halo rows, whatever K. Exact against deepinv's ``BlurFFT`` (the same circular convolution, computed directly).
+the halo rows, whatever K. Exact against deepinv's ``BlurFFT``: the same circular convolution, by FFT of the band
+with its halo (rows that wrap around the extended band fall in the halo, which is dropped); kernel spectra at the
+band's size are cached, so a rank holds band-sized spectra, not K image-sized ones, and ``A^T A`` is one FFT pair
+with the K normal spectra summed.
 
 Convention (deepinv's): ``A_i x`` is the circular cross-correlation of ``x`` with the flipped kernel ``k_i``,
 anchored at ``((kh - 1) // 2, (kw - 1) // 2)``; ``A_i^T y`` the circular cross-correlation of ``y`` with ``k_i``,
@@ -130,6 +133,7 @@ class ShardedBlur:
             if k.shape[0] > 1 and bool((k == k[:1]).all()):
                 k = k[:1]  # deepinv repeats a one-channel filter over the channels
             self.kernels.append(k.to(ctx.device))
+        self._spectra: dict[tuple, torch.Tensor] = {}
 
     @classmethod
     def from_physics(cls, ctx: DistributedContext, blurs: Sequence) -> ShardedBlur:
@@ -147,58 +151,75 @@ class ShardedBlur:
             return max(h // 2 for h in rows), max((h - 1) // 2 for h in rows)
         return max((h - 1) // 2 for h in rows), max(h // 2 for h in rows)
 
-    @staticmethod
-    def _correlate(
-        extended: torch.Tensor, kernel: torch.Tensor, margin: tuple[int, int], adjoint: bool
-    ) -> tuple[torch.Tensor, tuple[int, int]]:
-        """``A_i`` (or ``A_i^T``) of a band extended by ``margin = (above, below)`` rows: a valid cross-correlation
-        over the rows (columns wrap locally). Returns the band extended by what is left of the margin after the
-        kernel's own reach, and that margin."""
-        kh, kw = kernel.shape[1:]
-        top = kh // 2 if adjoint else (kh - 1) // 2
-        left = kw // 2 if adjoint else (kw - 1) // 2
-        weight = kernel if adjoint else kernel.flip(-1, -2)
-        padded = F.pad(extended, (left, kw - 1 - left, 0, 0), mode="circular") if kw > 1 else extended
-        channels = extended.shape[1]
-        if weight.shape[0] not in (1, channels):
-            raise ValueError(f"a kernel for {weight.shape[0]} channels cannot blur {channels} channels.")
-        w = weight.to(extended.dtype).reshape(-1, 1, kh, kw).expand(channels, 1, kh, kw)
-        return F.conv2d(padded, w, groups=channels), (margin[0] - top, margin[1] - (kh - 1 - top))
+    def _spectrum(self, index: int, like: torch.Tensor, adjoint: bool) -> torch.Tensor:
+        """``conj(F(w))`` of kernel ``index`` (flipped for ``A``, as is for ``A^T``), placed so that a circular
+        cross-correlation on ``like``'s rows and columns keeps each output row at its input row; cached per size,
+        dtype and device."""
+        key = (index, adjoint, tuple(like.shape[-2:]), like.dtype, str(like.device))
+        if key not in self._spectra:
+            kernel = self.kernels[index]
+            kh, kw = kernel.shape[1:]
+            top, left = (kh // 2, kw // 2) if adjoint else ((kh - 1) // 2, (kw - 1) // 2)
+            weight = kernel if adjoint else kernel.flip(-1, -2)
+            height, width = like.shape[-2:]
+            if kh > height or kw > width:
+                raise ValueError(f"a {kh}x{kw} kernel does not fit a {height}x{width} band with its halo.")
+            placed = torch.zeros((weight.shape[0], height, width), dtype=like.dtype, device=like.device)
+            placed[:, :kh, :kw] = weight.to(like.dtype)
+            placed = torch.roll(placed, shifts=(-top, -left), dims=(-2, -1))
+            self._spectra[key] = torch.fft.rfftn(placed, dim=(-2, -1)).conj()
+        return self._spectra[key]
+
+    def _normal_spectrum(self, like: torch.Tensor) -> torch.Tensor:
+        """``sum_i`` of ``A_i``'s and ``A_i^T``'s spectra multiplied: ``A^T A`` in one product (cached)."""
+        key = ("normal", tuple(like.shape[-2:]), like.dtype, str(like.device))
+        if key not in self._spectra:
+            self._spectra[key] = sum(
+                self._spectrum(i, like, False) * self._spectrum(i, like, True) for i in range(self.num_operators)
+            )
+        return self._spectra[key]
 
     @staticmethod
-    def _band(extended: torch.Tensor, margin: tuple[int, int]) -> torch.Tensor:
-        """The band itself out of a band extended by ``margin`` rows."""
-        return extended[:, :, margin[0] : extended.shape[2] - margin[1]]
+    def _band(full: torch.Tensor, margin: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        """The band out of a circular result on the band extended by ``margin`` rows (rows that wrapped are in
+        the margin, dropped)."""
+        return full[:, :, margin[0] : full.shape[2] - margin[1]].to(dtype)
 
     def A(self, x: RowBands) -> list[RowBands]:  # noqa: N802 - deepinv's name
-        """The K blurred images, each sharded like ``x`` (one halo exchange for all K)."""
+        """The K blurred images, each sharded like ``x`` (one halo exchange and one FFT for all K)."""
         margin = self._reach(adjoint=False)
         extended = with_row_halo(self.ctx, x, *margin)
-        return [x.like(self._band(*self._correlate(extended, k, margin, adjoint=False))) for k in self.kernels]
+        dims, size = (-2, -1), extended.shape[-2:]
+        transformed = torch.fft.rfftn(extended, dim=dims)
+        return [
+            x.like(self._band(torch.fft.irfftn(transformed * self._spectrum(i, extended, False), s=size, dim=dims),
+                              margin, x.local.dtype))
+            for i in range(self.num_operators)
+        ]  # fmt: skip
 
     def A_adjoint(self, ys: Sequence[RowBands]) -> RowBands:  # noqa: N802
-        """``sum_i A_i^T y_i``, sharded like the ``y_i`` (one halo exchange of the K stacked on channels)."""
+        """``sum_i A_i^T y_i``, sharded like the ``y_i`` (one halo exchange of the K stacked on channels, the sum
+        taken in the Fourier domain: one inverse FFT)."""
         if len(ys) != self.num_operators:
             raise ValueError(f"A_adjoint got {len(ys)} measurements for {self.num_operators} operators.")
         channels = ys[0].local.shape[1]
         margin = self._reach(adjoint=True)
         stacked = ys[0].like(torch.cat([y.local for y in ys], dim=1))
         extended = with_row_halo(self.ctx, stacked, *margin)
-        total = None
-        for i, k in enumerate(self.kernels):
-            part = extended[:, i * channels : (i + 1) * channels]
-            term = self._band(*self._correlate(part, k, margin, adjoint=True))
-            total = term if total is None else total + term
-        return ys[0].like(total)
+        dims, size = (-2, -1), extended.shape[-2:]
+        transformed = torch.fft.rfftn(extended, dim=dims)
+        total = sum(
+            transformed[:, i * channels : (i + 1) * channels] * self._spectrum(i, extended, True)
+            for i in range(self.num_operators)
+        )
+        return ys[0].like(self._band(torch.fft.irfftn(total, s=size, dim=dims), margin, ys[0].local.dtype))
 
     def A_adjoint_A(self, x: RowBands) -> RowBands:  # noqa: N802
-        """``sum_i A_i^T A_i x`` with one halo exchange (the forward's and the adjoint's reach together)."""
+        """``sum_i A_i^T A_i x``: one halo exchange (the forward's and the adjoint's reach together) and one FFT
+        pair, whatever K (the K normal spectra are summed once and cached)."""
         forward, adjoint = self._reach(adjoint=False), self._reach(adjoint=True)
         margin = (forward[0] + adjoint[0], forward[1] + adjoint[1])
         extended = with_row_halo(self.ctx, x, *margin)
-        total = None
-        for k in self.kernels:
-            blurred, left = self._correlate(extended, k, margin, adjoint=False)  # left: at least A_i^T's reach
-            term = self._band(*self._correlate(blurred, k, left, adjoint=True))
-            total = term if total is None else total + term
-        return x.like(total)
+        dims, size = (-2, -1), extended.shape[-2:]
+        full = torch.fft.irfftn(torch.fft.rfftn(extended, dim=dims) * self._normal_spectrum(extended), s=size, dim=dims)
+        return x.like(self._band(full, margin, x.local.dtype))
