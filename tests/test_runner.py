@@ -143,13 +143,15 @@ def test_tiny_runs_at_world_sizes_1_and_2_write_the_table_and_a_resume_skips_the
         "run_key", "config_hash", "problem", "size", "engine", "world_size", "rank", "iteration", "psnr", "ssim",
         "data_s", "denoiser_s", "comm_s", "data_comm_s", "denoiser_comm_s", "total_s", "data_peak_bytes",
         "denoiser_peak_bytes", "torch_version", "deepinv_version", "distinv_version", "git_commit", "device_name",
-        "backend", "threads_per_rank", "host_count",
+        "backend", "threads_per_rank", "host_count", "kind", "bytes_sent", "bytes_received", "memory_baseline_bytes",
     }  # fmt: skip
     assert expected <= set(rows[0])
     two = [r for r in rows if r["engine"] == "distinv" and r["world_size"] == 2]
     assert sorted({r["rank"] for r in two}) == [0, 1] and len(two) == 2 * SOLVER["iterations"]
     assert all(r["comm_s"] > 0 and r["backend"] == "gloo" for r in two)
-    assert all((r["psnr"] is None) == (r["rank"] != 0) for r in two)  # computed once, on rank 0
+    assert len({r["psnr"] for r in two if r["iteration"] == SOLVER["iterations"]}) == 1  # every rank, the same
+    assert all(r["bytes_sent"] > 0 and r["bytes_received"] > 0 for r in two)
+    assert all(r["memory_baseline_bytes"] > 0 and r["kind"] == "pnp" for r in rows)
     assert all(r["denoiser_peak_bytes"] > 0 for r in rows)
     # the same iterates whoever runs them: final PSNR equal across engines and world sizes
     finals = {e["run_key"]: e["psnr"] for e in summarise(config.output)}
