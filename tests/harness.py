@@ -42,8 +42,13 @@ def _worker(rank: int, world_size: int, port: int, inbox, outbox) -> None:
         MASTER_PORT=str(port),
         TORCH_DISTRIBUTED_DEBUG="DETAIL",
     )
+    import torch.distributed as dist
+
     from distinv import DistributedContext
 
+    # torch read TORCH_DISTRIBUTED_DEBUG when this process imported it (unpickling this function imports torch),
+    # before the line above set it: set the level itself, or the groups would run unchecked
+    dist.set_debug_level(dist.DebugLevel.DETAIL)
     try:
         with DistributedContext(device_mode="cpu", num_threads=1, timeout=GROUP_TIMEOUT_S) as ctx:
             outbox.put((rank, True, "ready"))
@@ -94,7 +99,10 @@ class RankPool:
             except queue.Empty:
                 self.healthy = False
                 missing = sorted(set(range(self.world_size)) - set(results) - set(failures))
-                raise RankFailure(f"ranks {missing} did not answer within {timeout:.0f} s") from None
+                answered = "".join(
+                    f"\n--- rank {r} of {self.world_size} failed:\n{tb}" for r, tb in sorted(failures.items())
+                )
+                raise RankFailure(f"ranks {missing} did not answer within {timeout:.0f} s{answered}") from None
             (results if ok else failures)[rank] = value
         if failures:
             self.healthy = False

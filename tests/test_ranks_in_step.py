@@ -182,6 +182,8 @@ def test_the_other_ranks_are_told_which_rank_failed_and_why(ranks, world_size):
 
 @pytest.mark.parametrize("world_size", [2])
 def test_the_harness_runs_with_pytorchs_collective_checking(ranks, world_size):
+    # PyTorch's check raises on a rank that sees the mismatch; the other rank may stay in the collective until the
+    # harness gives up on it, so the failure is read from the ranks that answered
     with pytest.raises(RankFailure, match="(?i)mismatch|shape|size"):
         ranks(world_size).run(check_debug_mode_catches_a_shape_desync, timeout=60)
 

@@ -128,6 +128,9 @@ class DistributedContext(Collectives):
                 timeout=datetime.timedelta(seconds=self.timeout),
             )
             self.created_process_group = True
+        # point-to-point calls (halo exchanges) go through their own group: their counts differ by rank, and on the
+        # default group they would shift its sequence numbers, which PyTorch's collective checking compares
+        self.p2p_group = dist.new_group(list(range(self.world_size))) if self.is_distributed else None
         self._seed()
         if self.deterministic:
             torch.backends.cudnn.benchmark = False

@@ -61,10 +61,10 @@ def exchange_windows(
                 if target.rank == ctx.rank:
                     windows[target.index][index(_local(*meet, target.origin))] = piece
                 else:
-                    ops.append(dist.P2POp(dist.isend, piece.contiguous(), target.rank))
+                    ops.append(dist.P2POp(dist.isend, piece.contiguous(), target.rank, group=ctx.p2p_group))
             else:
                 buffer = torch.empty_like(windows[target.index][index(_local(*meet, target.origin))])
-                ops.append(dist.P2POp(dist.irecv, buffer, source.rank))
+                ops.append(dist.P2POp(dist.irecv, buffer, source.rank, group=ctx.p2p_group))
                 received.append((target, meet, buffer))
     if ops:
         sent = sum(op.tensor.numel() * op.tensor.element_size() for op in ops if op.op is dist.isend)

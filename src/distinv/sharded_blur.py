@@ -96,11 +96,11 @@ def with_row_halo(ctx: DistributedContext, bands: RowBands, above: int, below: i
     from_following = torch.empty((*x.shape[:2], below, x.shape[3]), dtype=x.dtype, device=x.device)
     ops = []
     if above:  # my last rows are the following rank's rows above
-        ops.append(dist.P2POp(dist.isend, x[:, :, x.shape[2] - above :].contiguous(), following, tag=1))
-        ops.append(dist.P2POp(dist.irecv, from_previous, previous, tag=1))
+        ops.append(dist.P2POp(dist.isend, x[:, :, x.shape[2] - above :].contiguous(), following, ctx.p2p_group, 1))
+        ops.append(dist.P2POp(dist.irecv, from_previous, previous, ctx.p2p_group, 1))
     if below:  # my first rows are the previous rank's rows below
-        ops.append(dist.P2POp(dist.isend, x[:, :, :below].contiguous(), previous, tag=2))
-        ops.append(dist.P2POp(dist.irecv, from_following, following, tag=2))
+        ops.append(dist.P2POp(dist.isend, x[:, :, :below].contiguous(), previous, ctx.p2p_group, 2))
+        ops.append(dist.P2POp(dist.irecv, from_following, following, ctx.p2p_group, 2))
     if ops:
         moved = (above + below) * x.shape[0] * x.shape[1] * x.shape[3] * x.element_size()
         with ctx.communicating(moved, moved):
