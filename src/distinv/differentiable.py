@@ -49,6 +49,14 @@ def summed_over_ranks(ctx: DistributedContext, tensors: Sequence[torch.Tensor]) 
     return out
 
 
+def zeros_where_none(grads: Sequence[torch.Tensor | None], like: Sequence[tuple]) -> list[torch.Tensor]:
+    """``grads`` with zeros of the recorded ``(shape, dtype, device)`` where autograd passed none."""
+    return [
+        torch.zeros(shape, dtype=dtype, device=device) if g is None else g
+        for g, (shape, dtype, device) in zip(grads, like, strict=True)
+    ]
+
+
 def backward_anchor(fctx) -> torch.Tensor:
     """The anchor gradient a backward pass hands on (its function saved the forward's anchor first): a zero
     scalar; under ``create_graph``, zero times the forward's anchor, so that the next backward's graph reaches the
@@ -71,11 +79,7 @@ class ReplicatedInputs(torch.autograd.Function):
 
     @staticmethod
     def backward(fctx, *grads):
-        full = [
-            torch.zeros(shape, dtype=dtype, device=device) if g is None else g
-            for g, (shape, dtype, device) in zip(grads, fctx.like, strict=True)
-        ]
-        return (None, *SumEachOverRanks.apply(fctx.ctx, *full))
+        return (None, *SumEachOverRanks.apply(fctx.ctx, *zeros_where_none(grads, fctx.like)))
 
 
 class SumEachOverRanks(torch.autograd.Function):
@@ -127,10 +131,7 @@ class GatherOverRanks(torch.autograd.Function):
 
     @staticmethod
     def backward(fctx, *grads):
-        items = [
-            torch.zeros(shape, dtype=dtype, device=device) if g is None else g
-            for g, (shape, dtype, device) in zip(grads, fctx.like_all, strict=True)
-        ]
+        items = zeros_where_none(grads, fctx.like_all)
         anchor, *own = PickOwnItems.apply(fctx.gather, fctx.local_items, backward_anchor(fctx), *items)
         return (None, None, anchor, *own)
 
