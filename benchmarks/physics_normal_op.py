@@ -89,7 +89,8 @@ def worker(args) -> None:
     import deepinv.distributed as dinv_dist
 
     from distinv import DistributedContext, distribute
-    from distinv.sharded_blur import ShardedBlur, gather_rows, shard_rows
+    from distinv.row_bands import shard_rows
+    from distinv.sharded_blur import ShardedBlur
 
     with DistributedContext(seed=0, device_mode="cpu", num_threads=1) as ctx:
         ops = blur_operators(args.k, args.size, ctx.device)
@@ -102,7 +103,7 @@ def worker(args) -> None:
             result = ours.A_adjoint_A(x)  # also the warm-ups
             agreement = (torch.linalg.vector_norm(result - reference) / torch.linalg.vector_norm(reference)).item()
             bands = shard_rows(ctx, x)
-            banded = gather_rows(ctx, sharded.A_adjoint_A(bands))  # also its warm-up
+            banded = (sharded.A_adjoint_A(bands)).gather()  # also its warm-up
             sharded_agreement = (torch.linalg.vector_norm(banded - result) / torch.linalg.vector_norm(result)).item()
             before = ctx.bytes_sent + ctx.bytes_received
             ours.A_adjoint_A(x)

@@ -50,7 +50,11 @@ def _problem(**changes) -> list[dict]:
         ({"problems": _problem(tiling={"patch_size": 4})}, "problems[0].tiling: overlap=8 is larger than patch_size=4"),
         (
             {"engines": ["distinv", "deepinv"], "tiling": {"patch_size": "auto"}},
-            "'auto' is distinv's alone: the deepinv engine is in engines",
+            "'auto' is distinv's replicated engine's alone: deepinv in engines",
+        ),
+        (
+            {"engines": ["distinv", "distinv-sharded"], "tiling": {"max_batch_size": "auto"}},
+            "'auto' is distinv's replicated engine's alone: distinv-sharded in engines",
         ),
         ({"solver": {**SOLVER, "relaxation": 2}}, "solver.relaxation=2: give a number in (0, 2)"),
         ({"solver": {**SOLVER, "relaxation": 0}}, "solver.relaxation=0: give a number in (0, 2)"),

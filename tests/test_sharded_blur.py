@@ -8,7 +8,8 @@ import torch
 from deepinv.physics import BlurFFT
 from deepinv.physics.functional.blur import gaussian_blur
 
-from distinv.sharded_blur import ShardedBlur, band_bounds, gather_rows, inner, shard_rows
+from distinv.row_bands import band_bounds, shard_rows
+from distinv.sharded_blur import ShardedBlur
 
 SHAPE = (2, 3, 64, 36)  # bands of 16 rows at 4 ranks: enough for A^T A of a 15x15 kernel (14 rows)
 
@@ -33,14 +34,14 @@ def check_equals_blurfft(ctx):
     y_bands = [shard_rows(ctx, y) for y in ys]
     forward = sharded.A(bands)
     errors = {
-        "A": max(relative(gather_rows(ctx, f), b.A(x)) for f, b in zip(forward, blurs, strict=True)),
+        "A": max(relative(f.gather(), b.A(x)) for f, b in zip(forward, blurs, strict=True)),
         "A_adjoint": relative(
-            gather_rows(ctx, sharded.A_adjoint(y_bands)), sum(b.A_adjoint(y) for b, y in zip(blurs, ys, strict=True))
+            sharded.A_adjoint(y_bands).gather(), sum(b.A_adjoint(y) for b, y in zip(blurs, ys, strict=True))
         ),
-        "A_adjoint_A": relative(gather_rows(ctx, sharded.A_adjoint_A(bands)), sum(b.A_adjoint(b.A(x)) for b in blurs)),
+        "A_adjoint_A": relative(sharded.A_adjoint_A(bands).gather(), sum(b.A_adjoint(b.A(x)) for b in blurs)),
     }
-    lhs = sum(inner(ctx, f, y) for f, y in zip(forward, y_bands, strict=True))
-    rhs = inner(ctx, bands, sharded.A_adjoint(y_bands))
+    lhs = sum(f.batch_dot(y).sum() for f, y in zip(forward, y_bands, strict=True))
+    rhs = bands.batch_dot(sharded.A_adjoint(y_bands)).sum()
     errors["dot"] = abs((lhs - rhs) / rhs).item()
     return errors, tuple(bands.local.shape)
 
@@ -79,4 +80,4 @@ def test_a_blur_moves_only_the_halo_rows(ranks, world_size):
 
 def test_bands_thinner_than_the_kernels_reach_are_a_clear_error_on_every_rank(ranks):
     for message in ranks(4).run(check_too_thin_bands):
-        assert "bands of 3 rows cannot supply a halo of 4 rows" in message
+        assert "bands of [3, 3, 3, 3] rows (ranks [0, 1, 2, 3]) cannot supply halos of 4 / 4 rows" in message

@@ -1,8 +1,9 @@
-"""Iterative linear algebra on replicated vectors: conjugate gradient and power iteration.
+"""Iterative linear algebra: conjugate gradient and power iteration.
 
-The operator may be distributed (each call an all-reduce); the vectors are replicated. After an all-reduce
-every rank holds bitwise the same values, so the scalars computed here (and the stopping decisions) agree on
-every rank without further communication: no rank leaves the loop while another waits in a collective.
+The operator may be distributed (each call an all-reduce). The vectors are replicated tensors, or
+:class:`~distinv.row_bands.RowBands` (sharded by rows), whose inner products and norms are one all-reduce of a few
+numbers. Either way every rank holds bitwise the same scalars, so the stopping decisions agree on every rank
+without further communication: no rank leaves the loop while another waits in a collective.
 """
 
 from __future__ import annotations
@@ -12,11 +13,16 @@ from dataclasses import dataclass
 
 import torch
 
-Operator = Callable[[torch.Tensor], torch.Tensor]
+from .row_bands import ROWS, RowBands
+
+Vector = torch.Tensor | RowBands
+Operator = Callable[[Vector], Vector]
 
 
-def _batch_dot(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _batch_dot(u: Vector, v: Vector) -> torch.Tensor:
     """Real part of <u, v> per sample (over all but the first dim), shaped to broadcast against ``u``."""
+    if isinstance(u, RowBands):
+        return u.batch_dot(v)
     dims = tuple(range(1, u.ndim))
     prod = (u.conj() * v).real if u.is_complex() else u * v
     return prod.sum(dim=dims, keepdim=True) if dims else prod
@@ -41,21 +47,22 @@ class SolveInfo:
 
 def solve_cg(
     op: Operator,
-    b: torch.Tensor,
-    x0: torch.Tensor | None = None,
+    b: Vector,
+    x0: Vector | None = None,
     max_iter: int = 100,
     tol: float = 1e-6,
-) -> tuple[torch.Tensor, SolveInfo]:
+) -> tuple[Vector, SolveInfo]:
     """Solve ``op(x) = b`` for a symmetric positive semi-definite ``op``, each sample of the batch apart.
 
     Stops when every sample's residual norm is below ``tol * ||b||`` (per sample) or after ``max_iter``
     operator calls. From ``x0 = 0`` on normal equations ``A^T A x = A^T y`` the iterates stay in the range
     of ``A^T``, so the limit is the minimum-norm least-squares solution.
 
-    :param b: right-hand side, shape ``(B, ...)``; the first dim indexes independent systems.
+    :param b: right-hand side, shape ``(B, ...)`` (replicated, or sharded :class:`RowBands`); the first dim indexes
+        independent systems.
     :return: ``x`` with the shape of ``b``, and how the solve ended (:class:`SolveInfo`).
     """
-    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    x = (b.zeros_like() if isinstance(b, RowBands) else torch.zeros_like(b)) if x0 is None else x0.clone()
     r = b.clone() if x0 is None else b - op(x)
     p = r.clone()
     rs = _batch_dot(r, r)
@@ -83,7 +90,7 @@ def solve_cg(
 
 def power_iteration(
     op: Operator,
-    like: torch.Tensor,
+    like: Vector,
     max_iter: int = 100,
     tol: float = 1e-3,
     seed: int = 0,
@@ -91,18 +98,25 @@ def power_iteration(
     """Largest eigenvalue of a symmetric positive semi-definite ``op`` acting on tensors shaped like ``like``.
 
     The start vector comes from a fixed-seed generator (not the global one), so every rank starts from the
-    same vector whatever its seeding. Stops when the Rayleigh quotient changes by less than ``tol`` relative.
+    same vector whatever its seeding (for :class:`RowBands`, the band of that same vector, so a sharded operator
+    gives the value its replicated twin gives). Stops when the Rayleigh quotient changes by less than ``tol`` relative.
 
     :return: (the eigenvalue as a 0-dim real tensor, the number of iterations done).
     """
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
-    x = x / torch.linalg.vector_norm(x)
-    value = torch.zeros((), dtype=x.real.dtype, device=x.device)
+    start = torch.randn(like.shape, generator=generator, dtype=like.dtype)
+    if isinstance(like, RowBands):
+        first, last = like.rows
+        x = like.like(start.narrow(ROWS, first, last - first).to(like.device))
+        value = torch.zeros((), dtype=like.local.real.dtype, device=like.device)
+    else:
+        x = start.to(like.device)
+        value = torch.zeros((), dtype=x.real.dtype, device=x.device)
+    x = x / _norm(x)
     for iteration in range(1, max_iter + 1):
         z = op(x)
-        new_value = (x.conj() * z).real.sum() if x.is_complex() else (x * z).sum()
-        norm = torch.linalg.vector_norm(z)
+        new_value = _batch_dot(x, z).sum().to(value.dtype)
+        norm = _norm(z)
         if norm == 0:
             return torch.zeros_like(value), iteration
         x = z / norm
@@ -111,3 +125,7 @@ def power_iteration(
         if converged:
             return value, iteration
     return value, max_iter
+
+
+def _norm(x: Vector) -> torch.Tensor:
+    return x.norm() if isinstance(x, RowBands) else torch.linalg.vector_norm(x)

@@ -1,23 +1,81 @@
-"""Image quality against a ground truth: PSNR and SSIM (volumes averaged over their z-slices)."""
+"""Image quality against a ground truth: PSNR and SSIM (volumes averaged over their z-slices).
+
+Both take replicated tensors, or :class:`~distinv.row_bands.RowBands` (sharded by rows, the reference sharded
+alike): then each rank scores its band (SSIM's windows reading 5 rows of its neighbours' bands) and one all-reduce
+of a few sums gives every rank the value the whole images would give, without gathering an image.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
+
+from .row_bands import ROWS, RowBands, with_row_halo
+
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # torchmetrics' (and deepinv's) defaults
 
 
-def psnr(x: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
+def psnr(x: torch.Tensor | RowBands, reference: torch.Tensor | RowBands, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB of ``x`` (clamped to ``[0, data_range]``) against ``reference``."""
-    mse = torch.mean((x.detach().clamp(0, data_range) - reference) ** 2).item()
+    if isinstance(x, RowBands):
+        error = ((x.local.detach().clamp(0, data_range) - reference.local) ** 2).double().sum().reshape(1)
+        mse = float(x.ctx.all_reduce(error)[0]) / math.prod(x.shape)
+    else:
+        mse = torch.mean((x.detach().clamp(0, data_range) - reference) ** 2).item()
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
 
 
-def ssim(x: torch.Tensor, reference: torch.Tensor, data_range: float = 1.0) -> float:
-    """Mean SSIM (Gaussian window 11, sigma 1.5); volumes are averaged over their z-slices."""
+def ssim(x: torch.Tensor | RowBands, reference: torch.Tensor | RowBands, data_range: float = 1.0) -> float:
+    """Mean SSIM (Gaussian window 11, sigma 1.5, reflected borders: torchmetrics' SSIM, which deepinv's uses);
+    volumes are averaged over their z-slices."""
     from deepinv.loss.metric import SSIM
 
+    if isinstance(x, RowBands):
+        return _sharded_ssim(x, reference, data_range)
     x = x.detach().clamp(0, data_range)
     if x.ndim == 5:  # (B, C, D, H, W): slices as a batch
         x, reference = (t.transpose(1, 2).flatten(0, 1) for t in (x, reference))
     return float(SSIM(max_pixel=data_range)(x, reference).mean())
+
+
+def _sharded_ssim(x: RowBands, reference: RowBands, data_range: float) -> float:
+    """SSIM from bands: a volume's z-slices are whole on their rank; an image's rows need 5 rows of halo."""
+    from deepinv.loss.metric import SSIM
+
+    clamped = x.local.detach().clamp(0, data_range)
+    if clamped.ndim == 5:
+        slices = [t.transpose(1, 2).flatten(0, 1) for t in (clamped, reference.local)]
+        per_slice = SSIM(max_pixel=data_range)(*slices) if slices[0].shape[0] else slices[0].new_zeros(0)
+        total = torch.stack([per_slice.double().sum(), torch.tensor(float(per_slice.numel()), dtype=torch.float64)])
+        total = x.ctx.all_reduce(total)
+        return float(total[0] / total[1])
+    channels = clamped.shape[1]
+    reach = SSIM_WINDOW // 2
+    both = with_row_halo(x.like(torch.cat([clamped, reference.local.to(clamped.dtype)], dim=1)), reach, reach, False)
+    first, last = x.rows
+    top = reach if first == 0 else 0  # the image's own border: reflected, as torchmetrics pads
+    bottom = reach if last == x.shape[ROWS] else 0
+    both = F.pad(both, (reach, reach, top, bottom), mode="reflect")
+    local_map = _ssim_map(both[:, :channels], both[:, channels:], data_range)  # (B, C, band rows, W)
+    sums = local_map.double().sum(dim=(1, 2, 3))
+    sums = x.ctx.all_reduce(sums.contiguous())
+    per_sample = sums / (channels * x.shape[ROWS] * x.shape[ROWS + 1])
+    return float(per_sample.mean())
+
+
+def _ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
+    """torchmetrics' SSIM index per pixel, from inputs already padded by the window's reach (valid windows only)."""
+    channels = a.shape[1]
+    dist = torch.arange((1 - SSIM_WINDOW) / 2, (1 + SSIM_WINDOW) / 2, 1, dtype=a.dtype, device=a.device)
+    gauss = torch.exp(-((dist / SSIM_SIGMA) ** 2) / 2)
+    gauss = gauss / gauss.sum()
+    kernel = (gauss[:, None] * gauss[None, :]).expand(channels, 1, SSIM_WINDOW, SSIM_WINDOW)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    outputs = F.conv2d(torch.cat((a, b, a * a, b * b, a * b)), kernel, groups=channels).split(a.shape[0])
+    mu_a_sq, mu_b_sq, mu_ab = outputs[0].pow(2), outputs[1].pow(2), outputs[0] * outputs[1]
+    sigma_a_sq = torch.clamp(outputs[2] - mu_a_sq, min=0.0)
+    sigma_b_sq = torch.clamp(outputs[3] - mu_b_sq, min=0.0)
+    sigma_ab = outputs[4] - mu_ab
+    return ((2 * mu_ab + c1) * (2 * sigma_ab + c2)) / ((mu_a_sq + mu_b_sq + c1) * (sigma_a_sq + sigma_b_sq + c2))

@@ -1,7 +1,11 @@
 """Plug-and-play solvers on distributed physics and a (tiled) denoiser: PGD, HQS and ADMM.
 
-Every iterate is replicated: the data step ends in an all-reduce and the tiled denoiser in an all-gather, so all
-ranks hold the same ``x`` and take the same decisions (stopping included) without more communication.
+The iterates are replicated tensors (the data step ends in an all-reduce and the tiled denoiser in an all-gather,
+so all ranks hold the same ``x``), or :class:`~distinv.row_bands.RowBands` (sharded by rows: spatially distributed
+physics such as :class:`~distinv.sharded_blur.ShardedBlur` and a
+:class:`~distinv.sharded_denoiser.ShardedDenoiser`, so no image-sized collective runs; the conjugate gradient's
+inner products, the relative change and PSNR/SSIM are all-reduces of a few numbers). Either way every rank takes
+the same decisions (stopping included).
 
 Per iteration a :class:`IterationRecord` gives PSNR and SSIM against the ground truth (if given), the seconds
 spent in the data-fidelity step and in the denoiser (each including its own communication), and the seconds
@@ -22,6 +26,7 @@ from .context import DistributedContext
 from .linalg import solve_cg
 from .linear_physics import DistributedStackedLinearPhysics
 from .metrics import psnr, ssim
+from .row_bands import RowBands
 from .timing import DeviceTimer
 
 ALGORITHMS = ("pgd", "hqs", "admm")
@@ -130,8 +135,10 @@ def pnp(
     ``step`` may also be one value per iteration (e.g. :func:`coupled_steps`).
 
     :param denoiser: ``denoiser(x, sigma)``, e.g. ``distribute(model, ctx)`` (tiled) or a model.
-    :param y: this rank's measurements (``physics.local_indexes`` order) or all K of them.
-    :param x0: the replicated start, e.g. the problem's initial reconstruction.
+    :param y: this rank's measurements (``physics.local_indexes`` order) or all K of them; for sharded physics,
+        the K measurements as ``RowBands``.
+    :param x0: the start, e.g. the problem's initial reconstruction: replicated, or ``RowBands`` (then the
+        physics, the denoiser and ``ground_truth`` work on the same bands, and the iterates stay sharded).
     :param sigma: the denoiser's noise level, or one per iteration (see :func:`sigma_schedule`).
     :param relaxation: ``x <- (1 - r) x + r T(x)``, in (0, 2).
     :param tol: stop once ``||x_k+1 - x_k|| / ||x_k|| < tol`` (the same decision on every rank).
@@ -176,7 +183,7 @@ def _pnp(
     aty = physics.A_adjoint(y)
     reference = ground_truth.to(x0.device) if ground_truth is not None else None
     x = x0.clone()
-    u = torch.zeros_like(x) if algorithm == "admm" else None
+    u = (x.zeros_like() if isinstance(x, RowBands) else torch.zeros_like(x)) if algorithm == "admm" else None
     records: list[IterationRecord] = []
     for k in range(iterations):
         comm_before, traffic_before, start = comm_seconds(), traffic(), time.perf_counter()
@@ -198,6 +205,7 @@ def _pnp(
         x = new
         sent, received = (after - before for after, before in zip(traffic(), traffic_before, strict=True))
         elapsed = time.perf_counter() - start  # the metrics below are evaluation, not the solver's time
+        comm_after = comm_seconds()  # before the metrics, whose own reductions are evaluation too
         record = IterationRecord(
             iteration=k + 1,
             sigma=sigmas[k],
@@ -205,9 +213,9 @@ def _pnp(
             ssim=ssim(x, reference, data_range) if reference is not None else None,
             data_s=data_clock.seconds,
             denoiser_s=denoiser_clock.seconds,
-            comm_s=comm_seconds() - comm_before,
+            comm_s=comm_after - comm_before,
             data_comm_s=comm_middle - comm_before,
-            denoiser_comm_s=comm_seconds() - comm_middle,
+            denoiser_comm_s=comm_after - comm_middle,
             total_s=elapsed,
             relative_change=change,
             bytes_sent=sent,

@@ -1,13 +1,13 @@
 """Spatially distributed circular blurs: each rank applies all K blurs to the band of rows it owns.
 
-The signal is sharded by rows (:class:`RowBands`: rank ``r`` holds rows ``bounds[r]:bounds[r+1]`` of every sample
-and channel, full width); a blur needs a few rows beyond its band (the kernel's reach), received from the two
-neighbouring ranks in one batch of point-to-point calls, periodically at the image's top and bottom as the circular
-boundary wants. The measurements are sharded the same way, so ``A``, ``A^T`` and ``A^T A`` never move an image: only
-the halo rows, whatever K. Exact against deepinv's ``BlurFFT``: the same circular convolution, by FFT of the band
-with its halo (rows that wrap around the extended band fall in the halo, which is dropped); kernel spectra at the
-band's size are cached, so a rank holds band-sized spectra, not K image-sized ones, and ``A^T A`` is one FFT pair
-with the K normal spectra summed.
+The signal is sharded by rows (:class:`~distinv.row_bands.RowBands`: rank ``r`` holds rows ``bounds[r]:bounds[r+1]``
+of every sample and channel, full width); a blur needs a few rows beyond its band (the kernel's reach), received
+from the two neighbouring ranks in one batch of point-to-point calls, periodically at the image's top and bottom as
+the circular boundary wants. The measurements are sharded the same way, so ``A``, ``A^T`` and ``A^T A`` never move
+an image: only the halo rows, whatever K. Exact against deepinv's ``BlurFFT``: the same circular convolution, by FFT
+of the band with its halo (rows that wrap around the extended band fall in the halo, which is dropped). ``A^T A`` is
+one FFT pair with the K normal spectra summed, cached at the band's size (a rank holds one band-sized spectrum, not
+K image-sized ones).
 
 Convention (deepinv's): ``A_i x`` is the circular cross-correlation of ``x`` with the flipped kernel ``k_i``,
 anchored at ``((kh - 1) // 2, (kw - 1) // 2)``; ``A_i^T y`` the circular cross-correlation of ``y`` with ``k_i``,
@@ -17,96 +17,12 @@ anchored at ``(kh // 2, kw // 2)``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 
 from .context import DistributedContext
-
-
-@dataclass(frozen=True)
-class RowBands:
-    """A ``(B, C, H, W)`` signal sharded by rows: this rank's ``local`` band ``(B, C, h, W)`` holds rows
-    ``bounds[rank]:bounds[rank + 1]``; ``bounds`` (length ``world_size + 1``) is the same on every rank."""
-
-    shape: tuple[int, int, int, int]
-    bounds: tuple[int, ...]
-    local: torch.Tensor
-
-    def like(self, local: torch.Tensor) -> RowBands:
-        """Another signal with this one's partition (and channel count of ``local``)."""
-        return RowBands((self.shape[0], local.shape[1], *self.shape[2:]), self.bounds, local)
-
-
-def band_bounds(height: int, world_size: int) -> tuple[int, ...]:
-    """Balanced contiguous bands: the first ``height % world_size`` ranks get one row more."""
-    base, extra = divmod(height, world_size)
-    bounds = [0]
-    for r in range(world_size):
-        bounds.append(bounds[-1] + base + (1 if r < extra else 0))
-    return tuple(bounds)
-
-
-def shard_rows(ctx: DistributedContext, x: torch.Tensor) -> RowBands:
-    """This rank's band of a replicated ``(B, C, H, W)`` tensor (a view; no communication)."""
-    if x.ndim != 4:
-        raise ValueError(f"x has shape {tuple(x.shape)}: row bands are cut from a (B, C, H, W) image.")
-    bounds = band_bounds(x.shape[2], ctx.world_size)
-    return RowBands(tuple(x.shape), bounds, x[:, :, bounds[ctx.rank] : bounds[ctx.rank + 1]])
-
-
-def gather_rows(ctx: DistributedContext, bands: RowBands) -> torch.Tensor:
-    """The whole signal on every rank (replicated; one all-gather of the bands, padded to the tallest)."""
-    if not ctx.is_distributed:
-        return bands.local
-    tallest = max(b - a for a, b in zip(bands.bounds, bands.bounds[1:], strict=False))
-    padded = F.pad(bands.local, (0, 0, 0, tallest - bands.local.shape[2]))
-    everything = ctx.all_gather(padded.contiguous())
-    pieces = [everything[r][:, :, : bands.bounds[r + 1] - bands.bounds[r]] for r in range(ctx.world_size)]
-    return torch.cat(pieces, dim=2)
-
-
-def inner(ctx: DistributedContext, a: RowBands, b: RowBands) -> torch.Tensor:
-    """``<a, b>`` over the whole signal (a scalar, replicated: one all-reduce of one number)."""
-    total = (a.local * b.local).sum().reshape(1)
-    return ctx.all_reduce(total)[0]
-
-
-def with_row_halo(ctx: DistributedContext, bands: RowBands, above: int, below: int) -> torch.Tensor:
-    """This rank's band with ``above`` rows before it and ``below`` rows after it, periodically (rows of the
-    neighbouring ranks' bands, received point to point; the image's last rows above its first band).
-
-    :raises ValueError: on every rank, when a band is shorter than the halo it must supply.
-    """
-    heights = [b - a for a, b in zip(bands.bounds, bands.bounds[1:], strict=False)]
-    if min(heights) < max(above, below):
-        raise ValueError(
-            f"bands of {min(heights)} rows cannot supply a halo of {max(above, below)} rows: use fewer ranks or a "
-            "smaller kernel (each band must be at least as tall as the kernel's reach)."
-        )
-    x = bands.local
-    if ctx.world_size == 1:  # the band is the whole image: it is its own neighbour
-        top = x[:, :, x.shape[2] - above :] if above else x[:, :, :0]
-        return torch.cat([top, x, x[:, :, :below]], dim=2)
-    rank, world = ctx.rank, ctx.world_size
-    previous, following = (rank - 1) % world, (rank + 1) % world
-    from_previous = torch.empty((*x.shape[:2], above, x.shape[3]), dtype=x.dtype, device=x.device)
-    from_following = torch.empty((*x.shape[:2], below, x.shape[3]), dtype=x.dtype, device=x.device)
-    ops = []
-    if above:  # my last rows are the following rank's rows above
-        ops.append(dist.P2POp(dist.isend, x[:, :, x.shape[2] - above :].contiguous(), following, ctx.p2p_group, 1))
-        ops.append(dist.P2POp(dist.irecv, from_previous, previous, ctx.p2p_group, 1))
-    if below:  # my first rows are the previous rank's rows below
-        ops.append(dist.P2POp(dist.isend, x[:, :, :below].contiguous(), previous, ctx.p2p_group, 2))
-        ops.append(dist.P2POp(dist.irecv, from_following, following, ctx.p2p_group, 2))
-    if ops:
-        moved = (above + below) * x.shape[0] * x.shape[1] * x.shape[3] * x.element_size()
-        with ctx.communicating(moved, moved):
-            for request in dist.batch_isend_irecv(ops):
-                request.wait()
-    return torch.cat([from_previous, x, from_following], dim=2)
+from .linalg import power_iteration
+from .row_bands import RowBands, with_row_halo
 
 
 class ShardedBlur:
@@ -153,22 +69,19 @@ class ShardedBlur:
 
     def _spectrum(self, index: int, like: torch.Tensor, adjoint: bool) -> torch.Tensor:
         """``conj(F(w))`` of kernel ``index`` (flipped for ``A``, as is for ``A^T``), placed so that a circular
-        cross-correlation on ``like``'s rows and columns keeps each output row at its input row; cached per size,
-        dtype and device."""
-        key = (index, adjoint, tuple(like.shape[-2:]), like.dtype, str(like.device))
-        if key not in self._spectra:
-            kernel = self.kernels[index]
-            kh, kw = kernel.shape[1:]
-            top, left = (kh // 2, kw // 2) if adjoint else ((kh - 1) // 2, (kw - 1) // 2)
-            weight = kernel if adjoint else kernel.flip(-1, -2)
-            height, width = like.shape[-2:]
-            if kh > height or kw > width:
-                raise ValueError(f"a {kh}x{kw} kernel does not fit a {height}x{width} band with its halo.")
-            placed = torch.zeros((weight.shape[0], height, width), dtype=like.dtype, device=like.device)
-            placed[:, :kh, :kw] = weight.to(like.dtype)
-            placed = torch.roll(placed, shifts=(-top, -left), dims=(-2, -1))
-            self._spectra[key] = torch.fft.rfftn(placed, dim=(-2, -1)).conj()
-        return self._spectra[key]
+        cross-correlation on ``like``'s rows and columns keeps each output row at its input row (not cached: only
+        the normal spectrum is, so a rank holds one band-sized spectrum, not 2K)."""
+        kernel = self.kernels[index]
+        kh, kw = kernel.shape[1:]
+        top, left = (kh // 2, kw // 2) if adjoint else ((kh - 1) // 2, (kw - 1) // 2)
+        weight = kernel if adjoint else kernel.flip(-1, -2)
+        height, width = like.shape[-2:]
+        if kh > height or kw > width:
+            raise ValueError(f"a {kh}x{kw} kernel does not fit a {height}x{width} band with its halo.")
+        placed = torch.zeros((weight.shape[0], height, width), dtype=like.dtype, device=like.device)
+        placed[:, :kh, :kw] = weight.to(like.dtype)
+        placed = torch.roll(placed, shifts=(-top, -left), dims=(-2, -1))
+        return torch.fft.rfftn(placed, dim=(-2, -1)).conj()
 
     def _normal_spectrum(self, like: torch.Tensor) -> torch.Tensor:
         """``sum_i`` of ``A_i``'s and ``A_i^T``'s spectra multiplied: ``A^T A`` in one product (cached)."""
@@ -188,7 +101,7 @@ class ShardedBlur:
     def A(self, x: RowBands) -> list[RowBands]:  # noqa: N802 - deepinv's name
         """The K blurred images, each sharded like ``x`` (one halo exchange and one FFT for all K)."""
         margin = self._reach(adjoint=False)
-        extended = with_row_halo(self.ctx, x, *margin)
+        extended = with_row_halo(x, *margin)
         dims, size = (-2, -1), extended.shape[-2:]
         transformed = torch.fft.rfftn(extended, dim=dims)
         return [
@@ -205,7 +118,7 @@ class ShardedBlur:
         channels = ys[0].local.shape[1]
         margin = self._reach(adjoint=True)
         stacked = ys[0].like(torch.cat([y.local for y in ys], dim=1))
-        extended = with_row_halo(self.ctx, stacked, *margin)
+        extended = with_row_halo(stacked, *margin)
         dims, size = (-2, -1), extended.shape[-2:]
         transformed = torch.fft.rfftn(extended, dim=dims)
         total = sum(
@@ -219,7 +132,13 @@ class ShardedBlur:
         pair, whatever K (the K normal spectra are summed once and cached)."""
         forward, adjoint = self._reach(adjoint=False), self._reach(adjoint=True)
         margin = (forward[0] + adjoint[0], forward[1] + adjoint[1])
-        extended = with_row_halo(self.ctx, x, *margin)
+        extended = with_row_halo(x, *margin)
         dims, size = (-2, -1), extended.shape[-2:]
         full = torch.fft.irfftn(torch.fft.rfftn(extended, dim=dims) * self._normal_spectrum(extended), s=size, dim=dims)
         return x.like(self._band(full, margin, x.local.dtype))
+
+    def compute_sqnorm(self, x0: RowBands, max_iter: int = 100, tol: float = 1e-3, **_) -> torch.Tensor:
+        """``||A||_2^2`` by power iteration on ``A^T A`` (replicated 0-dim tensor; the start vector is the same
+        fixed-seed one as the replicated physics', so both give the same value)."""
+        value, _ = power_iteration(self.A_adjoint_A, x0, max_iter, tol)
+        return value

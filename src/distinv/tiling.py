@@ -81,6 +81,7 @@ class TilePlan:
         overlap: int | Sequence[int] = 0,
         size_multiple: int = 1,
         max_window_pixels: int | None = None,
+        rows_at_least: int = 1,
     ) -> TilePlan:
         """Plan the windows.
 
@@ -93,6 +94,9 @@ class TilePlan:
         :param size_multiple: the network's size multiple (1: any size).
         :param max_window_pixels: the largest window (pixels of the tiled dims) that fits in memory; ``None``:
             no limit.
+        :param rows_at_least: the fewest segments along the first tiled dim (a plan whose rows are dealt to ranks
+            in contiguous bands needs one per rank).
+        :raises ValueError: naming the argument, when no plan meets them.
         """
         shape = tuple(int(s) for s in shape)
         nd = len(shape)
@@ -107,8 +111,13 @@ class TilePlan:
             grid = tuple(
                 min(_units(s, size_multiple), max(1, math.ceil(s / p))) for s, p in zip(shape, patches, strict=True)
             )
+            if grid[0] < rows_at_least:
+                raise ValueError(
+                    f"patch_size={patch_size} cuts {shape[0]} rows into {grid[0]} windows, fewer than the "
+                    f"{rows_at_least} bands asked for: use a patch of at most {shape[0] // rows_at_least} pixels."
+                )
         else:
-            grid = _best_grid(shape, halos, size_multiple, world_size, max_window_pixels)
+            grid = _best_grid(shape, halos, size_multiple, world_size, max_window_pixels, rows_at_least)
         return cls._from_grid(shape, halos, size_multiple, world_size, grid)
 
     @classmethod
@@ -243,15 +252,22 @@ def _segments(length: int, n: int, halo: int, multiple: int) -> list[tuple[int, 
     return out
 
 
-def _best_grid(shape, halos, multiple, world_size, max_window_pixels) -> tuple[int, ...]:
+def _best_grid(shape, halos, multiple, world_size, max_window_pixels, rows_at_least=1) -> tuple[int, ...]:
     """The grid with a multiple of ``world_size`` windows that processes the fewest pixels (fewest windows
-    first: larger windows waste less on halos), each window within ``max_window_pixels``."""
+    first: larger windows waste less on halos), each window within ``max_window_pixels``, with at least
+    ``rows_at_least`` segments along the first dim."""
     limits = [_units(s, multiple) for s in shape]
+    if rows_at_least > limits[0]:
+        raise ValueError(
+            f"{shape[0]} rows at size multiple {multiple} cannot be cut into {rows_at_least} bands: use fewer ranks."
+        )
     most = math.prod(limits)
     per_rank = 1
     while world_size * per_rank <= most:
         best = None
         for grid in _factorizations(world_size * per_rank, len(shape), limits):
+            if grid[0] < rows_at_least:
+                continue
             segments = [_segments(s, n, h, multiple) for s, n, h in zip(shape, grid, halos, strict=True)]
             largest = math.prod(max(seg[1] for seg in segs) for segs in segments)
             if max_window_pixels is not None and largest > max_window_pixels:
@@ -265,7 +281,7 @@ def _best_grid(shape, halos, multiple, world_size, max_window_pixels) -> tuple[i
         per_rank += 1
     # No grid of a multiple of world_size windows fits (a small signal on many ranks, or an awkward world size):
     # one window per aligned block, the smallest windows there are; the ranks own unequal shares, some none.
-    finest = [_segments(s, n, h, multiple) for s, n, h in zip(shape, limits, halos, strict=True)]
+    finest = [_segments(s, n, h, multiple) for s, n, h in zip(shape, limits, halos, strict=True)]  # rows: limits[0]
     if max_window_pixels is None or math.prod(max(seg[1] for seg in segs) for segs in finest) <= max_window_pixels:
         return tuple(limits)
     raise ValueError(

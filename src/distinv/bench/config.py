@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-ENGINES = ("none", "distinv", "deepinv")
+ENGINES = ("none", "distinv", "distinv-sharded", "deepinv")
 DEVICES = ("cpu", "cuda")
 
 SOLVER_DEFAULTS: dict[str, Any] = {
@@ -72,7 +72,7 @@ TOP_DEFAULTS: dict[str, Any] = {
     "device": "cpu",
     "threads_per_rank": 1,
     "world_sizes": [1, 2],
-    "engines": list(ENGINES),
+    "engines": ["none", "distinv", "deepinv"],  # distinv-sharded is asked for by name
     "repetitions": 1,
     "timeout_s": 300,
     "oversubscribe": False,
@@ -253,6 +253,8 @@ def validate(raw: dict, slurm: bool = False, name: str = "benchmark") -> Config:
     else:
         _check_solver(c["solver"], "solver", errors)
     _check_tiling(c["tiling"], "tiling", c["engines"], errors)
+    if isinstance(engines, list) and "distinv-sharded" in engines and c["training"] is not None:
+        errors.append("engines: distinv-sharded runs PnP; a training config trains with none, distinv or deepinv.")
     if "model" in c["denoiser"]:
         _check_model(c["denoiser"]["model"], "denoiser", slurm, errors)
     _check_problems(c, slurm, errors)
@@ -368,9 +370,10 @@ def _check_training(c: dict, errors: list[str]) -> None:
 
 def _check_tiling(tiling: dict, where: str, engines: Any, errors: list[str]) -> None:
     """The tiling keys given in ``tiling`` (a section or a problem's overrides)."""
-    deepinv = isinstance(engines, list) and "deepinv" in engines
+    fixed = [e for e in ("deepinv", "distinv-sharded") if isinstance(engines, list) and e in engines]
+    deepinv = bool(fixed)  # an engine that takes fixed knobs only
     auto = "" if deepinv else ", or 'auto' (distinv measures its network)"
-    not_auto = " ('auto' is distinv's alone: the deepinv engine is in engines)" if deepinv else ""
+    not_auto = f" ('auto' is distinv's replicated engine's alone: {' and '.join(fixed)} in engines)" if deepinv else ""
     patch = tiling.get("patch_size")
     if patch is not None and not (_is_int(patch) and patch >= 1 or patch == "auto" and not deepinv):
         errors.append(

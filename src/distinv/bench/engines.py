@@ -1,6 +1,13 @@
-"""The three engines a benchmark compares, each giving the PnP loop what it calls on the same problem.
+"""The engines a benchmark compares, each giving the PnP loop what it calls on the same problem.
 
-- ``distinv``: :func:`distinv.distribute` of the problem's operators (balanced by cost) and of the denoiser.
+- ``distinv``: :func:`distinv.distribute` of the problem's operators (balanced by cost) and of the denoiser
+  (replicated iterates).
+- ``distinv-sharded``: iterates sharded by rows (:class:`~distinv.row_bands.RowBands`), cut where the denoiser's
+  row bands of windows fall (:class:`~distinv.sharded_denoiser.ShardedDenoiser`); the problem's spatially
+  distributed physics where its operators decompose in space (``Problem.sharded``: highres_blur's
+  :class:`~distinv.sharded_blur.ShardedBlur`, tomography_3d's :class:`~distinv.slab_physics.SlabStack`), else the
+  operator split with the iterate gathered for the physics step alone
+  (:class:`~distinv.gathered_physics.GatheredPhysics`).
 - ``deepinv``: deepinv's ``deepinv.distributed`` module on the same process group, with the same tiling
   settings (its defaults where ours are automatic); its collectives are timed like ours.
 - ``none``: the untiled single-device baseline: deepinv's ``StackedLinearPhysics`` of all K operators and the
@@ -21,6 +28,7 @@ import torch
 
 from ..comm import sum_over_ranks
 from ..context import DistributedContext
+from ..row_bands import RowBands, shard_rows
 from .problems.base import Problem
 
 DEEPINV_PATCH, DEEPINV_OVERLAP = 256, 64  # deepinv.distributed.distribute's defaults
@@ -45,12 +53,51 @@ class OperatorView:
 @dataclass
 class Engine:
     """What one run of an engine uses: ``physics`` (``A_adjoint``, ``A_adjoint_A``, ``compute_sqnorm``),
-    ``denoiser(x, sigma)`` and the :class:`OperatorView` to measure and initialise with."""
+    ``denoiser(x, sigma)`` and the :class:`OperatorView` to measure and initialise with; the iterates are
+    replicated tensors."""
 
     name: str
     physics: Any
     denoiser: Any
     view: Any
+
+    def measure(self, problem: Problem) -> list:
+        """The measurements the PnP loop takes (this rank's operators')."""
+        return problem.measure(self.view)
+
+    def initial(self, problem: Problem, y: list) -> Any:
+        return problem.initial(self.view, y)
+
+    def ground_truth(self, problem: Problem) -> Any:
+        """The reference PSNR and SSIM are computed against, placed as the iterates are."""
+        return problem.ground_truth.to(self.view.ctx.device)
+
+    def replicated(self, x: Any) -> torch.Tensor:
+        """The whole image on every rank (a collective for sharded iterates: call it on every rank)."""
+        return x
+
+
+@dataclass
+class ShardedEngine(Engine):
+    """``distinv-sharded``: iterates, measurements (where the physics is spatial) and reference sharded by rows."""
+
+    spatial: bool = True  # the physics decomposes in space (else: operator split, iterate gathered for it)
+
+    def measure(self, problem: Problem) -> list:
+        if self.spatial:
+            return problem.measure_sharded(self.physics, self.ground_truth(problem))
+        return problem.measure(self.view)
+
+    def initial(self, problem: Problem, y: list) -> RowBands:
+        if self.spatial:
+            return problem.initial(self.physics, y)
+        return self.denoiser.shard(problem.initial(self.view, y))
+
+    def ground_truth(self, problem: Problem) -> RowBands:
+        return self.denoiser.shard(problem.ground_truth.to(self.denoiser.ctx.device))
+
+    def replicated(self, x: Any) -> torch.Tensor:
+        return x.gather() if isinstance(x, RowBands) else x
 
 
 def build_engine(name: str, ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict) -> Engine:
@@ -65,6 +112,8 @@ def build_engine(name: str, ctx: DistributedContext, problem: Problem, model: to
         physics = problem.distribute(ctx)
         denoiser = distribute(model, ctx, type_object="denoiser", **_distinv_tiling(tiling))
         return Engine(name, physics, denoiser, physics)
+    if name == "distinv-sharded":
+        return _sharded_engine(ctx, problem, model, tiling)
     if name == "deepinv":
         return _deepinv_engine(ctx, problem, model, tiling)
     if name == "none":
@@ -75,7 +124,22 @@ def build_engine(name: str, ctx: DistributedContext, problem: Problem, model: to
         operators = [problem.factory(i, ctx.device, problem.shared) for i in range(problem.num_operators)]
         view = OperatorView(ctx, list(range(problem.num_operators)), operators, problem.ground_truth)
         return Engine(name, StackedLinearPhysics(operators), model, view)
-    raise ValueError(f"engine={name!r}: choose 'distinv', 'deepinv' or 'none'.")
+    raise ValueError(f"engine={name!r}: choose 'distinv', 'distinv-sharded', 'deepinv' or 'none'.")
+
+
+def _sharded_engine(ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict) -> ShardedEngine:
+    from ..gathered_physics import GatheredPhysics
+    from ..sharded_denoiser import ShardedDenoiser
+
+    denoiser = ShardedDenoiser(ctx, model, **_distinv_tiling(tiling))
+    truth = problem.ground_truth
+    if problem.sharded is not None:
+        physics = problem.sharded(problem, ctx)
+        view = OperatorView(ctx, [], [], truth)  # nothing split by operator
+        return ShardedEngine("distinv-sharded", physics, denoiser, view, spatial=True)
+    stack = problem.distribute(ctx)
+    like = shard_rows(ctx, truth, denoiser.bounds_for(truth.shape))
+    return ShardedEngine("distinv-sharded", GatheredPhysics(stack, like), denoiser, stack, spatial=False)
 
 
 def _distinv_tiling(tiling: dict) -> dict:

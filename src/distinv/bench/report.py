@@ -26,8 +26,13 @@ from .palette import colour
 from .results import last_line, read_rows, run_memory, summarise
 from .training_report import summarise_training, training_figures, training_section
 
-ENGINE_NAMES = {"distinv": "distinv", "deepinv": "deepinv's module", "none": "untiled, 1 device"}
-ENGINE_ORDER = {"none": 0, "distinv": 1, "deepinv": 2}
+ENGINE_NAMES = {
+    "distinv": "distinv",
+    "distinv-sharded": "distinv, sharded iterates",
+    "deepinv": "deepinv's module",
+    "none": "untiled, 1 device",
+}
+ENGINE_ORDER = {"none": 0, "distinv": 1, "distinv-sharded": 2, "deepinv": 3}
 COMPONENTS = {"total": "whole iteration", "data": "data-fidelity gradient", "denoiser": "denoiser"}
 MIB = 2**20
 

@@ -238,15 +238,15 @@ def baseline_of(entry: dict, summary: list[dict]) -> tuple[list[dict], str]:
 def format_summary(summary: list[dict]) -> str:
     """A plain-text table, one line per run, grouped by problem and size."""
     head = (
-        f"{'problem':<14} {'size':>7} {'engine':<8} {'ranks':>5} {'PSNR':>6} {'it/s':>6} {'total':>7} {'grad':>7} "
+        f"{'problem':<14} {'size':>7} {'engine':<15} {'ranks':>5} {'PSNR':>6} {'it/s':>6} {'total':>7} {'grad':>7} "
         f"{'denoise':>7} {'comm':>6} {'speedup':>7} {'denoiser':>8} {'eff.':>5}"
     )
     lines = [head, "-" * len(head)]
-    order = {"none": 0, "distinv": 1, "deepinv": 2}
+    order = {"none": 0, "distinv": 1, "distinv-sharded": 2, "deepinv": 3}
     for e in sorted(summary, key=lambda e: (e["problem"], str(e["size"]), order.get(e["engine"], 3), e["world_size"])):
         if e["status"] != "ok":
             lines.append(
-                f"{e['problem']:<14} {size_text(e['size']):>7} {e['engine']:<8} {e['world_size']:>5} FAILED"
+                f"{e['problem']:<14} {size_text(e['size']):>7} {e['engine']:<15} {e['world_size']:>5} FAILED"
                 + (f" on rank {e['failed_rank']}" if e.get("failed_rank") is not None else "")
                 + ": "
                 + last_line(e.get("error"))
@@ -256,7 +256,7 @@ def format_summary(summary: list[dict]) -> str:
 
         eff = f"{e['efficiency_total']:.0%}" if e.get("efficiency_total") else "n/a"
         lines.append(
-            f"{e['problem']:<14} {size_text(e['size']):>7} {e['engine']:<8} {e['world_size']:>5} {psnr} "
+            f"{e['problem']:<14} {size_text(e['size']):>7} {e['engine']:<15} {e['world_size']:>5} {psnr} "
             f"{1 / e['total_s']:6.2f} {e['total_s']:6.2f}s {e['data_s']:6.2f}s {e['denoiser_s']:6.2f}s "
             f"{e['comm_s']:5.2f}s {_ratio(e, 'speedup_total'):>7} {_ratio(e, 'speedup_denoiser'):>8} {eff:>5}"
         )

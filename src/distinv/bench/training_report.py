@@ -17,7 +17,7 @@ from .results import last_line, size_text
 
 COMPONENTS = ("forward_s", "backward_s", "optimizer_s", "comm_s", "step_s")
 MIB = 2**20
-ENGINE_ORDER = {"none": 0, "distinv": 1, "deepinv": 2}
+ENGINE_ORDER = {"none": 0, "distinv": 1, "distinv-sharded": 2, "deepinv": 3}
 
 
 def training_rows(rows: list[dict]) -> list[dict]:

@@ -155,6 +155,7 @@ def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
 
 def _reconstruct(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict, list[dict]]:
     """PnP on this rank: the run's fields and one row per iteration (rank 0 also saves the previews)."""
+    from ..metrics import psnr
     from ..pnp import pnp
     from .engines import build_engine
     from .progress import write_progress
@@ -165,9 +166,10 @@ def _reconstruct(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict,
         write_progress(output, spec.key, record.iteration, record.psnr)
 
     with torch.no_grad():
-        y = problem.measure(engine.view)
-        x0 = problem.initial(engine.view, y)
-        init_psnr = problem.psnr(x0)
+        y = engine.measure(problem)
+        x0 = engine.initial(problem, y)
+        truth = engine.ground_truth(problem)  # placed as the iterates are (sharded for distinv-sharded)
+        init_psnr = psnr(x0, truth, problem.data_range)
         solver = spec.solver
         levels = sigma_levels(solver)
         x, records = pnp(
@@ -182,14 +184,17 @@ def _reconstruct(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict,
             relaxation=solver["relaxation"],
             tol=solver["tol"],
             cg_iterations=solver["cg_iterations"],
-            ground_truth=problem.ground_truth,  # every rank: metrics cost the same everywhere, none waits
+            ground_truth=truth,  # every rank: metrics cost the same everywhere, none waits
             data_range=problem.data_range,
             ctx=ctx,
             measure_memory=True,
             callback=progress if ctx.rank == 0 else None,
         )
+        # previews want whole images: gathered on every rank (collectives), after the timed iterations
+        x, x0 = engine.replicated(x), engine.replicated(x0)
+        first = engine.replicated(y[0]) if y else None
     if ctx.rank == 0:
-        save_previews(Path(output) / "previews", spec, problem, engine.view, y, x0, x)
+        save_previews(Path(output) / "previews", spec, problem, engine.view, first, x0, x)
     return {"init": problem.init_name, "init_psnr": init_psnr}, [asdict(r) for r in records]
 
 
@@ -211,16 +216,17 @@ def _train(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict, list[
     return {"init": "unrolled model at its start"}, [asdict(r) for r in records]
 
 
-def save_previews(folder: Path, spec: RunSpec, problem, view, y: list, x0: torch.Tensor, x: torch.Tensor) -> None:
+def save_previews(folder: Path, spec: RunSpec, problem, view, y, x0: torch.Tensor, x: torch.Tensor) -> None:
     """``previews/<run key>.png`` (the reconstruction) and, once per comparison group, the group's ground truth,
-    one measurement (rank 0's first) and start in ``previews/<group>/``."""
+    one measurement ``y`` (rank 0's first; ``None`` when it has none) and start in ``previews/<group>/``."""
     from .preview import image_picture, measurement_picture, save_pictures
 
     group = folder / spec.group
     if not (group / "initial.png").exists():
         pictures = {"ground_truth": image_picture(problem, problem.ground_truth), "initial": image_picture(problem, x0)}
-        if view.local_physics:
-            pictures["measurement"] = measurement_picture(problem, view.local_physics[0], y[0])
+        if y is not None:
+            operator = view.local_physics[0] if view.local_physics else None
+            pictures["measurement"] = measurement_picture(problem, operator, y)
         save_pictures(pictures, group)
     save_pictures({spec.key: image_picture(problem, x)}, folder)
 

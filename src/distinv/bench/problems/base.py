@@ -16,8 +16,11 @@ from ...linear_physics import DistributedStackedLinearPhysics
 from ...metrics import psnr
 from ...physics import operator_seed
 from ...placement import LocalMeasurements
+from ...row_bands import ROWS, RowBands
 
 OperatorFactory = Callable[[int, torch.device, Any], LinearPhysics]
+# sharded(problem, ctx) -> the K operators applied to RowBands (ShardedBlur, SlabStack): how they decompose in space.
+ShardedPhysics = Callable[["Problem", DistributedContext], Any]
 # init(problem, physics, y_local) -> first iterate: each rank's terms, summed over ranks inside.
 InitRecipe = Callable[["Problem", DistributedStackedLinearPhysics, list[torch.Tensor]], torch.Tensor]
 
@@ -44,6 +47,7 @@ class Problem:
     operator_costs: list[float] | None = None
     data_range: float = 1.0
     info: dict = field(default_factory=dict)
+    sharded: ShardedPhysics | None = None  # None: the operators do not decompose in space
 
     def distribute(self, ctx: DistributedContext, **kwargs: Any) -> DistributedStackedLinearPhysics:
         return distribute(
@@ -72,6 +76,17 @@ class Problem:
             noise = noise.to(clean.device) if scale is None else noise.to(clean.device) * scale
             out.append(clean + self.noise_sigma * noise)
         return LocalMeasurements(out, physics.local_indexes, self.num_operators)
+
+    def measure_sharded(self, physics: Any, x: RowBands) -> list[RowBands]:
+        """The K measurements in ``x``'s bands, from spatially distributed physics (``self.sharded``): each equal
+        to the band of the replicated measurement (the same per-operator noise, generated whole and cut)."""
+        first, last = x.rows
+        out = []
+        for i, clean in enumerate(physics.A(x)):
+            g = torch.Generator(device="cpu").manual_seed(operator_seed(self.seed, i))
+            noise = torch.randn(clean.shape, generator=g, dtype=clean.dtype).narrow(ROWS, first, last - first)
+            out.append(clean + clean.like(self.noise_sigma * noise.to(clean.device)))
+        return out
 
     def initial(self, physics: DistributedStackedLinearPhysics, y_local: list[torch.Tensor]) -> torch.Tensor:
         return self.init(self, physics, y_local)

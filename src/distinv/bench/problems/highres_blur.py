@@ -8,7 +8,9 @@ import torch
 from deepinv.physics import BlurFFT
 from deepinv.physics.functional.blur import gaussian_blur
 
+from ...context import DistributedContext
 from ...images import dead_leaves, load_image
+from ...sharded_blur import ShardedBlur
 from .base import Problem, check_positive
 
 MIN_SIZE = 32
@@ -22,6 +24,13 @@ def blur_kernel(index: int, num_operators: int, sigma_major: float, sigma_minor:
 def _blur(index: int, device: torch.device, shared: dict) -> BlurFFT:
     kernel = blur_kernel(index, shared["k"], shared["sigma_major"], shared["sigma_minor"])
     return BlurFFT(img_size=shared["img_size"], filter=kernel, device=device)
+
+
+def _sharded_blurs(problem: Problem, ctx: DistributedContext) -> ShardedBlur:
+    """The same K kernels, applied band by band (every rank all K on its rows)."""
+    shared = problem.shared
+    kernels = [blur_kernel(i, shared["k"], shared["sigma_major"], shared["sigma_minor"]) for i in range(shared["k"])]
+    return ShardedBlur(ctx, kernels)
 
 
 def _scaled_adjoint(problem: Problem, physics, y_local) -> torch.Tensor:
@@ -70,4 +79,5 @@ def build(
         init_name="adjoint / K",
         init=_scaled_adjoint,
         info={"image": str(image) if image else "dead_leaves"},
+        sharded=_sharded_blurs,
     )

@@ -8,7 +8,8 @@ import torch
 from deepinv.physics import Tomography
 
 from ...images import shepp_logan_2d
-from .base import Problem, check_positive, weighted_sum_of_terms
+from ...slab_physics import SlabStack
+from .base import Problem, ShardedPhysics, check_positive, weighted_sum_of_terms
 
 MIN_SIZE = 16
 
@@ -42,6 +43,9 @@ def _radon(index: int, device: torch.device, shared: dict) -> Tomography:
 def fbp_start(problem: Problem, physics, y_local) -> torch.Tensor:
     """Filtered back-projection of all angles: each block's FBP weighted by its share of the angles (its cost)."""
     n = problem.shared["num_angles"]
+    if isinstance(physics, SlabStack):  # sharded in slabs: every rank holds all K blocks of its own slices
+        weights = [cost / n for cost in problem.operator_costs]
+        return physics.weighted_sum("A_dagger", y_local, weights, fbp=True)
     terms = [
         op.A_dagger(y, fbp=True) * (problem.operator_costs[i] / n)
         for i, op, y in zip(physics.local_indexes, physics.local_physics, y_local, strict=True)
@@ -61,6 +65,7 @@ def angle_block_problem(
     seed: int,
     init_name: str,
     check_only: bool = False,
+    sharded: ShardedPhysics | None = None,
 ) -> Problem | None:
     """A tomography problem whose K operators are interleaved blocks of ``num_angles`` angles; ``phantom(size)``
     is built only once the parameters are valid."""
@@ -87,6 +92,7 @@ def angle_block_problem(
         init_name=init_name,
         init=fbp_start,
         operator_costs=costs,
+        sharded=sharded,
     )
 
 

@@ -13,7 +13,9 @@ import math
 import torch
 from deepinv.physics import LinearPhysics
 
+from ...context import DistributedContext
 from ...images import shepp_logan_3d
+from ...slab_physics import SlabStack
 from .base import Problem
 from .tomography_2d import angle_block_problem, block_angles, normalised_tomography
 
@@ -57,6 +59,11 @@ def _radon3d(index: int, device: torch.device, shared: dict) -> SlicewiseRadon:
     return SlicewiseRadon(block_angles(index, shared["num_angles"], shared["k"]), shared["size"], device)
 
 
+def _slabs(problem: Problem, ctx: DistributedContext) -> SlabStack:
+    """Every block on every rank, applied to its slabs of z-slices (the projections of a slice are its own)."""
+    return SlabStack(ctx, [problem.factory(i, ctx.device, problem.shared) for i in range(problem.num_operators)])
+
+
 def build(
     size: int = 64,
     num_angles: int = 90,
@@ -77,4 +84,5 @@ def build(
         seed,
         "FBP (slice by slice)",
         check_only,
+        sharded=_slabs,
     )

@@ -1,0 +1,156 @@
+"""The tiled denoiser on a signal sharded by rows: each rank runs the windows of its own band of tile rows.
+
+The plan is the tiled denoiser's (:class:`~distinv.tiling.TilePlan`, the same windows for the same knobs), with at
+least one row of windows per rank, and its rows of windows dealt to ranks in contiguous bands
+(:func:`row_band_plan`). The bands' bounds are the owned rows of those windows, so a
+:class:`~distinv.row_bands.RowBands` cut at :meth:`ShardedDenoiser.bounds_for` holds exactly what its rank's windows
+own: the physics and the denoiser share one partition and no data moves between them. A call reads top to bottom:
+
+1. **halo**: each rank receives the rows its windows read beyond its band from its two neighbours (point to
+   point, not periodic: windows stop at the signal's border), never an image;
+2. **run**: its windows, cut from its band with that halo, same-size windows batched (``executor.run_agreed``:
+   an error on one rank is an error on every rank, before any further collective);
+3. **keep**: each window's owned region written into the rank's output band (sharded; no gather).
+
+Inference only (no autograd graph).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .context import DistributedContext
+from .executor import run_agreed, window_call
+from .planner import TiledLayout, tiling_dims_of
+from .processing import DistributedProcessing
+from .row_bands import ROWS, RowBands, shard_rows, with_row_halo
+from .tiling import TilePlan
+
+
+def row_band_plan(plan: TilePlan) -> TilePlan:
+    """``plan`` with its rows of windows (along the first tiled dim) dealt to ranks in contiguous bands, row
+    ``j`` of ``G`` to rank ``j * world_size // G`` (rows are near-equal, so the bands are balanced).
+
+    :raises ValueError: when the plan has fewer rows of windows than ranks.
+    """
+    rows, world = plan.grid[0], plan.world_size
+    if rows < world:
+        raise ValueError(f"a plan of {rows} rows of windows cannot give each of {world} ranks a band.")
+    per_row = math.prod(plan.grid[1:])
+    windows = tuple(dataclasses.replace(w, rank=(w.index // per_row) * world // rows) for w in plan.windows)
+    return dataclasses.replace(plan, windows=windows)
+
+
+def band_bounds_of(plan: TilePlan) -> tuple[int, ...]:
+    """The rows each rank's windows own: ``bounds[r]:bounds[r + 1]`` (length ``world_size + 1``)."""
+    bounds = [0] * (plan.world_size + 1)
+    bounds[-1] = plan.shape[0]
+    for w in reversed(plan.windows):  # the first window of each rank's first row wins
+        bounds[w.rank] = w.owned_origin[0]
+    return tuple(bounds)
+
+
+def halo_rows(plan: TilePlan, bounds: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Per rank, the rows its windows read before and after its band."""
+    above, below = [0] * plan.world_size, [0] * plan.world_size
+    for w in plan.windows:
+        above[w.rank] = max(above[w.rank], bounds[w.rank] - w.origin[0])
+        below[w.rank] = max(below[w.rank], w.origin[0] + w.size[0] - bounds[w.rank + 1])
+    return above, below
+
+
+class ShardedDenoiser:
+    """``denoiser(x, sigma)`` for ``x`` a :class:`~distinv.row_bands.RowBands`, returning one (see the module).
+
+    :param ctx: the entered context.
+    :param processor: the network, ``f(x, sigma)`` keeping its input's shape (made the same on every rank).
+    :param tiling: the tiled denoiser's knobs (``patch_size``, ``overlap``, ``max_batch_size``, ``size_multiple``,
+        ``max_window_pixels``, ``tiling_dims``) with its defaults, see :class:`~distinv.DistributedProcessing`;
+        ``patch_size="auto"`` and user strategies are not available here, and the tiled dims must include dim 2.
+    :raises ValueError: naming the knob, for knobs no row-band plan can take.
+    """
+
+    def __init__(self, ctx: DistributedContext, processor: torch.nn.Module, **tiling: Any):
+        if tiling.get("patch_size") == "auto" or tiling.get("max_batch_size") == "auto":
+            raise ValueError(
+                "patch_size='auto' / max_batch_size='auto': the sharded denoiser takes fixed knobs; plan them with "
+                "`distinv plan` and pass the numbers."
+            )
+        if not isinstance(tiling.get("tiling_strategy", "overlap_tiling"), str):
+            raise ValueError("tiling_strategy: the sharded denoiser runs the built-in overlap tiling only.")
+        self.ctx = ctx
+        self.tiled = DistributedProcessing(ctx, processor, **tiling)  # validates the knobs, broadcasts the network
+        self._layouts: dict[tuple[int, ...], TiledLayout] = {}
+
+    def layout_for(self, shape: Sequence[int]) -> TiledLayout:
+        """The layout for signals of ``shape`` ``(B, C, N, ...)`` (cached): the tiled denoiser's windows with at least
+        one row of windows per rank, dealt in row bands."""
+        shape = tuple(shape)
+        if shape not in self._layouts:
+            dims = tiling_dims_of(len(shape), self.tiled.tiling_dims)
+            if dims[0] != ROWS:
+                raise ValueError(f"tiling_dims={self.tiled.tiling_dims}: the sharded denoiser must tile dim 2.")
+            knobs = self.tiled.knobs
+            plan = TilePlan.build(
+                [shape[d] for d in dims],
+                self.ctx.world_size,
+                knobs.patch_size,
+                knobs.overlap,
+                knobs.size_multiple,
+                knobs.max_window_pixels,
+                rows_at_least=self.ctx.world_size,
+            )
+            self._layouts[shape] = TiledLayout(shape, dims, row_band_plan(plan), knobs.max_batch_size)
+        return self._layouts[shape]
+
+    def bounds_for(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The partition of a signal of ``shape`` this denoiser (and the physics beside it) works on."""
+        return band_bounds_of(self.layout_for(shape).plan)
+
+    def shard(self, x: torch.Tensor) -> RowBands:
+        """This rank's band of a replicated ``x``, cut at :meth:`bounds_for` (a view; no communication)."""
+        return shard_rows(self.ctx, x, self.bounds_for(x.shape))
+
+    def __call__(self, x: RowBands, sigma: Any = None, *args: Any, **kwargs: Any) -> RowBands:
+        """Denoise ``x`` (sharded in, sharded out, in the dtype the network returns).
+
+        :raises TypeError: for a replicated tensor (shard it with :meth:`shard`).
+        :raises ValueError: for bands cut elsewhere than :meth:`bounds_for`, or a noise map ``sigma``.
+        """
+        if not isinstance(x, RowBands):
+            raise TypeError(f"x must be RowBands (cut by denoiser.shard(x)), got {type(x).__name__}.")
+        layout = self.layout_for(x.shape)
+        plan, rank = layout.plan, self.ctx.rank
+        bounds = band_bounds_of(plan)
+        if x.bounds != bounds:
+            raise ValueError(
+                f"x's bands {x.bounds} are not this denoiser's {bounds}: cut them with denoiser.shard(x) or "
+                "shard_rows(ctx, x, denoiser.bounds_for(x.shape))."
+            )
+        call = window_call(self.tiled.processor, sigma, x.shape, args, kwargs)
+        if call.kind == "map":
+            raise ValueError("sigma: the sharded denoiser takes a number or one level per sample, not a noise map.")
+        above, below = halo_rows(plan, bounds)
+        with torch.no_grad():
+            extended = with_row_halo(x, above, below, periodic=False)
+            first = bounds[rank] - above[rank]  # the global row of extended's first row
+
+            def window_input(w) -> torch.Tensor:
+                return extended[layout.index(_shifted(w.slices, first))]
+
+            pieces, dtype = run_agreed(self.ctx, layout, window_input, call, x.dtype)
+            out = torch.empty(x.local.shape, dtype=dtype, device=x.device)
+            for index, piece in pieces.items():
+                out[layout.index(_shifted(plan.windows[index].owned_slices, bounds[rank]))] = piece
+        return x.like(out)
+
+
+def _shifted(slices: tuple[slice, ...], rows: int) -> tuple[slice, ...]:
+    """``slices`` (one per tiled dim, the first along dim 2) with the first moved up by ``rows``."""
+    first = slices[0]
+    return (slice(first.start - rows, first.stop - rows), *slices[1:])
