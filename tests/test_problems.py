@@ -154,3 +154,12 @@ def test_closed_form_radon_scaling_matches_deepinvs_power_iteration():
     x = shepp_logan_2d(48)
     assert relative_error(ours.A(x), theirs.A(x)) < 5e-3
     assert relative_error(ours.A_dagger(ours.A(x), fbp=True), theirs.A_dagger(theirs.A(x), fbp=True)) < 5e-3
+
+
+@pytest.mark.parametrize("shape,first,last", [((2, 3, 37, 29), 5, 20), ((1, 1, 10, 7), 9, 10), ((1, 2, 5, 6, 7), 1, 4)])
+def test_a_band_of_seeded_noise_is_the_band_of_the_whole_noise(shape, first, last):
+    from distinv.bench.problems.base import band_of_randn
+
+    whole = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    band = band_of_randn(shape, torch.Generator().manual_seed(4), first, last, torch.float32)
+    assert torch.equal(band, whole[:, :, first:last])

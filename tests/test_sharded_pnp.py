@@ -69,6 +69,7 @@ def run_engine(ctx, engine_name, problem_name, params, tiling, algorithm, step):
         "psnr": [r.psnr for r in records],
         "ssim": [r.ssim for r in records],
         "received": [r.bytes_received for r in records],
+        "sent": [r.bytes_sent for r in records],
         "solver": records[0].data_solver,
     }
 
@@ -166,15 +167,30 @@ def check_misplaced_bands(ctx):
             denoiser(value, 0.1)
         except (TypeError, ValueError) as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
+    large = ShardedDenoiser(ctx, TinyNet(1), patch_size=64, overlap=2)
     try:
-        ShardedDenoiser(ctx, TinyNet(1), patch_size=64, overlap=2)(shard_rows(ctx, x), 0.1)
+        large(shard_rows(ctx, torch.rand(1, 1, 1, 32)), 0.1)  # one row for two ranks
     except ValueError as exc:
         errors.append(f"ValueError: {exc}")
-    return errors
+    return errors, large.layout_for(x.shape).plan.grid
 
 
 def test_bands_the_denoiser_did_not_cut_are_a_clear_error_on_every_rank(ranks):
-    for errors in ranks(2).run(check_misplaced_bands):
+    for errors, grid in ranks(2).run(check_misplaced_bands):
         assert errors[0].startswith("TypeError: x must be RowBands (cut by denoiser.shard(x))")
         assert "are not this denoiser's" in errors[1]
-        assert "patch_size=64 cuts 64 rows into 1 windows, fewer than the 2 bands asked for" in errors[2]
+        assert "1 rows over 2 ranks leave bands of 0 rows, fewer than the overlap 2" in errors[2]
+        assert grid == (2, 1)  # a patch as tall as the image is lowered to give each rank a row of windows
+
+
+def check_subsampled_gather(ctx):
+    x = torch.rand(1, 2, 37, 29, generator=torch.Generator().manual_seed(2))
+    bounds = [0, 5, 20, 37][: ctx.world_size] + [37]
+    bands = shard_rows(ctx, x, bounds)
+    return bands.gather(3), x[:, :, ::3, ::3], bands.gather(), x
+
+
+@pytest.mark.parametrize("world_size", [1, 3])
+def test_a_gather_every_few_rows_and_columns_is_the_whole_image_subsampled(ranks, world_size):
+    for every_third, expected, whole, image in ranks(world_size).run(check_subsampled_gather):
+        assert torch.equal(every_third, expected) and torch.equal(whole, image)

@@ -17,7 +17,13 @@ from .tiling import TilePlan
 
 def plan_command(args: argparse.Namespace) -> int:
     """Print the tile plan for a signal ``C x spatial...`` over ``--world`` ranks; with ``--patch auto`` or
-    ``--batch-size auto``, the plan chosen from ``--denoiser``'s measured cost, and its predictions."""
+    ``--batch-size auto``, the plan chosen from ``--denoiser``'s measured cost, and its predictions. With
+    ``--problem``, the scaling model's predicted iteration instead (:func:`model_command`)."""
+    if args.problem is not None:
+        return model_command(args)
+    if args.shape is None or len(args.world) != 1:
+        raise SystemExit("distinv plan: give --shape C H W and one --world (or --problem for the scaling model).")
+    args.world = args.world[0]
     channels, *spatial = args.shape
     if not spatial:
         raise SystemExit("--shape needs the channel count and at least one spatial size, e.g. --shape 3 4096 4096")
@@ -63,6 +69,29 @@ def plan_command(args: argparse.Namespace) -> int:
     print(f"pixels processed / image pixels: {summary['overhead']:.3f}")
     print(f"predicted load imbalance (max / mean processed): {summary['predicted_imbalance']:.3f}")
     print(f"bytes each rank receives in the output all-gather: {summary['bytes_received_per_rank']:,}")
+    return 0
+
+
+def model_command(args: argparse.Namespace) -> int:
+    """The scaling model (:mod:`distinv.scaling_model`) for ``--problem`` at ``--size``: per world size and
+    engine, the predicted seconds per PGD iteration and bytes per rank, from costs measured here (one rank's share)
+    or the published V100 figures."""
+    from .bench.costs import measure_costs, published_v100, workload
+    from .scaling_model import format_predictions
+
+    size = args.size[0] if args.size and len(args.size) == 1 else tuple(args.size) if args.size else None
+    params = dict(args.param)
+    try:
+        if args.costs == "published-v100":
+            costs, work = published_v100(workload(args.problem, size, params, args.denoiser_model, "cuda")[0])
+        else:
+            costs, work = measure_costs(
+                args.problem, size, params, args.denoiser_model, args.device, args.threads, args.overlap, args.cores
+            )
+        table = format_predictions(costs, work, args.world, args.engine)
+    except ValueError as exc:
+        raise SystemExit(f"distinv plan: {exc}") from None
+    print(table)
     return 0
 
 
@@ -290,8 +319,23 @@ def build_parser() -> argparse.ArgumentParser:
     insights.add_argument("--redo", action="store_true", help="measure again what the table already has")
     insights.set_defaults(run=insights_command)
     plan = commands.add_parser("plan", help="print how a signal is tiled over ranks")
-    plan.add_argument("--shape", type=int, nargs="+", required=True, help="C then spatial sizes, e.g. 3 4096 4096")
-    plan.add_argument("--world", type=int, required=True, help="number of ranks")
+    plan.add_argument("--shape", type=int, nargs="+", default=None, help="C then spatial sizes, e.g. 3 4096 4096")
+    plan.add_argument("--world", type=int, nargs="+", required=True, help="number of ranks (several with --problem)")
+    plan.add_argument("--problem", default=None, help="the scaling model for a benchmark problem, e.g. highres_blur")
+    plan.add_argument("--size", type=int, nargs="+", default=None, help="with --problem: pixels per side, or H W")
+    plan.add_argument(
+        "--param", type=_parameter, action="append", default=[], help="with --problem: a problem parameter, key=value"
+    )
+    plan.add_argument(
+        "--engine", nargs="+", default=["distinv", "distinv-sharded"], choices=["distinv", "distinv-sharded"]
+    )
+    plan.add_argument(
+        "--costs", default="measured", choices=["measured", "published-v100"], help="with --problem: whose costs"
+    )
+    plan.add_argument(
+        "--cores", type=int, default=None, help="with --problem: cores the ranks share (default: one each)"
+    )
+    plan.add_argument("--denoiser-model", default="auto", help="with --problem: the benchmark's denoiser.model")
     plan.add_argument(
         "--patch", default=None, help="owned size per window; default: fewest windows; 'auto': fastest measured"
     )

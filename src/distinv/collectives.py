@@ -31,6 +31,16 @@ def _nbytes(x: torch.Tensor) -> int:
     return x.numel() * x.element_size()
 
 
+def ring_all_reduce_bytes(nbytes: int, world_size: int) -> int:
+    """Bytes one rank sends (and receives) in a ring all-reduce of ``nbytes``: ``2 (p - 1) / p * nbytes``."""
+    return 2 * (world_size - 1) * int(nbytes) // world_size
+
+
+def ring_all_gather_bytes(nbytes: int, world_size: int) -> int:
+    """Bytes one rank sends (and receives) in an all-gather of ``nbytes`` per rank: ``(p - 1) * nbytes``."""
+    return (world_size - 1) * int(nbytes)
+
+
 class PeerRankError(RuntimeError):
     """Raised on every rank that did not fail itself when another rank failed in the same step.
 
@@ -63,12 +73,11 @@ class Collectives:
 
     def all_reduce_bytes(self, nbytes: int) -> int:
         """Bytes one rank sends (and receives) in an all-reduce of ``nbytes`` (ring: ``2 (p - 1) / p``)."""
-        p = self.world_size
-        return 2 * (p - 1) * int(nbytes) // p
+        return ring_all_reduce_bytes(nbytes, self.world_size)
 
     def all_gather_bytes(self, nbytes: int) -> int:
         """Bytes one rank sends (and receives) in an all-gather of ``nbytes`` per rank (``(p - 1) * nbytes``)."""
-        return (self.world_size - 1) * int(nbytes)
+        return ring_all_gather_bytes(nbytes, self.world_size)
 
     def all_reduce(self, x: torch.Tensor, op: Any = None) -> torch.Tensor:
         """Sum (or ``op``) ``x`` over ranks, in place; complex tensors are reduced as pairs of reals."""

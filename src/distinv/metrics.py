@@ -12,9 +12,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .row_bands import ROWS, RowBands, with_row_halo
+from .row_bands import ROWS, RowBands, row_halos
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # torchmetrics' (and deepinv's) defaults
+SSIM_CHUNK_ROWS = 128  # rows of a band scored at once (the map's temporaries are about 20 such slices)
 
 
 def psnr(x: torch.Tensor | RowBands, reference: torch.Tensor | RowBands, data_range: float = 1.0) -> float:
@@ -51,18 +52,33 @@ def _sharded_ssim(x: RowBands, reference: RowBands, data_range: float) -> float:
         total = torch.stack([per_slice.double().sum(), torch.tensor(float(per_slice.numel()), dtype=torch.float64)])
         total = x.ctx.all_reduce(total)
         return float(total[0] / total[1])
-    channels = clamped.shape[1]
-    reach = SSIM_WINDOW // 2
-    both = with_row_halo(x.like(torch.cat([clamped, reference.local.to(clamped.dtype)], dim=1)), reach, reach, False)
-    first, last = x.rows
-    top = reach if first == 0 else 0  # the image's own border: reflected, as torchmetrics pads
-    bottom = reach if last == x.shape[ROWS] else 0
-    both = F.pad(both, (reach, reach, top, bottom), mode="reflect")
-    local_map = _ssim_map(both[:, :channels], both[:, channels:], data_range)  # (B, C, band rows, W)
-    sums = local_map.double().sum(dim=(1, 2, 3))
-    sums = x.ctx.all_reduce(sums.contiguous())
+    channels, reach = clamped.shape[1], SSIM_WINDOW // 2
+    reference_band = reference.local.to(clamped.dtype)
+    top, bottom = row_halos([x.like(clamped), reference], reach, reach, periodic=False)
+    rows = clamped.shape[ROWS]
+    sums = torch.zeros(clamped.shape[0], dtype=torch.float64, device=clamped.device)
+    for start in range(0, rows, SSIM_CHUNK_ROWS):  # a few rows at a time: the map's temporaries stay small
+        stop = min(rows, start + SSIM_CHUNK_ROWS)
+        a = _rows(clamped, top[:, :channels], bottom[:, :channels], start - reach, stop + reach)
+        b = _rows(reference_band, top[:, channels:], bottom[:, channels:], start - reach, stop + reach)
+        sums += _ssim_map(a, b, data_range).double().sum(dim=(1, 2, 3))
+    sums = x.ctx.all_reduce(sums)
     per_sample = sums / (channels * x.shape[ROWS] * x.shape[ROWS + 1])
     return float(per_sample.mean())
+
+
+def _rows(band: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """Rows ``low:high`` of the band extended by its halos (``top`` before row 0, ``bottom`` after the last), the
+    rows beyond the halos (the image's own border) reflected as torchmetrics pads; columns reflected by the
+    window's reach."""
+    rows, reach = band.shape[ROWS], SSIM_WINDOW // 2
+    first, last = max(low, -top.shape[ROWS]), min(high, rows + bottom.shape[ROWS])
+    pieces = [top.narrow(ROWS, top.shape[ROWS] + first, -first)] if first < 0 else []
+    pieces.append(band.narrow(ROWS, max(first, 0), min(last, rows) - max(first, 0)))
+    if last > rows:
+        pieces.append(bottom.narrow(ROWS, 0, last - rows))
+    part = torch.cat(pieces, dim=ROWS) if len(pieces) > 1 else pieces[0]
+    return F.pad(part, (reach, reach, first - low, high - last), mode="reflect")
 
 
 def _ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:

@@ -152,22 +152,28 @@ def pnp(
         Default ``False``: inference, no graph, each iterate freed as the next is made.
     """
     with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        _check(algorithm, iterations, relaxation)
+        aty = physics.A_adjoint(y)
+        del y  # every data step reads A^T y only: measurements handed over without a reference kept are freed here
         return _pnp(
-            algorithm, physics, denoiser, y, x0, sigma, iterations, step, relaxation, tol, cg_iterations,
+            algorithm, physics, denoiser, aty, x0, sigma, iterations, step, relaxation, tol, cg_iterations,
             ground_truth, data_range, callback, ctx, measure_memory,
         )  # fmt: skip
 
 
-def _pnp(
-    algorithm, physics, denoiser, y, x0, sigma, iterations, step, relaxation, tol, cg_iterations, ground_truth,
-    data_range, callback, ctx, measure_memory,
-) -> tuple[torch.Tensor, list[IterationRecord]]:  # fmt: skip
+def _check(algorithm: str, iterations: int, relaxation: float) -> None:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm={algorithm!r}: choose one of {ALGORITHMS}.")
     if iterations < 1:
         raise ValueError(f"iterations={iterations}: it must be at least 1.")
     if not 0 < relaxation < 2:
         raise ValueError(f"relaxation={relaxation}: it must be in (0, 2).")
+
+
+def _pnp(
+    algorithm, physics, denoiser, aty, x0, sigma, iterations, step, relaxation, tol, cg_iterations, ground_truth,
+    data_range, callback, ctx, measure_memory,
+) -> tuple[torch.Tensor, list[IterationRecord]]:  # fmt: skip
     sigmas = [float(sigma)] * iterations if isinstance(sigma, int | float) else [float(s) for s in sigma]
     if len(sigmas) != iterations:
         raise ValueError(f"sigma has {len(sigmas)} levels for iterations={iterations}: give one per iteration.")
@@ -180,7 +186,6 @@ def _pnp(
     steps = [float(step)] * iterations if isinstance(step, int | float) else [float(s) for s in step]
     if len(steps) != iterations or min(steps) <= 0:
         raise ValueError(f"step={step!r}: give a step > 0, or one per iteration (iterations={iterations}).")
-    aty = physics.A_adjoint(y)
     reference = ground_truth.to(x0.device) if ground_truth is not None else None
     x = x0.clone()
     u = (x.zeros_like() if isinstance(x, RowBands) else torch.zeros_like(x)) if algorithm == "admm" else None

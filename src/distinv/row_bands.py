@@ -58,14 +58,22 @@ class RowBands:
         shape = (*local.shape[:ROWS], self.shape[ROWS], *local.shape[ROWS + 1 :])
         return RowBands(self.ctx, shape, self.bounds, local)
 
-    def gather(self) -> torch.Tensor:
-        """The whole signal on every rank (replicated; one all-gather of the bands, padded to the tallest)."""
+    def gather(self, step: int = 1) -> torch.Tensor:
+        """The whole signal on every rank (replicated; one all-gather of the bands, padded to the tallest); with
+        ``step > 1``, every ``step``-th row, column (and slice) only, e.g. for a preview of an image too large to
+        gather whole."""
+        spatial = tuple(range(ROWS, self.local.ndim))
+        index = [slice(None)] * ROWS + [slice(None, None, step)] * len(spatial)
+        first, last = self.rows
+        index[ROWS] = slice((-first) % step, None, step)  # the rows of the global grid 0, step, 2 step, ...
+        local = self.local[tuple(index)]
+        heights = [len(range(a + (-a) % step, b, step)) for a, b in zip(self.bounds, self.bounds[1:], strict=False)]
         if not self.ctx.is_distributed:
-            return self.local
-        tallest = max(self.heights)
-        pad = [0, 0] * (self.local.ndim - ROWS - 1) + [0, tallest - self.local.shape[ROWS]]
-        everything = self.ctx.all_gather(F.pad(self.local, pad).contiguous())
-        return torch.cat([everything[r].narrow(ROWS, 0, h) for r, h in enumerate(self.heights)], dim=ROWS)
+            return local
+        tallest = max(heights)
+        pad = [0, 0] * (local.ndim - ROWS - 1) + [0, tallest - local.shape[ROWS]]
+        everything = self.ctx.all_gather(F.pad(local, pad).contiguous())
+        return torch.cat([everything[r].narrow(ROWS, 0, h) for r, h in enumerate(heights)], dim=ROWS)
 
     # ------------------------------------------------------------------ local arithmetic
     def _operand(self, other):
@@ -179,7 +187,7 @@ def with_row_halo(
     bands: RowBands, above: int | Sequence[int], below: int | Sequence[int], periodic: bool = True
 ) -> torch.Tensor:
     """This rank's band with rows of its neighbours' bands before and after it (one batch of point-to-point
-    calls on ``ctx.p2p_group``, bytes counted).
+    calls on ``ctx.p2p_group``, bytes counted; see :func:`row_halos`).
 
     :param above: rows rank ``r`` needs before its band (one number for every rank, or one per rank);
     :param below: rows it needs after its band;
@@ -188,6 +196,20 @@ def with_row_halo(
         at the signal's border, and is shorter there).
     :raises ValueError: on every rank, when a band is shorter than the rows it must supply.
     """
+    top, bottom = row_halos([bands], above, below, periodic)
+    return torch.cat([top, bands.local, bottom], dim=ROWS)
+
+
+def row_halos(
+    signals: Sequence[RowBands], above: int | Sequence[int], below: int | Sequence[int], periodic: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows before and after this rank's band of each of ``signals`` (of one partition), stacked on channels:
+    one exchange for all of them, and no band copied (only their edge rows travel). Arguments as
+    :func:`with_row_halo`'s.
+
+    :return: ``(top, bottom)``, each ``(B, sum of channels, rows, ...)``.
+    """
+    bands = signals[0]
     ctx, world, rank = bands.ctx, bands.ctx.world_size, bands.ctx.rank
     above = [int(above)] * world if isinstance(above, int) else [int(a) for a in above]
     below = [int(b) for b in ([below] * world if isinstance(below, int) else below)]
@@ -202,34 +224,38 @@ def with_row_halo(
             f"{max(above)} / {max(below)} rows: use fewer ranks, or a smaller kernel or overlap (each band must be "
             "at least as tall as its neighbours' halo)."
         )
-    x = bands.local
+
+    def edge(first: bool, rows: int) -> torch.Tensor:
+        pieces = [s.local.narrow(ROWS, 0 if first else s.local.shape[ROWS] - rows, rows) for s in signals]
+        return torch.cat(pieces, dim=1).contiguous()
+
     if world == 1:  # the band is the whole signal: it is its own neighbour
-        top, bottom = x.narrow(ROWS, x.shape[ROWS] - above[0], above[0]), x.narrow(ROWS, 0, below[0])
-        return torch.cat([top, x, bottom], dim=ROWS)
+        return edge(False, above[0]), edge(True, below[0])
     previous, following = (rank - 1) % world, (rank + 1) % world
+    like = edge(True, 0)
 
     def buffer(rows: int) -> torch.Tensor:
-        return torch.empty((*x.shape[:ROWS], rows, *x.shape[ROWS + 1 :]), dtype=x.dtype, device=x.device)
+        return torch.empty((*like.shape[:ROWS], rows, *like.shape[ROWS + 1 :]), dtype=like.dtype, device=like.device)
 
     from_previous, from_following = buffer(above[rank]), buffer(below[rank])
     to_following = above[following] if (periodic or following > rank) else 0
     to_previous = below[previous] if (periodic or previous < rank) else 0
     ops, sent = [], 0
     if to_following:  # my last rows are the following rank's rows above
-        piece = x.narrow(ROWS, x.shape[ROWS] - to_following, to_following).contiguous()
+        piece = edge(False, to_following)
         ops.append(dist.P2POp(dist.isend, piece, following, ctx.p2p_group, 1))
         sent += piece.numel() * piece.element_size()
     if above[rank]:
         ops.append(dist.P2POp(dist.irecv, from_previous, previous, ctx.p2p_group, 1))
     if to_previous:  # my first rows are the previous rank's rows below
-        piece = x.narrow(ROWS, 0, to_previous).contiguous()
+        piece = edge(True, to_previous)
         ops.append(dist.P2POp(dist.isend, piece, previous, ctx.p2p_group, 2))
         sent += piece.numel() * piece.element_size()
     if below[rank]:
         ops.append(dist.P2POp(dist.irecv, from_following, following, ctx.p2p_group, 2))
     if ops:
-        received = (from_previous.numel() + from_following.numel()) * x.element_size()
+        received = (from_previous.numel() + from_following.numel()) * like.element_size()
         with ctx.communicating(sent, received):
             for request in dist.batch_isend_irecv(ops):
                 request.wait()
-    return torch.cat([from_previous, x, from_following], dim=ROWS)
+    return from_previous, from_following

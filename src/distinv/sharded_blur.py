@@ -22,7 +22,7 @@ import torch
 
 from .context import DistributedContext
 from .linalg import power_iteration
-from .row_bands import RowBands, with_row_halo
+from .row_bands import RowBands, row_halos, with_row_halo
 
 
 class ShardedBlur:
@@ -66,6 +66,11 @@ class ShardedBlur:
         if adjoint:
             return max(h // 2 for h in rows), max((h - 1) // 2 for h in rows)
         return max((h - 1) // 2 for h in rows), max(h // 2 for h in rows)
+
+    def normal_halo(self) -> tuple[int, int]:
+        """Rows above and below its band that ``A_adjoint_A`` reads (the forward's and the adjoint's reach)."""
+        forward, adjoint = self._reach(adjoint=False), self._reach(adjoint=True)
+        return forward[0] + adjoint[0], forward[1] + adjoint[1]
 
     def _spectrum(self, index: int, like: torch.Tensor, adjoint: bool) -> torch.Tensor:
         """``conj(F(w))`` of kernel ``index`` (flipped for ``A``, as is for ``A^T``), placed so that a circular
@@ -111,27 +116,26 @@ class ShardedBlur:
         ]  # fmt: skip
 
     def A_adjoint(self, ys: Sequence[RowBands]) -> RowBands:  # noqa: N802
-        """``sum_i A_i^T y_i``, sharded like the ``y_i`` (one halo exchange of the K stacked on channels, the sum
-        taken in the Fourier domain: one inverse FFT)."""
+        """``sum_i A_i^T y_i``, sharded like the ``y_i``: one halo exchange for all K (their edge rows stacked), the
+        sum taken in the Fourier domain (one inverse FFT), one measurement's band extended at a time."""
         if len(ys) != self.num_operators:
             raise ValueError(f"A_adjoint got {len(ys)} measurements for {self.num_operators} operators.")
         channels = ys[0].local.shape[1]
         margin = self._reach(adjoint=True)
-        stacked = ys[0].like(torch.cat([y.local for y in ys], dim=1))
-        extended = with_row_halo(stacked, *margin)
-        dims, size = (-2, -1), extended.shape[-2:]
-        transformed = torch.fft.rfftn(extended, dim=dims)
-        total = sum(
-            transformed[:, i * channels : (i + 1) * channels] * self._spectrum(i, extended, True)
-            for i in range(self.num_operators)
-        )
+        tops, bottoms = row_halos(ys, *margin)
+        dims, total, size = (-2, -1), None, None
+        for i, y in enumerate(ys):
+            own = slice(i * channels, (i + 1) * channels)
+            extended = torch.cat([tops[:, own], y.local, bottoms[:, own]], dim=2)
+            size = extended.shape[-2:]
+            term = torch.fft.rfftn(extended, dim=dims) * self._spectrum(i, extended, True)
+            total = term if total is None else total.add_(term)
         return ys[0].like(self._band(torch.fft.irfftn(total, s=size, dim=dims), margin, ys[0].local.dtype))
 
     def A_adjoint_A(self, x: RowBands) -> RowBands:  # noqa: N802
         """``sum_i A_i^T A_i x``: one halo exchange (the forward's and the adjoint's reach together) and one FFT
         pair, whatever K (the K normal spectra are summed once and cached)."""
-        forward, adjoint = self._reach(adjoint=False), self._reach(adjoint=True)
-        margin = (forward[0] + adjoint[0], forward[1] + adjoint[1])
+        margin = self.normal_halo()
         extended = with_row_halo(x, *margin)
         dims, size = (-2, -1), extended.shape[-2:]
         full = torch.fft.irfftn(torch.fft.rfftn(extended, dim=dims) * self._normal_spectrum(extended), s=size, dim=dims)

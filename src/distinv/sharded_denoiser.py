@@ -46,6 +46,27 @@ def row_band_plan(plan: TilePlan) -> TilePlan:
     return dataclasses.replace(plan, windows=windows)
 
 
+def row_band_patch(
+    patch_size: int | Sequence[int] | None, shape: Sequence[int], world_size: int, size_multiple: int, overlap: int = 0
+) -> int | tuple[int, ...] | None:
+    """``patch_size`` as given when it cuts ``shape[0]`` rows into at least one row of windows per rank (then the
+    windows are the replicated engine's); else its first dim lowered to the most that does (the other dims keep
+    theirs: windows grow wide rather than many). ``None`` stays ``None`` (the planner then picks a grid with enough
+    rows). Rows that do not divide among the ranks leave the bands unequal by one row of windows."""
+    if patch_size is None:
+        return None
+    patches = [patch_size] * len(shape) if isinstance(patch_size, int) else list(patch_size)
+    if math.ceil(shape[0] / patches[0]) >= world_size:
+        return patch_size
+    patches[0] = max(size_multiple, shape[0] // world_size // size_multiple * size_multiple)
+    if patches[0] < overlap or math.ceil(shape[0] / patches[0]) < world_size:
+        raise ValueError(
+            f"{shape[0]} rows over {world_size} ranks leave bands of {shape[0] // world_size} rows, fewer than the "
+            f"overlap {overlap} (or the size multiple {size_multiple}): use fewer ranks or a smaller overlap."
+        )
+    return tuple(patches)
+
+
 def band_bounds_of(plan: TilePlan) -> tuple[int, ...]:
     """The rows each rank's windows own: ``bounds[r]:bounds[r + 1]`` (length ``world_size + 1``)."""
     bounds = [0] * (plan.world_size + 1)
@@ -89,21 +110,22 @@ class ShardedDenoiser:
 
     def layout_for(self, shape: Sequence[int]) -> TiledLayout:
         """The layout for signals of ``shape`` ``(B, C, N, ...)`` (cached): the tiled denoiser's windows with at least
-        one row of windows per rank, dealt in row bands."""
+        one row of windows per rank (a given patch lowered along the rows if needed: :func:`row_band_patch`), dealt
+        in row bands."""
         shape = tuple(shape)
         if shape not in self._layouts:
             dims = tiling_dims_of(len(shape), self.tiled.tiling_dims)
             if dims[0] != ROWS:
                 raise ValueError(f"tiling_dims={self.tiled.tiling_dims}: the sharded denoiser must tile dim 2.")
-            knobs = self.tiled.knobs
+            knobs, spatial, world = self.tiled.knobs, [shape[d] for d in dims], self.ctx.world_size
             plan = TilePlan.build(
-                [shape[d] for d in dims],
-                self.ctx.world_size,
-                knobs.patch_size,
+                spatial,
+                world,
+                row_band_patch(knobs.patch_size, spatial, world, knobs.size_multiple, _first(knobs.overlap)),
                 knobs.overlap,
                 knobs.size_multiple,
                 knobs.max_window_pixels,
-                rows_at_least=self.ctx.world_size,
+                rows_at_least=world,
             )
             self._layouts[shape] = TiledLayout(shape, dims, row_band_plan(plan), knobs.max_batch_size)
         return self._layouts[shape]
@@ -154,3 +176,8 @@ def _shifted(slices: tuple[slice, ...], rows: int) -> tuple[slice, ...]:
     """``slices`` (one per tiled dim, the first along dim 2) with the first moved up by ``rows``."""
     first = slices[0]
     return (slice(first.start - rows, first.stop - rows), *slices[1:])
+
+
+def _first(overlap: int | Sequence[int]) -> int:
+    """The overlap along the rows (the first tiled dim)."""
+    return overlap if isinstance(overlap, int) else overlap[0]

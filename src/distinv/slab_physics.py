@@ -36,6 +36,10 @@ class SlabStack:
     def num_operators(self) -> int:
         return len(self.operators)
 
+    def normal_halo(self) -> tuple[int, int]:
+        """Rows beyond its slab that ``A_adjoint_A`` reads: none."""
+        return 0, 0
+
     def A(self, x: RowBands) -> list[RowBands]:  # noqa: N802 - deepinv's name
         """The K measurements of ``x``, each sharded in ``x``'s slabs (no communication)."""
         return [x.like(op.A(x.local)) for op in self.operators]

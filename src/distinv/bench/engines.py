@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import functools
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..comm import sum_over_ranks
 from ..context import DistributedContext
-from ..row_bands import RowBands, shard_rows
+from ..row_bands import ROWS, RowBands, shard_rows
 from .problems.base import Problem
 
 DEEPINV_PATCH, DEEPINV_OVERLAP = 256, 64  # deepinv.distributed.distribute's defaults
@@ -72,9 +72,14 @@ class Engine:
         """The reference PSNR and SSIM are computed against, placed as the iterates are."""
         return problem.ground_truth.to(self.view.ctx.device)
 
-    def replicated(self, x: Any) -> torch.Tensor:
-        """The whole image on every rank (a collective for sharded iterates: call it on every rank)."""
+    def replicated(self, x: Any, largest_side: int | None = None) -> torch.Tensor:
+        """The whole image on every rank (a collective for sharded iterates: call it on every rank); sharded ones
+        are subsampled to at most ``largest_side`` pixels per side (a preview)."""
         return x
+
+    def release(self, problem: Problem) -> None:
+        """Drop what the run will not need whole once it has :meth:`ground_truth` (nothing, when iterates are
+        replicated)."""
 
 
 @dataclass
@@ -82,6 +87,7 @@ class ShardedEngine(Engine):
     """``distinv-sharded``: iterates, measurements (where the physics is spatial) and reference sharded by rows."""
 
     spatial: bool = True  # the physics decomposes in space (else: operator split, iterate gathered for it)
+    _truth: RowBands | None = field(default=None, repr=False)
 
     def measure(self, problem: Problem) -> list:
         if self.spatial:
@@ -94,10 +100,22 @@ class ShardedEngine(Engine):
         return self.denoiser.shard(problem.initial(self.view, y))
 
     def ground_truth(self, problem: Problem) -> RowBands:
-        return self.denoiser.shard(problem.ground_truth.to(self.denoiser.ctx.device))
+        if self._truth is None:  # a copy of the band, so the whole image can go
+            self._truth = self.denoiser.shard(problem.ground_truth.to(self.denoiser.ctx.device)).clone()
+        return self._truth
 
-    def replicated(self, x: Any) -> torch.Tensor:
-        return x.gather() if isinstance(x, RowBands) else x
+    def release(self, problem: Problem) -> None:
+        """Each rank keeps its band of the ground truth only (with spatial physics the measurements and the start
+        come from the band; previews gather it back after the iterations)."""
+        if self.spatial:
+            self.ground_truth(problem)
+            problem.ground_truth = None
+
+    def replicated(self, x: Any, largest_side: int | None = None) -> torch.Tensor:
+        if not isinstance(x, RowBands):
+            return x
+        side = max(x.shape[ROWS:])
+        return x.gather(step=1 if largest_side is None else -(-side // largest_side))
 
 
 def build_engine(name: str, ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict) -> Engine:

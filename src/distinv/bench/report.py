@@ -33,6 +33,7 @@ ENGINE_NAMES = {
     "none": "untiled, 1 device",
 }
 ENGINE_ORDER = {"none": 0, "distinv": 1, "distinv-sharded": 2, "deepinv": 3}
+LINE_DASH = {"distinv": "solid", "distinv-sharded": "dot"}  # others (deepinv's module, untiled): dashed
 COMPONENTS = {"total": "whole iteration", "data": "data-fidelity gradient", "denoiser": "denoiser"}
 MIB = 2**20
 
@@ -173,7 +174,7 @@ def scaling_figure(problem: str, summary: list[dict]):
         for index, (size, engine) in enumerate(series):
             points = sorted((k[2], e) for k, e in runs.items() if k[:2] == (size, engine))
             name = f"{ENGINE_NAMES.get(engine, engine)}, {size}"
-            style = {"color": colour(index), "dash": "solid" if engine == "distinv" else "dash"}
+            style = {"color": colour(index), "dash": LINE_DASH.get(engine, "dash")}
             for row, metric, scale in ((1, "speedup", 1.0), (2, "efficiency", 100.0)):
                 values = [(n, e.get(f"{metric}_{component}")) for n, e in points]
                 values = [(n, v * scale) for n, v in values if v is not None]
@@ -253,7 +254,7 @@ def quality_figure(problem: str, rows: list[dict]):
             f"{ENGINE_NAMES.get(first['engine'], first['engine'])} ×{first['world_size']}, "
             f"{size_label(first['size'])}" + (f" (rep {first['repetition']})" if first.get("repetition") else "")
         )
-        style = {"color": colour(index), "dash": "solid" if first["engine"] == "distinv" else "dash"}
+        style = {"color": colour(index), "dash": LINE_DASH.get(first["engine"], "dash")}
         fig.add_scatter(x=its, y=values, mode="lines+markers", name=name, line=style, legendgroup=name, row=1, col=1)
         fig.add_scatter(
             x=times, y=values, mode="lines+markers", name=name, line=style, legendgroup=name, showlegend=False,

@@ -24,10 +24,16 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from .config import RunSpec
 
 AUTO_MODELS = {"radio": "shipped:drunet-small-radio"}  # problems whose images are unlike dead leaves
+PREVIEW_SIDE = 2048  # largest side of a sharded run's previews (gathered subsampled)
 
 
 def load_model(spec: RunSpec, channels: int, volume: bool) -> torch.nn.Module:
-    """The run's denoiser: ``auto`` is the shipped model for the problem (radio: the one trained on radio skies,
+    """The run's denoiser (see :func:`model_from_source`)."""
+    return model_from_source(spec.denoiser["model"], spec.problem, channels, volume)
+
+
+def model_from_source(source: str, problem: str, channels: int, volume: bool) -> torch.nn.Module:
+    """A denoiser for ``problem``: ``auto`` is the shipped model for the problem (radio: the one trained on radio skies,
     otherwise the grey or colour one by the problem's channel count); ``python:module:name``
     calls ``name(channels)`` from an importable module (your own network); anything else goes to
     :func:`~distinv.denoisers.load_denoiser`. Volumes get the 2D model slice by slice along three axes."""
@@ -36,10 +42,9 @@ def load_model(spec: RunSpec, channels: int, volume: bool) -> torch.nn.Module:
     from ..denoisers import load_denoiser
     from ..denoisers.slicewise import SlicewiseDenoiser3D
 
-    source = spec.denoiser["model"]
     if source == "auto":
         by_channels = "shipped:drunet-small-colour" if channels == 3 else "shipped:drunet-small-grey"
-        source = AUTO_MODELS.get(spec.problem, by_channels)
+        source = AUTO_MODELS.get(problem, by_channels)
     if source.startswith("python:"):
         module, _, name = source.removeprefix("python:").partition(":")
         model = getattr(importlib.import_module(module), name)(channels)
@@ -166,17 +171,21 @@ def _reconstruct(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict,
         write_progress(output, spec.key, record.iteration, record.psnr)
 
     with torch.no_grad():
+        truth = engine.ground_truth(problem)  # placed as the iterates are (sharded for distinv-sharded)
+        engine.release(problem)
         y = engine.measure(problem)
         x0 = engine.initial(problem, y)
-        truth = engine.ground_truth(problem)  # placed as the iterates are (sharded for distinv-sharded)
         init_psnr = psnr(x0, truth, problem.data_range)
         solver = spec.solver
         levels = sigma_levels(solver)
+        measurement = y[0] if y else None  # for the preview: the loop keeps none of the K once it has A^T y
+        handover = [y]
+        del y
         x, records = pnp(
             solver["algorithm"],
             engine.physics,
             engine.denoiser,
-            y,
+            handover.pop(),
             x0,
             levels,
             iterations=solver["iterations"],
@@ -190,11 +199,12 @@ def _reconstruct(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict,
             measure_memory=True,
             callback=progress if ctx.rank == 0 else None,
         )
-        # previews want whole images: gathered on every rank (collectives), after the timed iterations
-        x, x0 = engine.replicated(x), engine.replicated(x0)
-        first = engine.replicated(y[0]) if y else None
+        # previews want whole images: gathered on every rank (collectives), after the timed iterations; sharded
+        # ones subsampled to PREVIEW_SIDE pixels per side (the sizes they are for do not fit a rank gathered whole)
+        x, x0, truth = (engine.replicated(t, PREVIEW_SIDE) for t in (x, x0, truth))
+        first = engine.replicated(measurement, PREVIEW_SIDE) if measurement is not None else None
     if ctx.rank == 0:
-        save_previews(Path(output) / "previews", spec, problem, engine.view, first, x0, x)
+        save_previews(Path(output) / "previews", spec, problem, engine.view, first, x0, x, truth)
     return {"init": problem.init_name, "init_psnr": init_psnr}, [asdict(r) for r in records]
 
 
@@ -216,14 +226,16 @@ def _train(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict, list[
     return {"init": "unrolled model at its start"}, [asdict(r) for r in records]
 
 
-def save_previews(folder: Path, spec: RunSpec, problem, view, y, x0: torch.Tensor, x: torch.Tensor) -> None:
+def save_previews(
+    folder: Path, spec: RunSpec, problem, view, y, x0: torch.Tensor, x: torch.Tensor, truth: torch.Tensor
+) -> None:
     """``previews/<run key>.png`` (the reconstruction) and, once per comparison group, the group's ground truth,
     one measurement ``y`` (rank 0's first; ``None`` when it has none) and start in ``previews/<group>/``."""
     from .preview import image_picture, measurement_picture, save_pictures
 
     group = folder / spec.group
     if not (group / "initial.png").exists():
-        pictures = {"ground_truth": image_picture(problem, problem.ground_truth), "initial": image_picture(problem, x0)}
+        pictures = {"ground_truth": image_picture(problem, truth), "initial": image_picture(problem, x0)}
         if y is not None:
             operator = view.local_physics[0] if view.local_physics else None
             pictures["measurement"] = measurement_picture(problem, operator, y)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,18 +82,39 @@ class Problem:
         """The K measurements in ``x``'s bands, from spatially distributed physics (``self.sharded``): each equal
         to the band of the replicated measurement (the same per-operator noise, generated whole and cut)."""
         first, last = x.rows
-        out = []
-        for i, clean in enumerate(physics.A(x)):
+        measurements = physics.A(x)
+        for i, y in enumerate(measurements):  # noise added in place: K bands held, not 2K
             g = torch.Generator(device="cpu").manual_seed(operator_seed(self.seed, i))
-            noise = torch.randn(clean.shape, generator=g, dtype=clean.dtype).narrow(ROWS, first, last - first)
-            out.append(clean + clean.like(self.noise_sigma * noise.to(clean.device)))
-        return out
+            noise = band_of_randn(y.shape, g, first, last, y.dtype)
+            y.local.add_(noise.to(y.device), alpha=self.noise_sigma)
+        return measurements
 
     def initial(self, physics: DistributedStackedLinearPhysics, y_local: list[torch.Tensor]) -> torch.Tensor:
         return self.init(self, physics, y_local)
 
     def psnr(self, estimate: torch.Tensor) -> float:
         return psnr(estimate.detach().cpu(), self.ground_truth, self.data_range)
+
+
+def band_of_randn(
+    shape: tuple[int, ...], generator: torch.Generator, first: int, last: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Rows ``first:last`` (dim 2) of ``torch.randn(shape, generator=generator, dtype=dtype)``, drawn 16 rows at a
+    time so that no more than 16 rows of the whole tensor are ever held (torch's CPU normal sampler gives the same
+    sequence in chunks of a multiple of 16 values as in one call; ``tests/test_problems.py`` pins it)."""
+    rows, width = shape[ROWS], math.prod(shape[ROWS + 1 :])
+    planes = math.prod(shape[:ROWS])
+    out = torch.empty((planes, last - first, width), dtype=dtype)
+    chunk = 16  # rows of the flattened (planes x rows, width) tensor per draw: 16 x width values
+    total = planes * rows
+    for start in range(0, total, chunk):
+        stop = min(start + chunk, total)
+        values = torch.randn(((stop - start) * width,), generator=generator, dtype=dtype).view(-1, width)
+        for offset in range(stop - start):
+            plane, row = divmod(start + offset, rows)
+            if first <= row < last:
+                out[plane, row - first] = values[offset]
+    return out.view(*shape[:ROWS], last - first, *shape[ROWS + 1 :])
 
 
 def weighted_sum_of_terms(

@@ -1,0 +1,151 @@
+"""The scaling model's costs (:class:`~distinv.scaling_model.Costs`) for a benchmark problem: measured on this
+machine (one rank's share: ``threads`` threads), or the published V100 figures of deepinv's module.
+
+Measured: one operator's ``A^T A`` on the whole image and the problem's sharded ``A^T A`` on half of it (the
+fastest of 3 calls after a warm-up), the denoiser's profile (:func:`~distinv.profiling.profile_network`, the probes
+automatic tiling uses), and the link between two gloo processes on this host (all-reduces of 8 bytes and of 32 MiB).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..collectives import ring_all_reduce_bytes
+from ..context import DistributedContext
+from ..planner import CPU_MAX_WINDOW_PIXELS, DEFAULT_OVERLAP, TilingKnobs, size_multiple_of
+from ..profiling import NetworkProfile, Probe, default_probe_shapes, profile_network
+from ..row_bands import shard_rows
+from ..scaling_model import Costs, Workload
+from ..tiling import TilePlan
+from ..timing import timed_calls
+from .problems import build
+from .worker import model_from_source
+
+LINK_BYTES = 32 * 2**20
+
+# The published large-scale study of deepinv's module (V100 GPUs; highres multi-blur at 4096², K=8, DRUNet, tiles of
+# 448 with a 32 halo): one GPU 3.66 s per iteration; a flat per-iteration overhead of about 0.06 s; the physics at
+# 8192² 0.084 s on 4 GPUs (2 operators each); communication about half of the 0.262 s iteration at 64 GPUs.
+V100_ONE_GPU_S, V100_OVERHEAD_S, V100_PHYSICS_8192_4GPU_S, V100_64GPU_S = 3.66, 0.06, 0.084, 0.262
+
+
+def workload(
+    problem: str, size: Any, params: dict, model: str = "auto", device: str = "cpu", overlap: int = DEFAULT_OVERLAP
+) -> tuple[Workload, Any, torch.nn.Module]:
+    """The problem as the model sees it (shape, K, its sharded physics' halo, the engines' default tiling knobs
+    on ``device``), with the built problem and its denoiser."""
+    built = build(problem, size=size, **params)
+    network = model_from_source(model, problem, built.ground_truth.shape[1], built.ground_truth.ndim == 5)
+    halo = None
+    if built.sharded is not None:
+        with DistributedContext(env={}, device_mode="cpu") as ctx:  # the halo is the kernels', wherever they run
+            halo = built.sharded(built, ctx).normal_halo()
+    knobs = TilingKnobs(
+        overlap=overlap,
+        size_multiple=size_multiple_of(network),
+        max_window_pixels=CPU_MAX_WINDOW_PIXELS if device == "cpu" else None,
+    )
+    return Workload(tuple(built.ground_truth.shape), built.num_operators, halo, knobs), built, network
+
+
+def measure_costs(
+    problem: str,
+    size: Any,
+    params: dict,
+    model: str = "auto",
+    device: str = "cpu",
+    threads: int = 1,
+    overlap: int = DEFAULT_OVERLAP,
+    cores: int | None = None,
+) -> tuple[Costs, Workload]:
+    """Measure on this machine what one rank does for ``problem`` at ``size`` (see the module).
+
+    :param cores: compute slots the ranks share (``None``: one per rank), e.g. the cores of a host running more
+        ranks than it has.
+    """
+    torch.set_num_threads(threads)
+    work, built, network = workload(problem, size, params, model, device, overlap)
+    x = built.ground_truth.to(device)
+    operator = built.factory(0, torch.device(device), built.shared)
+    with torch.no_grad():
+        operator_s = min(timed_calls(lambda: operator.A_adjoint(operator.A(x)), device, 3)[0])
+        per_row = 0.0
+        if work.physics_halo is not None:
+            with DistributedContext(env={}, device_mode="gpu" if device == "cuda" else "cpu") as ctx:
+                physics = built.sharded(built, ctx)
+                rows = max(x.shape[2] // 2, max(work.physics_halo) + 1)
+                band = shard_rows(ctx, x.narrow(2, 0, rows).contiguous())
+                seconds = min(timed_calls(lambda: physics.A_adjoint_A(band), device, 3)[0])
+                per_row = seconds / (rows + sum(work.physics_halo))
+        network = network.to(device).eval()
+        shapes = default_probe_shapes(x.shape[2:], work.knobs.size_multiple, x.shape[0], device)
+        profile = profile_network(lambda w: network(w, 0.05), x.shape[1], shapes, samples=x.shape[0], device=device)
+    bandwidth, latency = measure_link() if device == "cpu" else (float("nan"), float("nan"))
+    costs = Costs(profile, operator_s, per_row, bandwidth, latency, cores, f"measured here ({threads} thread/rank)")
+    return costs, work
+
+
+def published_v100(work: Workload) -> tuple[Costs, Workload]:
+    """Costs of a V100 rank calibrated on the published figures above (for ``highres_blur`` with DRUNet): an
+    operator's ``A^T A`` from the physics at 8192² (scaled by pixels), the sharded ``A^T A`` per row as half an
+    operator's (one FFT pair with the K normal spectra summed, against two per operator), the network's seconds per
+    processed pixel from one GPU's iteration less its physics and overhead (tiles 448, halo 32), the bandwidth from
+    the communication at 64 GPUs (an image all-reduce and all-gather in half of 0.262 s); tiles of 448 with a 32
+    halo, as published. The 64-GPU replicated prediction therefore reproduces what calibrated it; the sharded one
+    and the 16-GPU ones are predictions."""
+    spatial = work.shape[2:]
+    pixels = math.prod(spatial)
+    operator_s = V100_PHYSICS_8192_4GPU_S / 2 * pixels / 8192**2
+    one_gpu = TilePlan.build(spatial, 1, 448, 32, 8)
+    processed = sum(w.pixels for w in one_gpu.windows) * work.shape[0]
+    per_pixel = (V100_ONE_GPU_S - V100_OVERHEAD_S - work.num_operators * operator_s) / processed
+    profile = NetworkProfile((Probe(2**16, per_pixel * 2**16, 0), Probe(2**28, per_pixel * 2**28, 0)))
+    image = math.prod(work.shape) * work.itemsize
+    moved = ring_all_reduce_bytes(image, 64) + 63 * image // 64  # all-reduce and all-gather of owned regions
+    bandwidth = moved / (V100_64GPU_S / 2)
+    costs = Costs(profile, operator_s, 0.5 * operator_s / spatial[0], bandwidth, 1e-4, None,
+                  "published V100 figures (calibrated; see distinv.bench.costs)", V100_OVERHEAD_S)  # fmt: skip
+    knobs = TilingKnobs(patch_size=448, overlap=32, size_multiple=8)  # the published tiles, no window limit
+    return costs, Workload(work.shape, work.num_operators, work.physics_halo, knobs, work.itemsize)
+
+
+def measure_link(nbytes: int = LINK_BYTES, repeats: int = 5) -> tuple[float, float]:
+    """Bandwidth (bytes per second one rank sends, as the ring rule counts them) and latency (seconds) of a gloo
+    all-reduce between two processes on this host."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as folder:
+        mp.start_processes(_link_rank, args=(folder, nbytes, repeats), nprocs=2, start_method="spawn")
+        result = json.loads((Path(folder) / "link.json").read_text())
+    return result["bandwidth"], result["latency"]
+
+
+def _link_rank(rank: int, folder: str, nbytes: int, repeats: int) -> None:
+    torch.set_num_threads(1)
+    store = dist.FileStore(str(Path(folder) / "store"), 2)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
+    try:
+
+        def seconds(t: torch.Tensor) -> float:
+            dist.all_reduce(t)  # warm-up
+            dist.barrier()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                dist.all_reduce(t)
+            return (time.perf_counter() - start) / repeats
+
+        latency = seconds(torch.zeros(2))
+        large = seconds(torch.zeros(nbytes // 4))
+        if rank == 0:
+            bandwidth = ring_all_reduce_bytes(nbytes, 2) / max(large - latency, 1e-9)
+            (Path(folder) / "link.json").write_text(json.dumps({"bandwidth": bandwidth, "latency": latency}))
+    finally:
+        dist.destroy_process_group()
