@@ -15,6 +15,7 @@ from distinv.metrics import psnr, ssim
 from distinv.pnp import pnp
 from distinv.row_bands import shard_rows
 from distinv.sharded_denoiser import ShardedDenoiser, band_bounds_of, halo_rows
+from test_results_are_right import SmallNet
 
 BLUR = {"size": (64, 40), "num_operators": 3, "sigma_major": 1.5, "sigma_minor": 0.5, "noise_sigma": 0.02}
 TOMO3D = {"size": 32, "num_angles": 12, "num_operators": 3, "noise_sigma": 0.02}
@@ -25,29 +26,17 @@ TILING = {"patch_size": 16, "overlap": 2}
 TILING_3D = {"patch_size": 8, "overlap": 2}
 
 
-class TinyNet(torch.nn.Module):
-    """Three 3x3 convolutions (a reach of 3 pixels), scaled by the noise level: ``x + sigma * f(x)``."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        torch.manual_seed(3)
-        self.net = torch.nn.Sequential(
-            torch.nn.Conv2d(channels, 8, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.Conv2d(8, 8, 3, padding=1),
-            torch.nn.ReLU(),
-            torch.nn.Conv2d(8, channels, 3, padding=1),
-        )
-
-    def forward(self, x: torch.Tensor, sigma=0.05) -> torch.Tensor:
-        return x + sigma * self.net(x)
+def tiny_net(channels: int) -> torch.nn.Module:
+    """Three 3x3 convolutions (a reach of 3 pixels), the same weights on every call."""
+    torch.manual_seed(3)
+    return SmallNet(channels)
 
 
 def _model(problem):
     from distinv.denoisers.slicewise import SlicewiseDenoiser3D
 
     channels = problem.ground_truth.shape[1]
-    net = TinyNet(channels)
+    net = tiny_net(channels)
     return SlicewiseDenoiser3D(net) if problem.ground_truth.ndim == 5 else net
 
 
@@ -141,7 +130,7 @@ def test_psnr_and_ssim_from_the_shards_equal_the_whole_images(ranks, world_size,
 
 
 def check_denoiser_partition(ctx):
-    denoiser = ShardedDenoiser(ctx, TinyNet(3), patch_size=16, overlap=8)
+    denoiser = ShardedDenoiser(ctx, tiny_net(3), patch_size=16, overlap=8)
     layout = denoiser.layout_for((1, 3, 64, 40))
     bounds = band_bounds_of(layout.plan)
     above, below = halo_rows(layout.plan, bounds)
@@ -159,7 +148,7 @@ def test_each_rank_owns_a_contiguous_band_of_window_rows_and_reads_only_its_neig
 
 
 def check_misplaced_bands(ctx):
-    denoiser = ShardedDenoiser(ctx, TinyNet(1), **TILING)
+    denoiser = ShardedDenoiser(ctx, tiny_net(1), **TILING)
     x = torch.rand(1, 1, 64, 32)
     errors = []
     for value in (x, shard_rows(ctx, x, [0, *[64] * ctx.world_size])):
@@ -167,7 +156,7 @@ def check_misplaced_bands(ctx):
             denoiser(value, 0.1)
         except (TypeError, ValueError) as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
-    large = ShardedDenoiser(ctx, TinyNet(1), patch_size=64, overlap=2)
+    large = ShardedDenoiser(ctx, tiny_net(1), patch_size=64, overlap=2)
     try:
         large(shard_rows(ctx, torch.rand(1, 1, 1, 32)), 0.1)  # one row for two ranks
     except ValueError as exc:

@@ -241,18 +241,17 @@ def row_halos(
     to_following = above[following] if (periodic or following > rank) else 0
     to_previous = below[previous] if (periodic or previous < rank) else 0
     ops, sent = [], 0
-    if to_following:  # my last rows are the following rank's rows above
-        piece = edge(False, to_following)
-        ops.append(dist.P2POp(dist.isend, piece, following, ctx.p2p_group, 1))
-        sent += piece.numel() * piece.element_size()
-    if above[rank]:
-        ops.append(dist.P2POp(dist.irecv, from_previous, previous, ctx.p2p_group, 1))
-    if to_previous:  # my first rows are the previous rank's rows below
-        piece = edge(True, to_previous)
-        ops.append(dist.P2POp(dist.isend, piece, previous, ctx.p2p_group, 2))
-        sent += piece.numel() * piece.element_size()
-    if below[rank]:
-        ops.append(dist.P2POp(dist.irecv, from_following, following, ctx.p2p_group, 2))
+    # tag 1: my last rows are the following rank's rows above; tag 2: my first rows are the previous rank's below
+    for tag, rows, peer, first, received_from, buffer_in in (
+        (1, to_following, following, False, previous, from_previous),
+        (2, to_previous, previous, True, following, from_following),
+    ):
+        if rows:
+            piece = edge(first, rows)
+            ops.append(dist.P2POp(dist.isend, piece, peer, ctx.p2p_group, tag))
+            sent += piece.numel() * piece.element_size()
+        if buffer_in.shape[ROWS]:
+            ops.append(dist.P2POp(dist.irecv, buffer_in, received_from, ctx.p2p_group, tag))
     if ops:
         received = (from_previous.numel() + from_following.numel()) * like.element_size()
         with ctx.communicating(sent, received):

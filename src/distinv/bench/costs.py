@@ -94,25 +94,29 @@ def measure_costs(
 
 
 def published_v100(work: Workload) -> tuple[Costs, Workload]:
-    """Costs of a V100 rank calibrated on the published figures above (for ``highres_blur`` with DRUNet): an
-    operator's ``A^T A`` from the physics at 8192² (scaled by pixels), the sharded ``A^T A`` per row as half an
+    """Costs of a V100 rank calibrated on the published figures above (for ``highres_blur`` with DRUNet, colour):
+    an operator's ``A^T A`` from the physics at 8192² (scaled by pixels), the sharded ``A^T A`` per row as half an
     operator's (one FFT pair with the K normal spectra summed, against two per operator), the network's seconds per
-    processed pixel from one GPU's iteration less its physics and overhead (tiles 448, halo 32), the bandwidth from
-    the communication at 64 GPUs (an image all-reduce and all-gather in half of 0.262 s); tiles of 448 with a 32
-    halo, as published. The 64-GPU replicated prediction therefore reproduces what calibrated it; the sharded one
-    and the 16-GPU ones are predictions."""
+    processed pixel from one GPU's iteration at 4096² less its physics and overhead (tiles 448, halo 32), the
+    bandwidth from the communication at 64 GPUs at 4096² (an image all-reduce and all-gather in half of 0.262 s),
+    the flat overhead scaled by pixels (0.06 s at 4096², 0.24 s at 8192², as published); tiles of 448 with a 32
+    halo, as published. The 64-GPU replicated prediction at 4096² therefore reproduces what calibrated it; the
+    sharded ones, other sizes and the 16-GPU ones are predictions."""
     spatial = work.shape[2:]
-    pixels = math.prod(spatial)
-    operator_s = V100_PHYSICS_8192_4GPU_S / 2 * pixels / 8192**2
-    one_gpu = TilePlan.build(spatial, 1, 448, 32, 8)
-    processed = sum(w.pixels for w in one_gpu.windows) * work.shape[0]
-    per_pixel = (V100_ONE_GPU_S - V100_OVERHEAD_S - work.num_operators * operator_s) / processed
+    reference = (1, 3, 4096, 4096)  # the published problem the figures calibrate on
+    per_operator = V100_PHYSICS_8192_4GPU_S / 2 / 8192**2  # seconds per pixel of one operator's A^T A
+    one_gpu = TilePlan.build(reference[2:], 1, 448, 32, 8)
+    processed = sum(w.pixels for w in one_gpu.windows)
+    physics = work.num_operators * per_operator * 4096**2
+    per_pixel = (V100_ONE_GPU_S - V100_OVERHEAD_S - physics) / processed
     profile = NetworkProfile((Probe(2**16, per_pixel * 2**16, 0), Probe(2**28, per_pixel * 2**28, 0)))
-    image = math.prod(work.shape) * work.itemsize
+    image = math.prod(reference) * work.itemsize
     moved = ring_all_reduce_bytes(image, 64) + 63 * image // 64  # all-reduce and all-gather of owned regions
     bandwidth = moved / (V100_64GPU_S / 2)
+    operator_s = per_operator * math.prod(spatial)
+    overhead = V100_OVERHEAD_S * math.prod(spatial) / 4096**2  # published: 0.06 s at 4096², 0.24 s at 8192²
     costs = Costs(profile, operator_s, 0.5 * operator_s / spatial[0], bandwidth, 1e-4, None,
-                  "published V100 figures (calibrated; see distinv.bench.costs)", V100_OVERHEAD_S)  # fmt: skip
+                  "published V100 figures (calibrated; see distinv.bench.costs)", overhead)  # fmt: skip
     knobs = TilingKnobs(patch_size=448, overlap=32, size_multiple=8)  # the published tiles, no window limit
     return costs, Workload(work.shape, work.num_operators, work.physics_halo, knobs, work.itemsize)
 
