@@ -1,0 +1,79 @@
+"""The lean parallel-beam projector: deepinv's forward to float rounding, the exact transpose as its adjoint (dot
+test; deepinv's adjoint through autograd), differentiable to second order, the same whatever the chunking, volumes
+slice by slice, and nothing stored but its angles."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from deepinv.physics import Tomography
+
+from distinv.parallel_beam import ParallelBeam
+
+W = 29
+ANGLES = torch.arange(0, 180, 180 / 11)
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_the_forward_is_deepinvs_and_the_adjoint_its_exact_transpose():
+    warnings.simplefilter("ignore")
+    exact = Tomography(angles=ANGLES, img_width=W, circle=False, normalize=False, adjoint_via_backprop=True)
+    ours = ParallelBeam(ANGLES, W)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, W, W, generator=g)
+    y = torch.rand(2, 3, ours.detectors, len(ANGLES), generator=g)
+    assert ours.A(x).shape == exact.A(x).shape
+    assert relative(ours.A(x), exact.A(x)) < 1e-5
+    assert relative(ours.A_adjoint(y), exact.A_adjoint(y)) < 1e-5
+
+
+def test_the_pair_passes_the_dot_test_and_differentiates_twice():
+    ours = ParallelBeam(ANGLES, 12, scale=0.3)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(1, 2, 12, 12, generator=g, dtype=torch.float64)
+    y = torch.rand(1, 2, ours.detectors, len(ANGLES), generator=g, dtype=torch.float64)
+    lhs, rhs = (ours.A(x) * y).sum(), (x * ours.A_adjoint(y)).sum()
+    assert abs(lhs - rhs) / abs(lhs) < 1e-12
+    xg = x[:, :1].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: ours.A(t), (xg,))
+    assert torch.autograd.gradgradcheck(lambda t: ours.A_adjoint(ours.A(t)), (xg,))
+
+
+def test_chunks_of_angles_change_nothing_and_only_the_angles_are_stored():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(1, 1, W, W, generator=g)
+    one_at_a_time, all_at_once = ParallelBeam(ANGLES, W, workspace_bytes=1), ParallelBeam(ANGLES, W)
+    assert len(one_at_a_time._chunks(W * W)) == len(ANGLES) and len(all_at_once._chunks(W * W)) == 1
+    assert torch.allclose(one_at_a_time.A(x), all_at_once.A(x), atol=1e-6)
+    y = all_at_once.A(x)
+    assert torch.allclose(one_at_a_time.A_adjoint(y), all_at_once.A_adjoint(y), atol=1e-5)
+    stored = sum(b.numel() for b in all_at_once.buffers()) + sum(p.numel() for p in all_at_once.parameters())
+    assert stored <= len(ANGLES) + 1  # the angles (and deepinv's one-number device holder)
+
+
+def test_a_volume_is_projected_slice_by_slice():
+    ours = ParallelBeam(ANGLES, W)
+    v = torch.rand(2, 1, 4, W, W, generator=torch.Generator().manual_seed(3))
+    y = ours.A(v)
+    assert y.shape == (2, 1, 4, ours.detectors, len(ANGLES))
+    assert torch.allclose(y[:, :, 2], ours.A(v[:, :, 2]))
+    assert torch.allclose(ours.A_adjoint(y)[:, :, 1], ours.A_adjoint(y[:, :, 1]), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda op: op.A(torch.rand(1, 1, 10, 10)), "x has shape (1, 1, 10, 10): expected (B, C, 29, 29)"),
+        (lambda op: op.A_adjoint(torch.rand(1, 1, 41, 3)), "y has shape (1, 1, 41, 3): expected (B, C, 42, 11)"),
+        (lambda op: ParallelBeam(torch.zeros(0), 8), "give a 1D tensor of at least one angle"),
+    ],
+)
+def test_shapes_the_operator_cannot_take_are_clear_errors(call, message):
+    with pytest.raises(ValueError) as error:
+        call(ParallelBeam(ANGLES, W))
+    assert message in str(error.value)
