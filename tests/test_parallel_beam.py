@@ -77,3 +77,16 @@ def test_shapes_the_operator_cannot_take_are_clear_errors(call, message):
     with pytest.raises(ValueError) as error:
         call(ParallelBeam(ANGLES, W))
     assert message in str(error.value)
+
+
+def test_filtered_back_projection_is_deepinvs_and_reconstructs_the_phantom():
+    from distinv.images import shepp_logan_2d
+
+    warnings.simplefilter("ignore")
+    x = shepp_logan_2d(64)
+    angles = torch.arange(0, 180, 2.0)
+    theirs = Tomography(angles=angles, img_width=64, circle=False, normalize=False, adjoint_via_backprop=True)
+    ours = ParallelBeam(angles, 64, scale=0.5)
+    fbp = ours.A_dagger(ours.A(x), fbp=True)
+    assert relative(fbp, theirs.A_dagger(theirs.A(x), fbp=True)) < 1e-4
+    assert relative(fbp, x) < 0.3

@@ -69,6 +69,14 @@ class ParallelBeam(LinearPhysics):
         sinograms, unfold = self._fold(y, "y", self.detectors, len(self.angles))
         return unfold(_BackProject.apply(sinograms, self) * self.scale)
 
+    def A_dagger(self, y: torch.Tensor, fbp: bool = False, **kwargs) -> torch.Tensor:  # noqa: N802
+        """With ``fbp=True`` the filtered back-projection (a ramp filter along the detectors, then the adjoint,
+        scaled by ``pi / (2 angles)`` as deepinv's FBP with its exact adjoint); else deepinv's least squares."""
+        if not fbp:
+            return super().A_dagger(y, **kwargs)
+        filtered = ramp_filter(y, dim=-2)
+        return self.A_adjoint(filtered) * (math.pi / (2 * len(self.angles))) / self.scale**2
+
     def _fold(self, t: torch.Tensor, name: str, rows: int, columns: int | None = None):
         """``t`` as 4D (a volume's slices folded into channels) and the function that unfolds a result."""
         last = (rows, columns if columns is not None else rows)
@@ -134,6 +142,22 @@ class ParallelBeam(LinearPhysics):
         before, _ = self._pad()
         w = self.img_width
         return total[:, before : before + w, before : before + w].reshape(b, c, w, w)
+
+
+def ramp_filter(y: torch.Tensor, dim: int = -2) -> torch.Tensor:
+    """``y`` filtered along ``dim`` (the detectors) by the band-limited ramp |f| (Kak and Slaney's discrete
+    filter: the spatial kernel ``1/4`` at 0, ``-1 / (pi n)^2`` at odd ``n``, 0 at even ``n``), zero-padded to a power
+    of two at least twice the length so that the convolution does not wrap."""
+    length = y.shape[dim]
+    size = max(64, 1 << math.ceil(math.log2(2 * length)))
+    offsets = torch.arange(size, dtype=torch.float64)
+    distance = torch.minimum(offsets, size - offsets)  # circular distance to 0
+    kernel = torch.where(distance % 2 == 1, -1.0 / (math.pi * distance) ** 2, torch.zeros_like(distance))
+    kernel[0] = 0.25
+    response = (2 * torch.fft.fft(kernel).real).to(y.dtype).to(y.device)
+    moved = y.movedim(dim, -1)
+    spectrum = torch.fft.fft(moved, n=size, dim=-1) * response
+    return torch.fft.ifft(spectrum, dim=-1).real[..., :length].to(y.dtype).movedim(-1, dim)
 
 
 class _Project(torch.autograd.Function):
