@@ -62,12 +62,12 @@ class ParallelBeam(LinearPhysics):
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:  # noqa: N802 - deepinv's name
         """Sinograms ``(B, C, detectors, angles)`` (volumes: ``(B, C, D, detectors, angles)``)."""
         images, unfold = self._fold(x, "x", self.img_width)
-        return unfold(_Project.apply(images, self) * self.scale)
+        return unfold(_Apply.apply(images, self, False) * self.scale)
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:  # noqa: N802
         """The exact transpose of :meth:`A`: images ``(B, C, W, W)`` (volumes ``(B, C, D, W, W)``)."""
         sinograms, unfold = self._fold(y, "y", self.detectors, len(self.angles))
-        return unfold(_BackProject.apply(sinograms, self) * self.scale)
+        return unfold(_Apply.apply(sinograms, self, True) * self.scale)
 
     def A_dagger(self, y: torch.Tensor, fbp: bool = False, **kwargs) -> torch.Tensor:  # noqa: N802
         """With ``fbp=True`` the filtered back-projection (a ramp filter along the detectors, then the adjoint,
@@ -160,23 +160,14 @@ def ramp_filter(y: torch.Tensor, dim: int = -2) -> torch.Tensor:
     return torch.fft.ifft(spectrum, dim=-1).real[..., :length].to(y.dtype).movedim(-1, dim)
 
 
-class _Project(torch.autograd.Function):
+class _Apply(torch.autograd.Function):
+    """``operator.project`` (``adjoint=False``) or ``operator.back_project``; the backward of each is the other."""
+
     @staticmethod
-    def forward(ctx, x, operator):
-        ctx.operator = operator
-        return operator.project(x)
+    def forward(ctx, t, operator, adjoint):
+        ctx.operator, ctx.adjoint = operator, adjoint
+        return operator.back_project(t) if adjoint else operator.project(t)
 
     @staticmethod
     def backward(ctx, grad):
-        return _BackProject.apply(grad, ctx.operator), None
-
-
-class _BackProject(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, operator):
-        ctx.operator = operator
-        return operator.back_project(y)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _Project.apply(grad, ctx.operator), None
+        return _Apply.apply(grad, ctx.operator, not ctx.adjoint), None, None
