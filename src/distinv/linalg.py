@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .row_bands import ROWS, RowBands
+from .row_bands import RowBands, randn_rows
 
 Vector = torch.Tensor | RowBands
 Operator = Callable[[Vector], Vector]
@@ -104,13 +104,11 @@ def power_iteration(
     :return: (the eigenvalue as a 0-dim real tensor, the number of iterations done).
     """
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    start = torch.randn(like.shape, generator=generator, dtype=like.dtype)
     if isinstance(like, RowBands):
-        first, last = like.rows
-        x = like.like(start.narrow(ROWS, first, last - first).to(like.device))
+        x = like.like(randn_rows(like.shape, generator, *like.rows, like.dtype).to(like.device))
         value = torch.zeros((), dtype=like.local.real.dtype, device=like.device)
     else:
-        x = start.to(like.device)
+        x = torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
         value = torch.zeros((), dtype=x.real.dtype, device=x.device)
     x = x / _norm(x)
     for iteration in range(1, max_iter + 1):

@@ -21,7 +21,7 @@ SSIM_CHUNK_ROWS = 128  # rows of a band scored at once (the map's temporaries ar
 def psnr(x: torch.Tensor | RowBands, reference: torch.Tensor | RowBands, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB of ``x`` (clamped to ``[0, data_range]``) against ``reference``."""
     if isinstance(x, RowBands):
-        error = ((x.local.detach().clamp(0, data_range) - reference.local) ** 2).double().sum().reshape(1)
+        error = ((x.local.detach().clamp(0, data_range) - reference.local) ** 2).sum(dtype=torch.float64).reshape(1)
         mse = float(x.ctx.all_reduce(error)[0]) / math.prod(x.shape)
     else:
         mse = torch.mean((x.detach().clamp(0, data_range) - reference) ** 2).item()

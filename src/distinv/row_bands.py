@@ -11,6 +11,7 @@ windows, which stop at the signal's border).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Number
@@ -147,12 +148,35 @@ class RowBands:
     def norm(self) -> torch.Tensor:
         """The 2-norm of the whole signal (a replicated 0-dim tensor; one all-reduce of one number)."""
         local = self.local.abs() if self.local.is_complex() else self.local
-        total = (local.double() ** 2).sum().reshape(1)
+        total = torch.linalg.vector_norm(local).double().square().reshape(1)  # no band-sized double copy
         return self.ctx.all_reduce(total)[0].sqrt().to(local.dtype)
 
     def sum(self) -> torch.Tensor:
         """The sum of every entry (replicated; one all-reduce of one number)."""
-        return self.ctx.all_reduce(self.local.double().sum().reshape(1))[0]
+        return self.ctx.all_reduce(self.local.sum(dtype=torch.float64).reshape(1))[0]
+
+
+def randn_rows(
+    shape: Sequence[int], generator: torch.Generator, first: int, last: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Rows ``first:last`` (dim 2) of ``torch.randn(shape, generator=generator, dtype=dtype)`` without the whole
+    tensor: drawn a multiple of 16 rows at a time (about a million values), the rows outside the band dropped (torch's
+    CPU normal sampler gives the same sequence in chunks of a multiple of 16 values as in one call;
+    ``tests/test_problems.py`` pins it)."""
+    shape = tuple(shape)
+    rows, width = shape[ROWS], math.prod(shape[ROWS + 1 :])
+    planes = math.prod(shape[:ROWS])
+    out = torch.empty((planes, last - first, width), dtype=dtype)
+    chunk = 16 * max(1, 2**20 // (16 * width))  # rows of the flattened (planes x rows, width) tensor per draw
+    total = planes * rows
+    for start in range(0, total, chunk):
+        stop = min(start + chunk, total)
+        values = torch.randn(((stop - start) * width,), generator=generator, dtype=dtype).view(-1, width)
+        index = torch.arange(start, stop)
+        plane, row = index // rows, index % rows
+        keep = (row >= first) & (row < last)
+        out[plane[keep], row[keep] - first] = values[keep]
+    return out.view(*shape[:ROWS], last - first, *shape[ROWS + 1 :])
 
 
 def band_bounds(height: int, world_size: int) -> tuple[int, ...]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,7 @@ from ...linear_physics import DistributedStackedLinearPhysics
 from ...metrics import psnr
 from ...physics import operator_seed
 from ...placement import LocalMeasurements
-from ...row_bands import ROWS, RowBands
+from ...row_bands import RowBands, randn_rows
 
 OperatorFactory = Callable[[int, torch.device, Any], LinearPhysics]
 # sharded(problem, ctx) -> the K operators applied to RowBands (ShardedBlur, SlabStack): how they decompose in space.
@@ -85,7 +84,7 @@ class Problem:
         measurements = physics.A(x)
         for i, y in enumerate(measurements):  # noise added in place: K bands held, not 2K
             g = torch.Generator(device="cpu").manual_seed(operator_seed(self.seed, i))
-            noise = band_of_randn(y.shape, g, first, last, y.dtype)
+            noise = randn_rows(y.shape, g, first, last, y.dtype)
             y.local.add_(noise.to(y.device), alpha=self.noise_sigma)
         return measurements
 
@@ -94,27 +93,6 @@ class Problem:
 
     def psnr(self, estimate: torch.Tensor) -> float:
         return psnr(estimate.detach().cpu(), self.ground_truth, self.data_range)
-
-
-def band_of_randn(
-    shape: tuple[int, ...], generator: torch.Generator, first: int, last: int, dtype: torch.dtype
-) -> torch.Tensor:
-    """Rows ``first:last`` (dim 2) of ``torch.randn(shape, generator=generator, dtype=dtype)``, drawn 16 rows at a
-    time so that no more than 16 rows of the whole tensor are ever held (torch's CPU normal sampler gives the same
-    sequence in chunks of a multiple of 16 values as in one call; ``tests/test_problems.py`` pins it)."""
-    rows, width = shape[ROWS], math.prod(shape[ROWS + 1 :])
-    planes = math.prod(shape[:ROWS])
-    out = torch.empty((planes, last - first, width), dtype=dtype)
-    chunk = 16  # rows of the flattened (planes x rows, width) tensor per draw: 16 x width values
-    total = planes * rows
-    for start in range(0, total, chunk):
-        stop = min(start + chunk, total)
-        values = torch.randn(((stop - start) * width,), generator=generator, dtype=dtype).view(-1, width)
-        for offset in range(stop - start):
-            plane, row = divmod(start + offset, rows)
-            if first <= row < last:
-                out[plane, row - first] = values[offset]
-    return out.view(*shape[:ROWS], last - first, *shape[ROWS + 1 :])
 
 
 def weighted_sum_of_terms(
