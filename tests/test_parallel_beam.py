@@ -117,3 +117,41 @@ def test_filtered_back_projection_is_deepinvs_and_reconstructs_the_phantom():
     fbp = ours.A_dagger(ours.A(x), fbp=True)
     assert relative(fbp, theirs.A_dagger(theirs.A(x), fbp=True)) < 0.2  # measured 0.13: the two interpolations
     assert relative(fbp, x) < 0.42  # 0.38 at 64² and 90 angles (deepinv's 0.32): the phantom's sharp edges
+
+
+def check_distributed_blocks(ctx, size: int, num_angles: int, k: int):
+    """tomography_2d's blocks of angles distributed over the ranks, against the same blocks in one process and
+    against deepinv's Tomography blocks."""
+    from deepinv.physics import StackedLinearPhysics
+
+    from distinv import distribute
+    from distinv.bench.problems.tomography_2d import block_angles, unit_norm_radon
+
+    warnings.simplefilter("ignore")
+
+    def factory(i, device, shared):
+        return unit_norm_radon(block_angles(i, num_angles, k), size, shared["projector"], device)
+
+    ours = distribute(factory, ctx, num_operators=k, type_object="linear_physics", shared={"projector": "distinv"})
+    alone = StackedLinearPhysics([factory(i, "cpu", {"projector": "distinv"}) for i in range(k)])
+    deepinvs = StackedLinearPhysics([factory(i, "cpu", {"projector": "deepinv"}) for i in range(k)])
+    x = blob(size, 0.55 * size, 0.4 * size, size / 10).double()
+    v = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    y = alone.A(v)
+    lhs = sum((a * b).sum() for a, b in zip(ours.A(v), y, strict=True))
+    rhs = (v * ours.A_adjoint(y)).sum()
+    return {
+        "A": max(relative(a, b) for a, b in zip(ours.A(v), alone.A(v), strict=True)),
+        "A_adjoint": relative(ours.A_adjoint(y), alone.A_adjoint(y)),
+        "A_adjoint_A": relative(ours.A_adjoint_A(v), alone.A_adjoint_A(v)),
+        "dot": (abs(lhs - rhs) / abs(lhs)).item(),
+        "deepinv": max(relative(a, b.double()) for a, b in zip(ours.A(x), deepinvs.A(x.float()), strict=True)),
+    }
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_distributed_blocks_equal_the_blocks_in_one_process_and_deepinvs_to_interpolation(ranks, world_size):
+    for errors in ranks(world_size).run(check_distributed_blocks, 40, 24, 4):
+        assert errors["A"] < 1e-12 and errors["A_adjoint"] < 1e-12 and errors["A_adjoint_A"] < 1e-12, errors
+        assert errors["dot"] < 1e-12, errors
+        assert errors["deepinv"] < 0.01, errors  # a smooth image: the interpolations agree within 1%

@@ -117,6 +117,7 @@ def test_user_image_is_cropped_and_resized(tmp_path):
         ("tomography_2d", {"size": 64, "num_angles": 3, "num_operators": 4}, "num_operators=4"),
         ("tomography_2d", {"size": 4}, "size=4"),
         ("tomography_3d", {"size": 24, "num_angles": 2, "num_operators": 3}, "num_operators=3"),
+        ("tomography_2d", {"size": 32, "projector": "radon"}, "projector='radon': give 'distinv'"),
         ("radon", {}, "problem='radon'"),
         ("radio", {"num_times": 4, "num_operators": 5}, "num_operators=5"),
         ("radio", {"split": "channel", "num_channels": 2, "num_operators": 3}, "num_channels=2"),
@@ -142,6 +143,21 @@ def test_volume_projections_do_not_depend_on_slices_per_call():
     y = whole.A(volume)
     assert y.shape[:3] == (1, 1, 16) and torch.allclose(one_by_one.A(volume), y)
     assert torch.allclose(one_by_one.A_adjoint(y), whole.A_adjoint(y), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tomography_2d", "tomography_3d"])
+def test_tomography_runs_on_the_lean_projector_and_keeps_deepinvs_selectable(name):
+    from deepinv.physics import Tomography
+
+    from distinv.bench.problems.tomography_3d import SlicewiseRadon
+    from distinv.parallel_beam import ParallelBeam
+
+    params = {"size": 24, "num_angles": 12, "num_operators": 3}
+    lean, theirs = build(name, **params), build(name, **params, projector="deepinv")
+    a, b = lean.factory(1, "cpu", lean.shared), theirs.factory(1, "cpu", theirs.shared)
+    assert isinstance(a, ParallelBeam) and isinstance(b, SlicewiseRadon if name == "tomography_3d" else Tomography)
+    x = torch.nn.functional.avg_pool2d(lean.ground_truth.flatten(0, -3)[None], 5, 1, 2).reshape(lean.ground_truth.shape)
+    assert relative_error(a.A(x), b.A(x)) < 0.03  # the same unit-norm scaling; the interpolations differ (smooth x)
 
 
 def test_closed_form_radon_scaling_matches_deepinvs_power_iteration():

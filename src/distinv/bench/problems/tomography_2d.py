@@ -1,4 +1,8 @@
-"""The Shepp-Logan phantom under parallel-beam Radon projections, the angles split into K blocks."""
+"""The Shepp-Logan phantom under parallel-beam Radon projections, the angles split into K blocks.
+
+Each block is a unit-norm parallel-beam operator: distinv's lean ``ParallelBeam`` by default (nothing stored but
+its angles, the exact adjoint), or deepinv's ``Tomography`` with ``projector="deepinv"`` (one sampling grid per
+angle stored for each direction, its interpolated back-projection as adjoint) to compare the two."""
 
 from __future__ import annotations
 
@@ -8,10 +12,12 @@ import torch
 from deepinv.physics import Tomography
 
 from ...images import shepp_logan_2d
+from ...parallel_beam import ParallelBeam
 from ...slab_physics import SlabStack
 from .base import Problem, ShardedPhysics, check_positive, weighted_sum_of_terms
 
 MIN_SIZE = 16
+PROJECTORS = ("distinv", "deepinv")
 
 
 def block_angles(index: int, num_angles: int, num_operators: int) -> torch.Tensor:
@@ -25,19 +31,35 @@ def block_angles(index: int, num_angles: int, num_operators: int) -> torch.Tenso
 RADON_SQNORM_PER_ANGLE_PIXEL = 0.966
 
 
+def radon_norm(num_angles: int, size: int) -> float:
+    """``||R||`` of a parallel-beam Radon transform of ``num_angles`` angles over [0, 180) on a ``size``² image,
+    from the closed form ``sqrt(0.966 n W)`` (deepinv's and distinv's projectors alike, within 0.2%)."""
+    return (RADON_SQNORM_PER_ANGLE_PIXEL * num_angles * size) ** 0.5
+
+
 def normalised_tomography(angles: torch.Tensor, size: int, device: torch.device | str = "cpu") -> Tomography:
     """deepinv's ``Tomography(normalize=True)`` without its power iteration: the same unit-norm scaling from the
     closed form ``||R|| = sqrt(0.966 n W)`` (the power iteration costs about a hundred projections, minutes per
     operator at 2048^2). The operator's own ``normalize`` path applies it to ``A``, ``A_adjoint`` and FBP."""
     op = Tomography(angles=angles, img_width=size, circle=False, normalize=False, device=device)
-    norm = (RADON_SQNORM_PER_ANGLE_PIXEL * len(angles) * size) ** 0.5
-    op.register_buffer("operator_norm", torch.tensor(norm, device=device))
+    op.register_buffer("operator_norm", torch.tensor(radon_norm(len(angles), size), device=device))
     op.normalize = True
     return op
 
 
-def _radon(index: int, device: torch.device, shared: dict) -> Tomography:
-    return normalised_tomography(block_angles(index, shared["num_angles"], shared["k"]), shared["size"], device)
+def unit_norm_radon(
+    angles: torch.Tensor, size: int, projector: str, device: torch.device | str = "cpu"
+) -> ParallelBeam | Tomography:
+    """One block's unit-norm parallel-beam operator on ``(B, C, size, size)`` images (distinv's ``ParallelBeam``
+    also takes ``(B, C, D, size, size)`` volumes): ``projector`` is ``"distinv"`` or ``"deepinv"``."""
+    if projector == "deepinv":
+        return normalised_tomography(angles, size, device)
+    return ParallelBeam(angles, size, scale=1 / radon_norm(len(angles), size), device=device)
+
+
+def _radon(index: int, device: torch.device, shared: dict) -> ParallelBeam | Tomography:
+    angles = block_angles(index, shared["num_angles"], shared["k"])
+    return unit_norm_radon(angles, shared["size"], shared["projector"], device)
 
 
 def fbp_start(problem: Problem, physics, y_local) -> torch.Tensor:
@@ -66,6 +88,7 @@ def angle_block_problem(
     init_name: str,
     check_only: bool = False,
     sharded: ShardedPhysics | None = None,
+    projector: str = "distinv",
 ) -> Problem | None:
     """A tomography problem whose K operators are interleaved blocks of ``num_angles`` angles; ``phantom(size)``
     is built only once the parameters are valid."""
@@ -78,6 +101,11 @@ def angle_block_problem(
             f"num_operators={num_operators} is larger than num_angles={num_angles}: every operator "
             "needs at least one angle."
         )
+    if projector not in PROJECTORS:
+        raise ValueError(
+            f"projector={projector!r}: give 'distinv' (the lean ParallelBeam, default) or 'deepinv' (deepinv's "
+            "Tomography, to compare)."
+        )
     if check_only:
         return None
     costs = [float(block_angles(i, num_angles, num_operators).numel()) for i in range(num_operators)]
@@ -86,7 +114,7 @@ def angle_block_problem(
         ground_truth=phantom(size),
         num_operators=num_operators,
         factory=factory,
-        shared={"k": num_operators, "num_angles": num_angles, "size": size},
+        shared={"k": num_operators, "num_angles": num_angles, "size": size, "projector": projector},
         noise_sigma=noise_sigma,
         seed=seed,
         init_name=init_name,
@@ -102,6 +130,7 @@ def build(
     num_operators: int = 4,
     noise_sigma: float = 0.01,
     seed: int = 0,
+    projector: str = "distinv",
     check_only: bool = False,
 ) -> Problem | None:
     return angle_block_problem(
@@ -116,4 +145,5 @@ def build(
         seed,
         "FBP",
         check_only,
+        projector=projector,
     )

@@ -2,8 +2,10 @@
 
 With parallel rays and rotation about z, every z-slice is projected on its own: the 3D operator is the 2D
 Radon transform applied to each slice, so the measurements of block k have shape (1, 1, D, detectors, angles).
-Slices go through deepinv's Radon a few at a time: it samples every angle's rotated copy of a slice at once
-(``padded width^2 x angles`` values per slice), which for a whole 512^3 volume would be tens of GB.
+distinv's ``ParallelBeam`` (the default) takes the volume as it is, a workspace's worth of slices and angles at a
+time. With ``projector="deepinv"`` slices go through deepinv's Radon a few at a time (``SlicewiseRadon``): it
+samples every angle's rotated copy of a slice at once (``padded width^2 x angles`` values per slice), which for a
+whole 512^3 volume would be tens of GB.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ...context import DistributedContext
 from ...images import shepp_logan_3d
 from ...slab_physics import SlabStack
 from .base import Problem
-from .tomography_2d import angle_block_problem, block_angles, normalised_tomography
+from .tomography_2d import angle_block_problem, block_angles, normalised_tomography, unit_norm_radon
 
 MIN_SIZE = 16
 WORKSPACE_BYTES = 256 * 2**20  # deepinv's per-call intermediate, bounded by the number of slices per call
@@ -55,8 +57,11 @@ class SlicewiseRadon(LinearPhysics):
         return self._slicewise(lambda s: self.radon.A_dagger(s, fbp=True), y)
 
 
-def _radon3d(index: int, device: torch.device, shared: dict) -> SlicewiseRadon:
-    return SlicewiseRadon(block_angles(index, shared["num_angles"], shared["k"]), shared["size"], device)
+def _radon3d(index: int, device: torch.device, shared: dict) -> LinearPhysics:
+    angles = block_angles(index, shared["num_angles"], shared["k"])
+    if shared["projector"] == "deepinv":
+        return SlicewiseRadon(angles, shared["size"], device)
+    return unit_norm_radon(angles, shared["size"], "distinv", device)
 
 
 def _slabs(problem: Problem, ctx: DistributedContext) -> SlabStack:
@@ -70,6 +75,7 @@ def build(
     num_operators: int = 4,
     noise_sigma: float = 0.01,
     seed: int = 0,
+    projector: str = "distinv",
     check_only: bool = False,
 ) -> Problem | None:
     return angle_block_problem(
@@ -85,4 +91,5 @@ def build(
         "FBP (slice by slice)",
         check_only,
         sharded=_slabs,
+        projector=projector,
     )
