@@ -11,9 +11,16 @@ Each problem runs in its own process (one thread), so that its peak memory (peak
 3. ``--nufft``: the radio NUFFT backends side by side (finufft against deepinv's torchkbnufft operator).
 
 ``--volume-512`` adds the 512^3 tomography volume in one rank: the volume and all K operators built (peak
-memory), and a slab of slices projected (the full forward's time and size extrapolated from it).
+memory), then one operator's whole forward.
+
+``--projectors`` sets the two parallel-beam projectors side by side (each in its own process, one thread): one
+operator of 45 angles on a 2048² image (``--projector-size``), distinv's ``ParallelBeam`` and deepinv's
+``Tomography`` as tomography_2d builds them: seconds to build, the memory the built operator holds and the peak a
+forward and an adjoint add (both above the process's baseline after imports and the image), and the median of 3
+``A`` then ``A^T``.
 
     python benchmarks/problems.py                   # all three parts, a few minutes
+    python benchmarks/problems.py --projectors --problems --no-scaling --no-nufft
     python benchmarks/problems.py --problems radio --no-scaling --no-nufft
     python benchmarks/problems.py --volume-512
 """
@@ -82,9 +89,48 @@ def run_one(name: str, params: dict) -> dict:
     }
 
 
-def volume_512(slab: int = 8) -> dict:
-    """tomography_3d at 512^3 in one rank: build the volume and all K operators (peak memory), then project a
-    slab of ``slab`` slices and extrapolate the full forward's time and the measurements' size."""
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def projector(kind: str, size: int, num_angles: int = 45, reps: int = 3) -> dict:
+    """One unit-norm parallel-beam operator of ``num_angles`` angles on a ``size``² image, ``kind`` ``"distinv"``
+    or ``"deepinv"``, built as tomography_2d builds it; bytes above the baseline (after imports and the image)."""
+    from distinv.bench.problems.tomography_2d import unit_norm_radon
+    from distinv.images import shepp_logan_2d
+
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    x = shepp_logan_2d(size)
+    angles = torch.arange(num_angles, dtype=torch.float32) * (180.0 / num_angles)
+    baseline = _rss_bytes()
+    op, t_build = _clock(lambda: unit_norm_radon(angles, size, kind))
+    held = _rss_bytes() - baseline
+    pairs = []
+    for _ in range(reps):
+        y, t_forward = _clock(lambda: op.A(x))
+        _, t_adjoint = _clock(lambda y=y: op.A_adjoint(y))
+        pairs.append((t_forward + t_adjoint, t_forward, t_adjoint))
+    median = sorted(pairs)[reps // 2]
+    return {
+        "projector": kind,
+        "size": size,
+        "angles": num_angles,
+        "build_s": t_build,
+        "held_bytes": held,
+        "peak_above_baseline_bytes": _peak_rss_bytes() - baseline,
+        "pair_s": median[0],
+        "forward_s": median[1],
+        "adjoint_s": median[2],
+    }
+
+
+def volume_512() -> dict:
+    """tomography_3d at 512^3 in one rank: build the volume and all K operators (peak memory), then one
+    operator's forward of the whole volume."""
     from distinv import DistributedContext
     from distinv.bench.problems import build
 
@@ -94,18 +140,15 @@ def volume_512(slab: int = 8) -> dict:
     with DistributedContext(env={}, num_threads=1) as ctx:
         physics, t_ops = _clock(lambda: problem.distribute(ctx))
         built_peak = _peak_rss_bytes()
-        x = problem.ground_truth[:, :, :slab]
-        y, t_slab = _clock(lambda: physics.A(x))
-    depth = problem.ground_truth.shape[2]
+        y, t_forward = _clock(lambda: physics.local_physics[0].A(problem.ground_truth))
     return {
         "shape": list(problem.ground_truth.shape),
         "build_s": t_build,
         "operators_s": t_ops,
         "peak_rss_after_build_bytes": built_peak,
-        "slab_slices": slab,
-        "slab_forward_s": t_slab,
-        "forward_s_extrapolated": t_slab * depth / slab,
-        "measurement_bytes": sum(t.numel() * t.element_size() for t in y) * depth // slab,
+        "angles_per_operator": y.shape[-1],
+        "forward_s": t_forward,
+        "measurement_bytes": y.numel() * y.element_size(),
         "peak_rss_bytes": _peak_rss_bytes(),
     }
 
@@ -176,6 +219,8 @@ def main() -> None:
     parser.add_argument("--no-scaling", action="store_true", help="skip the generation-time scaling")
     parser.add_argument("--no-nufft", action="store_true", help="skip the NUFFT backend comparison")
     parser.add_argument("--volume-512", action="store_true", help="also build tomography_3d at 512^3")
+    parser.add_argument("--projectors", action="store_true", help="also compare the two parallel-beam projectors")
+    parser.add_argument("--projector-size", type=int, default=2048, help="the image side for --projectors")
     parser.add_argument("--out", default="results/benchmarks/problems.json", help="JSON results")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -186,6 +231,8 @@ def main() -> None:
             result = run_one(rest[0], json.loads(rest[1]))
         elif part == "volume_512":
             result = volume_512()
+        elif part == "projector":
+            result = projector(rest[0], int(rest[1]))
         else:
             result = scaling() if part == "scaling" else nufft_backends()
         print(json.dumps(result))
@@ -193,8 +240,10 @@ def main() -> None:
 
     results: dict = {"torch": torch.__version__, "threads": 1}
     results["problems"] = []
-    print("one operator of K, one core:")
-    print(f"{'problem':<14} {'shape':<14} {'K':>2} {'build':>7} {'operator':>8} {'A_i':>8} {'A_i^T':>8} {'peak':>9}")
+    if args.problems:
+        print("one operator of K, one core:")
+        header = f"{'problem':<14} {'shape':<14} {'K':>2} {'build':>7} {'operator':>8} {'A_i':>8} {'A_i^T':>8}"
+        print(f"{header} {'peak':>9}")
     for name in args.problems:
         row = _in_subprocess("problem", name, json.dumps(LARGE[name]))
         results["problems"].append(row)
@@ -203,13 +252,27 @@ def main() -> None:
             f"{row['operator_s']:>7.2f}s {row['forward_s']:>7.2f}s {row['adjoint_s']:>7.2f}s "
             f"{_gb(row['peak_rss_bytes']):>9}"
         )
+    if args.projectors:
+        rows = results["projectors"] = [
+            _in_subprocess("projector", kind, str(args.projector_size)) for kind in ("distinv", "deepinv")
+        ]
+        print(f"\none parallel-beam operator, 45 angles, {args.projector_size}^2, one core (median of 3 A + A^T)")
+        print(f"{'projector':<10} {'build':>8} {'held':>10} {'peak':>10} {'A':>8} {'A^T':>8} {'A + A^T':>8}")
+        for row in rows:
+            print(
+                f"{row['projector']:<10} {row['build_s']:>7.2f}s {_gb(row['held_bytes']):>10} "
+                f"{_gb(row['peak_above_baseline_bytes']):>10} {row['forward_s']:>7.2f}s {row['adjoint_s']:>7.2f}s "
+                f"{row['pair_s']:>7.2f}s"
+            )
+        ours, theirs = rows
+        memory = ours["peak_above_baseline_bytes"] / theirs["peak_above_baseline_bytes"]
+        print(f"distinv / deepinv: peak memory {memory:.3f}x, A + A^T {theirs['pair_s'] / ours['pair_s']:.1f}x faster")
     if args.volume_512:
         row = results["volume_512"] = _in_subprocess("volume_512")
         print(
             f"\ntomography_3d 512^3, one rank: build {row['build_s']:.1f}s, operators {row['operators_s']:.1f}s, "
-            f"peak {_gb(row['peak_rss_after_build_bytes'])} built; A on {row['slab_slices']} slices "
-            f"{row['slab_forward_s']:.1f}s, so about {row['forward_s_extrapolated'] / 60:.0f} min for the volume; "
-            f"measurements {_gb(row['measurement_bytes'])}"
+            f"peak {_gb(row['peak_rss_after_build_bytes'])} built; one operator ({row['angles_per_operator']} "
+            f"angles) A of the volume {row['forward_s']:.1f}s, measurements {_gb(row['measurement_bytes'])}"
         )
     if not args.no_scaling:
         results["scaling"] = _in_subprocess("scaling")

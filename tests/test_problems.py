@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import pytest
@@ -158,6 +159,9 @@ def test_tomography_runs_on_the_lean_projector_and_keeps_deepinvs_selectable(nam
     assert isinstance(a, ParallelBeam) and isinstance(b, SlicewiseRadon if name == "tomography_3d" else Tomography)
     x = torch.nn.functional.avg_pool2d(lean.ground_truth.flatten(0, -3)[None], 5, 1, 2).reshape(lean.ground_truth.shape)
     assert relative_error(a.A(x), b.A(x)) < 0.03  # the same unit-norm scaling; the interpolations differ (smooth x)
+    if importlib.util.find_spec("astra") is not None:
+        astras = build(name, **params, projector="astra")
+        assert relative_error(astras.factory(1, "cpu", astras.shared).A(x), a.A(x)) < 0.03
 
 
 def test_closed_form_radon_scaling_matches_deepinvs_power_iteration():

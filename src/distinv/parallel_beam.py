@@ -70,6 +70,10 @@ class ParallelBeam(LinearPhysics):
     :param workspace_bytes: the most one block of planes and angles may hold (its profiles and row windows);
         default 256 MiB. Smaller budgets mean more blocks, not other values.
     :param device: where the angles live (inputs may be on any device of the same kind).
+    :param backend: ``"torch"`` (default: the pair described above, CPU and CUDA) or ``"astra"`` (ASTRA Toolbox's
+        projectors, where ``astra-toolbox`` is installed: its CPU ``"linear"`` projector for CPU tensors, its CUDA
+        one for CUDA tensors; the same geometry, equal to the torch pair up to interpolation, one plane at a time).
+    :raises ValueError: a bad shape, budget or backend name; ``ImportError`` for ``backend="astra"`` without ASTRA.
     """
 
     def __init__(
@@ -79,6 +83,7 @@ class ParallelBeam(LinearPhysics):
         scale: float = 1.0,
         workspace_bytes: int = WORKSPACE_BYTES,
         device: torch.device | str = "cpu",
+        backend: str = "torch",
     ):
         super().__init__()
         angles = torch.as_tensor(angles, dtype=torch.float32)
@@ -91,6 +96,16 @@ class ParallelBeam(LinearPhysics):
         self.register_buffer("angles", angles.to(device), persistent=False)
         self.img_width, self.scale, self.workspace_bytes = int(img_width), float(scale), int(workspace_bytes)
         self.detectors = padded_width(self.img_width)
+        if backend not in ("torch", "astra"):
+            raise ValueError(f"backend={backend!r}: give 'torch' (default) or 'astra' (ASTRA Toolbox's projectors).")
+        self.backend = backend
+        self._astra = None
+        if backend == "astra":
+            from .astra_backend import AstraParallelBeam, import_astra
+
+            import_astra(torch.device(device).type)
+            before = self.detectors // 2 - self.img_width // 2
+            self._astra = AstraParallelBeam(self.angles, self.img_width, self.detectors, before)
 
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:  # noqa: N802 - deepinv's name
         """Sinograms ``(B, C, detectors, angles)`` (volumes: ``(B, C, D, detectors, angles)``)."""
@@ -184,6 +199,8 @@ class ParallelBeam(LinearPhysics):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, W, W)`` to ``(B, C, detectors, angles)``, unscaled, no graph."""
         b, c, w, n = x.shape[0], x.shape[1], self.img_width, self.detectors
+        if self._astra is not None:
+            return self._astra.project(x.reshape(b * c, w, w)).reshape(b, c, n, len(self.angles))
         planes = x.reshape(b * c, w, w)
         out = x.new_empty((b * c, len(self.angles), n))
         for which, angle_indexes, transposed in self._blocks(b * c, x.element_size()):
@@ -196,6 +213,8 @@ class ParallelBeam(LinearPhysics):
     def back_project(self, y: torch.Tensor) -> torch.Tensor:
         """The exact transpose of :meth:`project`: ``(B, C, detectors, angles)`` to ``(B, C, W, W)``, no graph."""
         b, c, w, n = y.shape[0], y.shape[1], self.img_width, self.detectors
+        if self._astra is not None:
+            return self._astra.back_project(y.reshape(b * c, n, len(self.angles))).reshape(b, c, w, w)
         sinograms = y.reshape(b * c, n, len(self.angles))
         total = y.new_zeros((b * c, w, w))
         for which, angle_indexes, transposed in self._blocks(b * c, y.element_size()):

@@ -1,8 +1,9 @@
 """The Shepp-Logan phantom under parallel-beam Radon projections, the angles split into K blocks.
 
 Each block is a unit-norm parallel-beam operator: distinv's lean ``ParallelBeam`` by default (nothing stored but
-its angles, the exact adjoint), or deepinv's ``Tomography`` with ``projector="deepinv"`` (one sampling grid per
-angle stored for each direction, its interpolated back-projection as adjoint) to compare the two."""
+its angles, the exact adjoint), deepinv's ``Tomography`` with ``projector="deepinv"`` (one sampling grid per
+angle stored for each direction, its interpolated back-projection as adjoint) to compare the two, or ASTRA's
+projectors in the same geometry with ``projector="astra"`` (where astra-toolbox is installed)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ...slab_physics import SlabStack
 from .base import Problem, ShardedPhysics, check_positive, weighted_sum_of_terms
 
 MIN_SIZE = 16
-PROJECTORS = ("distinv", "deepinv")
+PROJECTORS = ("distinv", "deepinv", "astra")
 
 
 def block_angles(index: int, num_angles: int, num_operators: int) -> torch.Tensor:
@@ -51,10 +52,12 @@ def unit_norm_radon(
     angles: torch.Tensor, size: int, projector: str, device: torch.device | str = "cpu"
 ) -> ParallelBeam | Tomography:
     """One block's unit-norm parallel-beam operator on ``(B, C, size, size)`` images (distinv's ``ParallelBeam``
-    also takes ``(B, C, D, size, size)`` volumes): ``projector`` is ``"distinv"`` or ``"deepinv"``."""
+    also takes ``(B, C, D, size, size)`` volumes): ``projector`` is ``"distinv"``, ``"deepinv"`` or ``"astra"``
+    (``ParallelBeam`` on ASTRA's projectors)."""
     if projector == "deepinv":
         return normalised_tomography(angles, size, device)
-    return ParallelBeam(angles, size, scale=1 / radon_norm(len(angles), size), device=device)
+    backend = "astra" if projector == "astra" else "torch"
+    return ParallelBeam(angles, size, scale=1 / radon_norm(len(angles), size), device=device, backend=backend)
 
 
 def _radon(index: int, device: torch.device, shared: dict) -> ParallelBeam | Tomography:
@@ -103,8 +106,8 @@ def angle_block_problem(
         )
     if projector not in PROJECTORS:
         raise ValueError(
-            f"projector={projector!r}: give 'distinv' (the lean ParallelBeam, default) or 'deepinv' (deepinv's "
-            "Tomography, to compare)."
+            f"projector={projector!r}: give 'distinv' (the lean ParallelBeam, default), 'deepinv' (deepinv's "
+            "Tomography, to compare) or 'astra' (ASTRA's projectors, with astra-toolbox installed)."
         )
     if check_only:
         return None

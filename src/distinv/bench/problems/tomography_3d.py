@@ -61,7 +61,7 @@ def _radon3d(index: int, device: torch.device, shared: dict) -> LinearPhysics:
     angles = block_angles(index, shared["num_angles"], shared["k"])
     if shared["projector"] == "deepinv":
         return SlicewiseRadon(angles, shared["size"], device)
-    return unit_norm_radon(angles, shared["size"], "distinv", device)
+    return unit_norm_radon(angles, shared["size"], shared["projector"], device)
 
 
 def _slabs(problem: Problem, ctx: DistributedContext) -> SlabStack:
