@@ -16,6 +16,7 @@ from .row_bands import ROWS, RowBands, row_halos
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # torchmetrics' (and deepinv's) defaults
 SSIM_CHUNK_ROWS = 128  # rows of a band scored at once (the map's temporaries are about 20 such slices)
+SSIM_CHUNK_VALUES = 2**22  # values of the images scored at once (samples x channels x rows x columns), at least a row
 
 
 def psnr(x: torch.Tensor | RowBands, reference: torch.Tensor | RowBands, data_range: float = 1.0) -> float:
@@ -30,40 +31,58 @@ def psnr(x: torch.Tensor | RowBands, reference: torch.Tensor | RowBands, data_ra
 
 def ssim(x: torch.Tensor | RowBands, reference: torch.Tensor | RowBands, data_range: float = 1.0) -> float:
     """Mean SSIM (Gaussian window 11, sigma 1.5, reflected borders: torchmetrics' SSIM, which deepinv's uses);
-    volumes are averaged over their z-slices."""
-    from deepinv.loss.metric import SSIM
-
+    volumes are averaged over their z-slices. Scored a few rows (and slices) at a time, so that the map's
+    temporaries stay small whatever the image's size."""
     if isinstance(x, RowBands):
         return _sharded_ssim(x, reference, data_range)
     x = x.detach().clamp(0, data_range)
+    reference = reference.to(x.dtype)
     if x.ndim == 5:  # (B, C, D, H, W): slices as a batch
         x, reference = (t.transpose(1, 2).flatten(0, 1) for t in (x, reference))
-    return float(SSIM(max_pixel=data_range)(x, reference).mean())
+    return float(_ssim_per_sample(x, reference, data_range).mean())
+
+
+def _ssim_per_sample(
+    x: torch.Tensor,
+    reference: torch.Tensor,
+    data_range: float,
+    top: torch.Tensor | None = None,
+    bottom: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean SSIM per sample ``(N,)`` (float64) of ``(N, C, H, W)`` images, or of a band of rows whose neighbours'
+    rows are ``top``/``bottom`` (``(N, 2C, rows, W)``: the band's channels, then the reference's; none: the
+    image's own border, reflected)."""
+    n, channels = x.shape[0], x.shape[1]
+    if top is None:
+        top = bottom = x.new_zeros((n, 2 * channels, 0, x.shape[-1]))
+    reach, rows = SSIM_WINDOW // 2, x.shape[ROWS]
+    per_chunk = SSIM_CHUNK_ROWS * channels * x.shape[-1]
+    samples = max(1, SSIM_CHUNK_VALUES // per_chunk)
+    sums = torch.zeros(n, dtype=torch.float64, device=x.device)
+    for first in range(0, n, samples):  # a few samples and rows at a time: the map's temporaries stay small
+        batch = slice(first, min(n, first + samples))
+        for start in range(0, rows, SSIM_CHUNK_ROWS):
+            stop = min(rows, start + SSIM_CHUNK_ROWS)
+            a = _rows(x[batch], top[batch, :channels], bottom[batch, :channels], start - reach, stop + reach)
+            b = _rows(reference[batch], top[batch, channels:], bottom[batch, channels:], start - reach, stop + reach)
+            sums[batch] += _ssim_map(a, b, data_range).double().sum(dim=(1, 2, 3))
+    return sums / (channels * rows * x.shape[-1])
 
 
 def _sharded_ssim(x: RowBands, reference: RowBands, data_range: float) -> float:
     """SSIM from bands: a volume's z-slices are whole on their rank; an image's rows need 5 rows of halo."""
-    from deepinv.loss.metric import SSIM
-
     clamped = x.local.detach().clamp(0, data_range)
+    reference_band = reference.local.to(clamped.dtype)
     if clamped.ndim == 5:
-        slices = [t.transpose(1, 2).flatten(0, 1) for t in (clamped, reference.local)]
-        per_slice = SSIM(max_pixel=data_range)(*slices) if slices[0].shape[0] else slices[0].new_zeros(0)
-        total = torch.stack([per_slice.double().sum(), torch.tensor(float(per_slice.numel()), dtype=torch.float64)])
+        slices = [t.transpose(1, 2).flatten(0, 1) for t in (clamped, reference_band)]
+        per_slice = _ssim_per_sample(*slices, data_range)
+        total = torch.stack([per_slice.sum(), torch.tensor(float(per_slice.numel()), dtype=torch.float64)])
         total = x.ctx.all_reduce(total)
         return float(total[0] / total[1])
-    channels, reach = clamped.shape[1], SSIM_WINDOW // 2
-    reference_band = reference.local.to(clamped.dtype)
+    reach = SSIM_WINDOW // 2
     top, bottom = row_halos([x.like(clamped), reference], reach, reach, periodic=False)
-    rows = clamped.shape[ROWS]
-    sums = torch.zeros(clamped.shape[0], dtype=torch.float64, device=clamped.device)
-    for start in range(0, rows, SSIM_CHUNK_ROWS):  # a few rows at a time: the map's temporaries stay small
-        stop = min(rows, start + SSIM_CHUNK_ROWS)
-        a = _rows(clamped, top[:, :channels], bottom[:, :channels], start - reach, stop + reach)
-        b = _rows(reference_band, top[:, channels:], bottom[:, channels:], start - reach, stop + reach)
-        sums += _ssim_map(a, b, data_range).double().sum(dim=(1, 2, 3))
-    sums = x.ctx.all_reduce(sums)
-    per_sample = sums / (channels * x.shape[ROWS] * x.shape[ROWS + 1])
+    band_sums = _ssim_per_sample(clamped, reference_band, data_range, top, bottom) * clamped.shape[ROWS]
+    per_sample = x.ctx.all_reduce(band_sums) / x.shape[ROWS]
     return float(per_sample.mean())
 
 
