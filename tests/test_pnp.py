@@ -140,3 +140,15 @@ def check_slicewise_tiled(ctx):
 
 def test_slicewise_3d_denoiser_runs_tiled_and_equals_untiled(ranks):
     assert max(ranks(2).run(check_slicewise_tiled)) < 1e-4
+
+
+def test_slicewise_3d_denoiser_gives_the_same_volume_whatever_the_slices_per_call():
+    torch.manual_seed(0)
+    volume = torch.rand(1, 1, 6, 16, 16)
+    net = _tiny_drunet()
+    with torch.no_grad():
+        one_at_a_time = SlicewiseDenoiser3D(net, pixels_per_call=1)(volume, 0.1)
+        all_at_once = SlicewiseDenoiser3D(net)(volume, 0.1)
+    assert torch.allclose(one_at_a_time, all_at_once, atol=1e-5)
+    with pytest.raises(ValueError, match="pixels_per_call=0"):
+        SlicewiseDenoiser3D(net, pixels_per_call=0)

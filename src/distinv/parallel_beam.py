@@ -1,4 +1,4 @@
-"""A lean parallel-beam projector pair: a ray-driven (Joseph-style) Radon transform, angle chunk by angle chunk.
+"""A lean parallel-beam projector pair: a ray-driven (Joseph-style) Radon transform, a few angles at a time.
 
 deepinv's ``Tomography`` stores one sampling grid per angle for its forward and another for its adjoint (about
 67 MB per angle at 2048²) and samples the whole rotated, padded square bilinearly. Here nothing is stored but the
@@ -7,7 +7,7 @@ angles, and each angle costs two 1D linear interpolations instead of a 2D one:
 1. *sheared row sums*: for an angle whose rays run closer to the columns than to the rows (``|cos| >= |sin|``),
    the ray through detector ``u`` crosses image row ``Y`` at column ``X = (u + sin Y) / cos``. Each row is shifted
    by ``tan * Y`` (an integer shift and one interpolation fraction per row) and the rows are summed: a profile
-   ``p[g]`` on a unit grid of ``g = X - tan * Y``;
+   ``p[g]`` of ``g = X - tan * Y``, on a grid of half pixels (two interleaved phases of whole pixels);
 2. *detector resampling*: the detector ``u`` reads the profile at ``g = u / cos`` (linear interpolation), times
    ``1 / |cos|``, the ray's length per row.
 
@@ -37,9 +37,10 @@ WORKSPACE_BYTES = 256 * 2**20
 # profile samples per pixel: halves the detector interpolation's smoothing (at 1, the pair smooths high frequencies
 # about 1.6x as much as deepinv's bilinear rotation; at 2, about as much)
 PROFILE_OVERSAMPLING = 2
-# values a chunk holds per (plane, angle) pair, in units of the image width: the profile, the rows' windows, the
-# adjoint's padded profile gradient and the detector gathers (measured peak, rounded up)
-VALUES_PER_PAIR_PER_WIDTH = 12
+# values a block holds per (plane, angle) pair, in units of the image width (estimated from the arrays it makes:
+# the oversampled profile and its stacked phases, the rows' windows, the adjoint's padded profile, the detector
+# gathers)
+VALUES_PER_PAIR_PER_WIDTH = 16
 
 
 def padded_width(width: int) -> int:
@@ -142,7 +143,7 @@ class ParallelBeam(LinearPhysics):
         b, c, d = t.shape[:3]
         return t.reshape(b, c * d, *t.shape[3:]), lambda r: r.reshape(b, c, d, *r.shape[2:])
 
-    # ------------------------------------------------------------------ the pair, chunk by chunk
+    # ------------------------------------------------------------------ the pair, block by block
     def _blocks(self, planes: int, itemsize: int) -> list[tuple[slice, torch.Tensor, bool]]:
         """``(planes, angle indexes, transposed)`` blocks that each fit the workspace: the angles closer to the
         columns (run on the image), then those closer to the rows (run on the transposed image)."""

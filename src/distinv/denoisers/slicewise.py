@@ -8,14 +8,23 @@ from deepinv.models import Denoiser
 
 class SlicewiseDenoiser3D(Denoiser):
     """``(B, C, D, H, W)`` volumes through a 2D denoiser ``(N, C, h, w) -> (N, C, h, w)``: the slices across
-    each axis in ``axes`` form a batch of ``slices_per_call`` at most, and the per-axis results are averaged.
-    Works on the windows of the tiled distributed denoiser (each window is a smaller volume)."""
+    each axis in ``axes`` go through in batches, and the per-axis results are averaged. Works on the windows of the
+    tiled distributed denoiser (each window is a smaller volume).
 
-    def __init__(self, denoiser: torch.nn.Module, axes: tuple[int, ...] = (2, 3, 4), slices_per_call: int = 64):
+    :param denoiser: the 2D network.
+    :param axes: the axes sliced across, among 2 (D), 3 (H) and 4 (W); default all three.
+    :param pixels_per_call: the most pixels (slices x h x w) one call of the network takes, at least one slice;
+        default 2^20 (256 slices of 64², 4 of 512²): the network's activations grow with it, and a fixed count
+        of slices would take gigabytes at 512².
+    """
+
+    def __init__(self, denoiser: torch.nn.Module, axes: tuple[int, ...] = (2, 3, 4), pixels_per_call: int = 2**20):
         super().__init__()
         if not axes or any(a not in (2, 3, 4) for a in axes):
             raise ValueError(f"axes={axes}: choose among 2 (D), 3 (H) and 4 (W).")
-        self.denoiser, self.axes, self.slices_per_call = denoiser, tuple(axes), slices_per_call
+        if pixels_per_call < 1:
+            raise ValueError(f"pixels_per_call={pixels_per_call}: give a positive number of pixels.")
+        self.denoiser, self.axes, self.pixels_per_call = denoiser, tuple(axes), int(pixels_per_call)
 
     @property
     def size_multiple(self) -> int:
@@ -34,6 +43,7 @@ class SlicewiseDenoiser3D(Denoiser):
             moved = x.movedim(axis, 1)  # (B, S, C, h, w): slices across `axis`
             b, s = moved.shape[:2]
             slices = moved.reshape(b * s, *moved.shape[2:])
-            done = torch.cat([self.denoiser(chunk, sigma, **kwargs) for chunk in slices.split(self.slices_per_call)])
+            per_call = max(1, self.pixels_per_call // (slices.shape[-2] * slices.shape[-1]))
+            done = torch.cat([self.denoiser(chunk, sigma, **kwargs) for chunk in slices.split(per_call)])
             out += done.reshape(b, s, *done.shape[1:]).movedim(1, axis)
         return out / len(self.axes)
