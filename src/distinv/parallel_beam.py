@@ -115,12 +115,12 @@ class ParallelBeam(LinearPhysics):
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:  # noqa: N802 - deepinv's name
         """Sinograms ``(B, C, detectors, angles)`` (volumes: ``(B, C, D, detectors, angles)``)."""
         images, unfold = self._fold(x, "x", self.img_width)
-        return unfold(_Apply.apply(images, self, False) * self.scale)
+        return unfold(MatchedPair.apply(images, self, False) * self.scale)
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:  # noqa: N802
         """The exact transpose of :meth:`A`: images ``(B, C, W, W)`` (volumes ``(B, C, D, W, W)``)."""
         sinograms, unfold = self._fold(y, "y", self.detectors, len(self.angles))
-        return unfold(_Apply.apply(sinograms, self, True) * self.scale)
+        return unfold(MatchedPair.apply(sinograms, self, True) * self.scale)
 
     def A_dagger(self, y: torch.Tensor, fbp: bool = False, **kwargs) -> torch.Tensor:  # noqa: N802
         """With ``fbp=True`` the filtered back-projection (a ramp filter along the detectors, then the adjoint,
@@ -310,8 +310,9 @@ def ramp_filter(y: torch.Tensor, dim: int = -2) -> torch.Tensor:
     return torch.fft.ifft(spectrum, dim=-1).real[..., :length].to(y.dtype).movedim(-1, dim)
 
 
-class _Apply(torch.autograd.Function):
-    """``operator.project`` (``adjoint=False``) or ``operator.back_project``; the backward of each is the other."""
+class MatchedPair(torch.autograd.Function):
+    """``operator.project`` (``adjoint=False``) or ``operator.back_project``, for any operator with that matched
+    pair; the backward of each is the other, so both differentiate to any order."""
 
     @staticmethod
     def forward(ctx, t, operator, adjoint):
@@ -320,4 +321,4 @@ class _Apply(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return _Apply.apply(grad, ctx.operator, not ctx.adjoint), None, None
+        return MatchedPair.apply(grad, ctx.operator, not ctx.adjoint), None, None
