@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test lint demo bench browser clean
+.PHONY: setup test lint demo bench browser gpu-check gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,25 @@ demo: setup
 bench: setup
 	$(PY) benchmarks/physics_normal_op.py
 	$(PY) benchmarks/denoiser_tiling.py --halo-sweep
+
+# GPU figures in one command (benchmarks/README.md, "GPU check"): on the GPU machine, with its own Python and PyTorch
+# and the wheels `make gpu-wheels` gathers here.
+GPU_PYTHON ?= python3
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py
+
+# Wheels for a GPU machine without a package index: distinv and what the check needs besides PyTorch, for its
+# Python (GPU_PY_VERSION) and platform; `pip install --no-index --no-deps gpu-wheels/*.whl` there.
+GPU_PY_VERSION ?= 3.11
+gpu-wheels: setup
+	rm -rf gpu-wheels
+	$(PY) -m pip wheel --quiet --no-deps -w gpu-wheels .
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d gpu-wheels \
+	  --python-version $(GPU_PY_VERSION) --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+	  --platform manylinux_2_17_x86_64 \
+	  deepinv pyyaml numpy matplotlib tqdm torchmetrics lightning-utilities einops requests h5py natsort \
+	  contourpy cycler fonttools kiwisolver packaging pillow pyparsing python-dateutil six charset-normalizer \
+	  idna urllib3 certifi typing-extensions
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

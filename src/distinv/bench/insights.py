@@ -28,7 +28,6 @@ import yaml
 
 from ..timing import timed_calls
 from .config import ConfigError, unknown_keys
-from .results import append_rows, read_rows
 
 TABLE = "insights.parquet"
 STUDIES = ("shape-memory", "batch-throughput")
@@ -112,11 +111,26 @@ def measure_call(fn: Callable[[], Any], device: torch.device, repetitions: int) 
 
 def run_study(config: InsightConfig, redo: bool = False, progress: Callable[[str], None] = print) -> Path:
     """Measure every (denoiser, shape) of ``config`` not yet in the table; return the table's path."""
+    from .results import append_rows, read_rows
+
+    done = set() if redo else {r["key"] for r in read_rows(config.output, TABLE)}
+    for spec in config.denoisers:
+        cases = [c for c in study_cases(config) if _key(config, spec, c) not in done]
+        if cases:
+            rows = measure_cases(config, spec, cases, progress)
+            append_rows(config.output, rows, TABLE, replace_on="key")  # a redo replaces its cases
+    return Path(config.output) / TABLE
+
+
+def measure_cases(
+    config: InsightConfig, spec: dict, cases: list[dict], progress: Callable[[str], None] = print
+) -> list[dict]:
+    """One denoiser ``spec`` (``name``, ``model``) on ``cases`` (:func:`study_cases`): one row per case, written
+    nowhere (:func:`run_study` keeps them in the table)."""
     from ..denoisers import load_denoiser
 
     torch.set_num_threads(config.threads)
     device = torch.device(config.device)
-    done = set() if redo else {r["key"] for r in read_rows(config.output, TABLE)}
     environment = {
         "study": config.study,
         "device": config.device,
@@ -124,37 +138,30 @@ def run_study(config: InsightConfig, redo: bool = False, progress: Callable[[str
         "threads": config.threads,
         "torch_version": torch.__version__,
     }
-    for spec in config.denoisers:
-        cases = [c for c in _cases(config) if _key(config, spec, c) not in done]
-        if not cases:
-            continue
-        network = load_denoiser(
-            spec["model"], device=device, arch_kwargs=spec.get("arch_kwargs"), channels=config.channels
-        )
-        rows = []
-        for case in cases:
-            x = torch.rand(case["input_shape"], generator=torch.Generator().manual_seed(0)).to(device)
-            row = environment | {"key": _key(config, spec, case), "denoiser": spec["name"], "model": spec["model"]}
-            row |= {k: v for k, v in case.items() if k != "input_shape"}
-            try:
-                with torch.no_grad():
-                    seconds, peak = measure_call(partial(network, x, 0.05), device, config.repetitions)
-                row |= {"status": "ok", "seconds": seconds, "peak_bytes": peak}
-                if config.study == "batch-throughput":
-                    row["patches_per_s"] = case["batch"] / seconds
-                    row["images_per_s"] = row["patches_per_s"] / case["patches_per_image"]
-            except torch.cuda.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                row |= {"status": "out of memory", "seconds": None, "peak_bytes": None}
-            rows.append(row)
-            progress(_describe(row))
-            del x
-        append_rows(config.output, rows, TABLE, replace_on="key")  # a redo replaces its cases
-        del network
-    return Path(config.output) / TABLE
+    network = load_denoiser(spec["model"], device=device, arch_kwargs=spec.get("arch_kwargs"), channels=config.channels)
+    rows = []
+    for case in cases:
+        x = torch.rand(case["input_shape"], generator=torch.Generator().manual_seed(0)).to(device)
+        row = environment | {"key": _key(config, spec, case), "denoiser": spec["name"], "model": spec["model"]}
+        row |= {k: v for k, v in case.items() if k != "input_shape"}
+        try:
+            with torch.no_grad():
+                seconds, peak = measure_call(partial(network, x, 0.05), device, config.repetitions)
+            row |= {"status": "ok", "seconds": seconds, "peak_bytes": peak}
+            if config.study == "batch-throughput":
+                row["patches_per_s"] = case["batch"] / seconds
+                row["images_per_s"] = row["patches_per_s"] / case["patches_per_image"]
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            row |= {"status": "out of memory", "seconds": None, "peak_bytes": None}
+        rows.append(row)
+        progress(_describe(row))
+        del x
+    return rows
 
 
-def _cases(config: InsightConfig) -> list[dict]:
+def study_cases(config: InsightConfig) -> list[dict]:
+    """The study's shapes: one case per width (shape-memory) or per (patch, batch) (batch-throughput)."""
     c = config.channels
     if config.study == "shape-memory":
         series = config.widths_by_series()
