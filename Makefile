@@ -47,8 +47,10 @@ gpu-check:
 	$(GPU_PYTHON) benchmarks/gpu_check.py
 
 # Wheels for a GPU machine without a package index: distinv and what the check needs besides PyTorch, for its
-# Python (GPU_PY_VERSION) and platform; `pip install --no-index --no-deps gpu-wheels/*.whl` there.
+# Python (GPU_PY_VERSION) and platform, and GPU_EXTRA_WHEELS (e.g. astra-toolbox); `pip install --no-index --no-deps
+# gpu-wheels/*.whl` there.
 GPU_PY_VERSION ?= 3.11
+GPU_EXTRA_WHEELS ?=
 gpu-wheels: setup
 	rm -rf gpu-wheels
 	$(PY) -m pip wheel --quiet --no-deps -w gpu-wheels .
@@ -57,7 +59,7 @@ gpu-wheels: setup
 	  --platform manylinux_2_17_x86_64 \
 	  deepinv pyyaml numpy matplotlib tqdm torchmetrics lightning-utilities einops requests h5py natsort \
 	  contourpy cycler fonttools kiwisolver packaging pillow pyparsing python-dateutil six charset-normalizer \
-	  idna urllib3 certifi typing-extensions
+	  idna urllib3 certifi typing-extensions $(GPU_EXTRA_WHEELS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
