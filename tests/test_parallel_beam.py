@@ -178,3 +178,17 @@ def test_the_astra_backend_has_the_same_geometry_and_a_matched_pair():
 def test_backends_the_operator_does_not_know_are_clear_errors():
     with pytest.raises(ValueError, match="backend='radon': give 'torch'"):
         ParallelBeam(ANGLES, W, backend="radon")
+
+
+def test_rows_taken_together_or_one_by_one_give_the_same_pair(monkeypatch):
+    import distinv.parallel_beam as parallel_beam
+
+    ours = ParallelBeam(ANGLES, W)
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(2, 1, W, W, generator=g)
+    y = torch.rand(2, 1, ours.detectors, len(ANGLES), generator=g)
+    monkeypatch.setattr(parallel_beam, "ROWS_TOGETHER_BELOW", 2**40)
+    together = ours.A(x), ours.A_adjoint(y)
+    monkeypatch.setattr(parallel_beam, "ROWS_TOGETHER_BELOW", 0)
+    one_by_one = ours.A(x), ours.A_adjoint(y)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(together, one_by_one, strict=True))
