@@ -37,9 +37,10 @@ WORKSPACE_BYTES = 256 * 2**20
 # profile samples per pixel: halves the detector interpolation's smoothing (at 1, the pair smooths high frequencies
 # about 1.6x as much as deepinv's bilinear rotation; at 2, about as much)
 PROFILE_OVERSAMPLING = 2
-# rows of fewer (planes x angles x profile) values than this are gathered all at once (one vectorised call per
-# phase instead of a Python loop over rows, 4x faster at 128² and 15 angles); larger ones one row at a time
-ROWS_TOGETHER_BELOW = 2**13
+# images whose rows' windows (rows x planes x angles x profile) hold fewer values than this are gathered all at
+# once (one vectorised call per phase instead of a Python loop over rows, 4x faster at 128² and 15 angles);
+# larger ones one row at a time
+ROWS_TOGETHER_BELOW = 2**21
 # values a block holds per (plane, angle) pair, in units of the image width (estimated from the arrays it makes:
 # the oversampled profile and its stacked phases, the rows' windows, the adjoint's padded profile, the detector
 # gathers)
@@ -245,15 +246,15 @@ def _sheared_row_sums(image: torch.Tensor, plan: _Shear) -> torch.Tensor:
 
 def _phase_row_sums(image: torch.Tensor, shift: torch.Tensor, fraction: torch.Tensor, length: int) -> torch.Tensor:
     """One phase's profiles ``(P, angles, length)``: every row of ``image (P, W, W)`` shifted by its angle's shift
-    (linear interpolation by its fraction) and summed; one row at a time, all angles at once."""
+    (linear interpolation by its fraction) and summed; all angles at once, the rows too for small images."""
     planes, width = image.shape[0], image.shape[1]
-    profile = image.new_zeros((planes, len(shift), length))
     pad = length + 2
-    if planes * len(shift) * (length + 1) < ROWS_TOGETHER_BELOW:  # small rows: Python's loop would dominate
+    if width * planes * len(shift) * (length + 1) < ROWS_TOGETHER_BELOW:  # small: Python's loop would dominate
         rows = torch.arange(width, device=image.device)[:, None]
         windows = F.pad(image, (pad, pad)).unfold(-1, length + 1, 1)[:, rows, (shift + pad).T]  # (P, W, A, L + 1)
         weights = torch.stack([1 - fraction, fraction], -1)  # (angles, W, 2)
         return torch.einsum("prali,ari->pal", torch.stack([windows[..., :-1], windows[..., 1:]], -1), weights)
+    profile = image.new_zeros((planes, len(shift), length))
     keep = 1 - fraction
     for r in range(width):
         padded = F.pad(image[:, r, :], (pad, pad))
@@ -276,7 +277,7 @@ def _add_phase_adjoint(profile: torch.Tensor, shift: torch.Tensor, fraction: tor
     margin = width + 2
     windows = F.pad(profile, (margin, margin)).unfold(-1, width + 1, 1)  # [..., s, m] = profile[s + m - margin]
     angles = torch.arange(len(shift), device=profile.device)
-    if profile.shape[0] * len(shift) * (width + 1) < ROWS_TOGETHER_BELOW:  # small rows: all at once
+    if width * profile.shape[0] * len(shift) * (width + 1) < ROWS_TOGETHER_BELOW:  # small: all rows at once
         read = windows[:, angles[:, None], margin - shift - 1]  # (P, angles, W, W + 1): profile[m - shift - 1]
         taps = torch.stack([read[..., 1:], read[..., :-1]], -1)  # (P, angles, W, W, 2)
         total += torch.einsum("parmi,ari->prm", taps, torch.stack([1 - fraction, fraction], -1))
