@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from distinv.bench.launch import torchrun_command
-from distinv.memory import PeakMemory, parse_bytes
+from distinv.runtime.memory import PeakMemory, parse_bytes
 
 SIGMA = 0.05
 PATCHES = (128, 256, 512, None)  # None: distinv's default, the fewest windows (one slab per rank at 1024^2)
@@ -81,7 +81,7 @@ def worker(args) -> None:
                 "budget_bytes": auto.budget_bytes,
                 "planning_s": planning[budget],
             }
-        from distinv.profiling import cached_profiles
+        from distinv.tiling.profiling import cached_profiles
 
         profile = cached_profiles(net)[0]
         mine["profile"] = [

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from distinv.bench.launch import torchrun_command
-from distinv.memory import PeakMemory
+from distinv.runtime.memory import PeakMemory
 
 SIGMA = 0.1
 

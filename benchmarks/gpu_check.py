@@ -113,7 +113,7 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
 def timed(fn: Callable[[], object], device: torch.device, repetitions: int) -> dict:
     """Median seconds of ``fn()`` after a warm-up (CUDA events on GPU), and the peak MiB the first call added;
     ``status`` "out of memory" when the device runs out."""
-    from distinv.timing import timed_calls
+    from distinv.runtime.timing import timed_calls
 
     try:
         times, peak = timed_calls(fn, device, repetitions)

@@ -7,7 +7,7 @@ Side by side in one run, so that the ratios are not skewed by a noisy machine:
 2. ``--nproc`` gloo ranks of one thread each (launched with ``torch.distributed.run``): distinv's and
    deepinv's distributed ``A_adjoint_A`` on the same operators (the operators split over ranks, the image
    replicated, one image-sized all-reduce), and distinv's spatially distributed blur
-   (:class:`~distinv.sharded_blur.ShardedBlur`: every rank all K blurs on its band of rows, halo rows only),
+   (:class:`~distinv.sharded.blur.ShardedBlur`: every rank all K blurs on its band of rows, halo rows only),
    their repetitions interleaved; the bytes each rank sends and receives per call.
 
 Prints the median time per call, the bytes and the ratios, and writes them as JSON (``--out``).
@@ -89,8 +89,8 @@ def worker(args) -> None:
     import deepinv.distributed as dinv_dist
 
     from distinv import DistributedContext, distribute
-    from distinv.row_bands import shard_rows
-    from distinv.sharded_blur import ShardedBlur
+    from distinv.placements.row_bands import shard_rows
+    from distinv.sharded.blur import ShardedBlur
 
     with DistributedContext(seed=0, device_mode="cpu", num_threads=1) as ctx:
         ops = blur_operators(args.k, args.size, ctx.device)

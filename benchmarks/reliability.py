@@ -306,7 +306,7 @@ def solve(case: dict, ctx, tiled: bool):
 
 
 def expected_budget(local: int) -> int:
-    """What :func:`distinv.memory.default_memory_budget` should give on CPU now: half the available memory
+    """What :func:`distinv.runtime.memory.default_memory_budget` should give on CPU now: half the available memory
     shared by ``local`` ranks."""
     return int(0.5 * mem_available() / max(1, local))
 
@@ -334,7 +334,7 @@ def pnp_worker(case: dict, out: Path) -> None:
     import torch
 
     from distinv import DistributedContext
-    from distinv.memory import default_memory_budget, local_ranks
+    from distinv.runtime.memory import default_memory_budget, local_ranks
 
     started, after_imports = time.perf_counter(), current_rss()
     with DistributedContext(seed=0, timeout=120) as ctx:
@@ -370,7 +370,7 @@ def reference_worker(cases: dict[str, dict], out: Path) -> None:
     import torch
 
     from distinv import DistributedContext
-    from distinv.memory import PeakMemory
+    from distinv.runtime.memory import PeakMemory
 
     for name, case in cases.items():
         started = time.perf_counter()
@@ -816,7 +816,7 @@ def _state_pnp(ctx) -> dict:
 
 
 def _local_measurements_of_other_rank(ctx, s):
-    from distinv.placement import LocalMeasurements
+    from distinv.placements.measurements import LocalMeasurements
 
     physics = s["physics"]
     wrong = [i for i in range(physics.num_operators) if i not in physics.local_indexes][:1] or [0]
@@ -856,7 +856,7 @@ def api_cases() -> list[Case]:
     import torch
 
     from distinv import DistributedContext, distribute
-    from distinv.placement import LocalMeasurements
+    from distinv.placements.measurements import LocalMeasurements
 
     phys, den, pn = _state_physics, _state_denoiser, _state_pnp
     return [

@@ -55,7 +55,7 @@ def main() -> int:
         subprocess.run([sys.executable, "-m", "distinv", "run", args.config], check=True, cwd=ROOT)
 
     from distinv.bench.costs import measure_costs, published_v100, workload
-    from distinv.scaling_model import format_predictions, predict_iteration
+    from distinv.bench.scaling_model import format_predictions, predict_iteration
 
     params = {"num_operators": 8}
     costs, work = measure_costs("highres_blur", 2048, params, cores=os.cpu_count())

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from distinv.bench.launch import torchrun_command
-from distinv.memory import PeakMemory
+from distinv.runtime.memory import PeakMemory
 
 K = 4
 NOISE = 0.01

@@ -9,10 +9,10 @@ import torch
 from deepinv.models import DnCNN
 
 from distinv import distribute
-from distinv.autotune import choose_plan, predict
-from distinv.memory import PeakMemory, parse_bytes
-from distinv.profiling import NetworkProfile, Probe, cached_profile, probe_shapes, profile_network
-from distinv.tiling import TilePlan
+from distinv.runtime.memory import PeakMemory, parse_bytes
+from distinv.tiling.autotune import choose_plan, predict
+from distinv.tiling.geometry import TilePlan
+from distinv.tiling.profiling import NetworkProfile, Probe, cached_profile, probe_shapes, profile_network
 
 MiB = 2**20
 

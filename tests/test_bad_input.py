@@ -8,7 +8,7 @@ from deepinv.optim.data_fidelity import L2
 from deepinv.physics import StackedLinearPhysics
 
 from distinv import distribute
-from distinv.balance import assign_by_cost
+from distinv.runtime.balance import assign_by_cost
 from operators import make_operator, operator_list, relative_error
 
 IMG = (1, 8, 8)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distinv import distribute
-from distinv.halo import exchange_windows
+from distinv.tiling.halo import exchange_windows
 
 
 def moved(ctx, work) -> tuple[int, int]:

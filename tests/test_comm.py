@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distinv.comm import broadcast_module_state, exchange_layout, gather_items, sum_over_ranks
+from distinv.comm.gather import broadcast_module_state, exchange_layout, gather_items, sum_over_ranks
 
 OWNERS = (0, 1, 1, 0, 2)  # item -> rank, for 3 ranks; fewer ranks take owner % world
 

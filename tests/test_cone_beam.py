@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 import torch
 
-from distinv.cone_beam import ConeBeam
+from distinv.operators.cone_beam import ConeBeam
 
 ANGLES = torch.arange(0, 360, 30.0)
 

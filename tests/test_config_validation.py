@@ -156,7 +156,7 @@ GIB = 2**30
 @pytest.fixture
 def launch_env(monkeypatch):
     """A clean launch environment and a host with 64 GiB available; returns ``set(**variables)``."""
-    import distinv.memory as memory
+    import distinv.runtime.memory as memory
 
     for name in list(os.environ):
         if name in LAUNCH_VARIABLES or name.startswith("SLURM_"):
@@ -174,14 +174,14 @@ SRUN = {"SLURM_STEP_ID": "0", "SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "node
 
 
 def test_under_srun_each_rank_plans_for_its_share_of_the_node(launch_env):
-    from distinv.memory import default_memory_budget
+    from distinv.runtime.memory import default_memory_budget
 
     launch_env(**SRUN, SLURM_PROCID="11", SLURM_LOCALID="3", SLURM_NODEID="1", SLURM_STEP_TASKS_PER_NODE="8(x2)")
     assert default_memory_budget("cpu") == 32 * GIB // 8
 
 
 def test_under_srun_the_tasks_per_node_of_the_job_count_when_the_step_gives_none(launch_env):
-    from distinv.memory import default_memory_budget
+    from distinv.runtime.memory import default_memory_budget
 
     launch_env(**SRUN, SLURM_PROCID="5", SLURM_LOCALID="1", SLURM_NODEID="1", SLURM_TASKS_PER_NODE="12,4")
     assert default_memory_budget("cpu") == 32 * GIB // 4
@@ -190,7 +190,7 @@ def test_under_srun_the_tasks_per_node_of_the_job_count_when_the_step_gives_none
 
 
 def test_a_single_process_and_torchrun_keep_their_budgets(launch_env):
-    from distinv.memory import default_memory_budget
+    from distinv.runtime.memory import default_memory_budget
 
     assert default_memory_budget("cpu") == 32 * GIB
     launch_env(RANK="1", WORLD_SIZE="4", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2", MASTER_ADDR="h", MASTER_PORT="29500")

@@ -14,8 +14,8 @@ import torch
 
 from distinv import DistributedContext, LaunchError
 from distinv.bench.launch import torchrun_command
-from distinv.context import available_cores
-from distinv.discovery import detect_launch, first_host, slurm_port
+from distinv.comm.context import available_cores
+from distinv.runtime.launch import detect_launch, first_host, slurm_port
 
 PROBE = str(Path(__file__).with_name("probe_launch.py"))
 CLEAN = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_", "MASTER_"))}

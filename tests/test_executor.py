@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distinv.executor import assemble, cut_from, local_tiles, run_agreed, run_windows, window_call
-from distinv.planner import TilingKnobs, plan_fixed
+from distinv.tiling.executor import assemble, cut_from, local_tiles, run_agreed, run_windows, window_call
+from distinv.tiling.planner import TilingKnobs, plan_fixed
 
 
 def layout_of(shape, world, batch=None, patch=8, overlap=4):

@@ -7,10 +7,10 @@ import itertools
 import pytest
 import torch
 
-from distinv.executor import cut_from, local_tiles, run_windows, window_call
-from distinv.halo import exchange_windows
-from distinv.planner import TilingKnobs, plan_fixed
-from distinv.tiling import TilePlan
+from distinv.tiling.executor import cut_from, local_tiles, run_windows, window_call
+from distinv.tiling.geometry import TilePlan
+from distinv.tiling.halo import exchange_windows
+from distinv.tiling.planner import TilingKnobs, plan_fixed
 
 
 def meets(window, source) -> bool:

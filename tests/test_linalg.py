@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from distinv.linalg import power_iteration, solve_cg
+from distinv.numerics.linalg import power_iteration, solve_cg
 
 
 def spd_matrix(n: int, condition: float, seed: int = 0) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distinv import metrics
-from distinv.metrics import ssim
+from distinv.numerics.metrics import ssim
 
 
 def noisy_pair(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:

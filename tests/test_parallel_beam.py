@@ -10,7 +10,7 @@ import pytest
 import torch
 from deepinv.physics import Tomography
 
-from distinv.parallel_beam import ParallelBeam
+from distinv.operators.parallel_beam import ParallelBeam
 
 W = 29
 ANGLES = torch.arange(0, 180, 180 / 11)
@@ -181,7 +181,7 @@ def test_backends_the_operator_does_not_know_are_clear_errors():
 
 
 def test_rows_taken_together_or_one_by_one_give_the_same_pair(monkeypatch):
-    import distinv.parallel_beam as parallel_beam
+    import distinv.operators.parallel_beam as parallel_beam
 
     ours = ParallelBeam(ANGLES, W)
     g = torch.Generator().manual_seed(8)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distinv.planner import (
+from distinv.tiling.geometry import TilePlan
+from distinv.tiling.planner import (
     TiledLayout,
     TilingKnobs,
     check_knobs,
@@ -14,8 +15,7 @@ from distinv.planner import (
     plan_from_profile,
     tiling_dims_of,
 )
-from distinv.profiling import NetworkProfile, Probe
-from distinv.tiling import TilePlan
+from distinv.tiling.profiling import NetworkProfile, Probe
 
 
 def profile() -> NetworkProfile:

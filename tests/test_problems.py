@@ -151,7 +151,7 @@ def test_tomography_runs_on_the_lean_projector_and_keeps_deepinvs_selectable(nam
     from deepinv.physics import Tomography
 
     from distinv.bench.problems.tomography_3d import SlicewiseRadon
-    from distinv.parallel_beam import ParallelBeam
+    from distinv.operators.parallel_beam import ParallelBeam
 
     params = {"size": 24, "num_angles": 12, "num_operators": 3}
     lean, theirs = build(name, **params), build(name, **params, projector="deepinv")
@@ -178,7 +178,7 @@ def test_closed_form_radon_scaling_matches_deepinvs_power_iteration():
 
 @pytest.mark.parametrize("shape,first,last", [((2, 3, 37, 29), 5, 20), ((1, 1, 10, 7), 9, 10), ((1, 2, 5, 6, 7), 1, 4)])
 def test_a_band_of_seeded_noise_is_the_band_of_the_whole_noise(shape, first, last):
-    from distinv.row_bands import randn_rows as band_of_randn
+    from distinv.placements.row_bands import randn_rows as band_of_randn
 
     whole = torch.randn(shape, generator=torch.Generator().manual_seed(4))
     band = band_of_randn(shape, torch.Generator().manual_seed(4), first, last, torch.float32)

@@ -9,8 +9,8 @@ import torch.distributed as dist
 from deepinv.physics import StackedLinearPhysics
 
 from distinv import DistributedContext, distribute
-from distinv.context import PeerRankError
-from distinv.placement import LocalMeasurements
+from distinv.comm.context import PeerRankError
+from distinv.placements.measurements import LocalMeasurements
 from harness import RankFailure
 from operators import make_operator, operator_list, relative_error
 

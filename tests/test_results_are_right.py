@@ -14,7 +14,7 @@ from deepinv.physics.functional.blur import gaussian_blur
 
 from distinv import distribute
 from distinv.pnp import pnp
-from distinv.tiling import TilePlan
+from distinv.tiling.geometry import TilePlan
 from operators import anisotropic_blur, make_operator, operator_list, relative_error
 
 IMG = (1, 16, 16)

@@ -301,7 +301,7 @@ def test_the_failed_rank_is_the_one_that_raised_not_a_peer_told_of_it(tmp_path):
 
     from distinv.bench.launch import _root_cause
 
-    peer = "distinv.context.PeerRankError: the tiled denoiser's windows failed on rank(s) [1]: RuntimeError: boom"
+    peer = "distinv.comm.context.PeerRankError: the tiled denoiser's windows failed on rank(s) [1]: RuntimeError: boom"
     reports = {0: (peer, 100.0), 1: ("RuntimeError: boom", 100.001)}  # the peer's report is written first
     for rank, (error, when) in reports.items():
         (tmp_path / f"rank{rank}.error.json").write_text(_json.dumps({"rank": rank, "error": error, "time": when}))

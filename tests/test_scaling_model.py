@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from distinv.planner import TilingKnobs
-from distinv.profiling import NetworkProfile, Probe
-from distinv.scaling_model import Costs, Workload, predict_iteration
+from distinv.bench.scaling_model import Costs, Workload, predict_iteration
+from distinv.tiling.planner import TilingKnobs
+from distinv.tiling.profiling import NetworkProfile, Probe
 from test_sharded_pnp import BLUR, TILING, run_engine
 
 FLAT = NetworkProfile((Probe(2**10, 2**10 * 1e-6, 0), Probe(2**24, 2**24 * 1e-6, 0)))  # 1 us per pixel
@@ -18,7 +18,7 @@ FLAT = NetworkProfile((Probe(2**10, 2**10 * 1e-6, 0), Probe(2**24, 2**24 * 1e-6,
 
 def blur_workload() -> Workload:
     from distinv.bench.problems import build
-    from distinv.context import DistributedContext
+    from distinv.comm.context import DistributedContext
 
     problem = build("highres_blur", **BLUR)
     with DistributedContext(env={}, device_mode="cpu") as ctx:

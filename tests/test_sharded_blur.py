@@ -8,8 +8,8 @@ import torch
 from deepinv.physics import BlurFFT
 from deepinv.physics.functional.blur import gaussian_blur
 
-from distinv.row_bands import band_bounds, shard_rows
-from distinv.sharded_blur import ShardedBlur
+from distinv.placements.row_bands import band_bounds, shard_rows
+from distinv.sharded.blur import ShardedBlur
 
 SHAPE = (2, 3, 64, 36)  # bands of 16 rows at 4 ranks: enough for A^T A of a 15x15 kernel (14 rows)
 

@@ -11,10 +11,10 @@ import torch
 
 from distinv.bench.engines import build_engine
 from distinv.bench.problems import build
-from distinv.metrics import psnr, ssim
+from distinv.numerics.metrics import psnr, ssim
+from distinv.placements.row_bands import shard_rows
 from distinv.pnp import pnp
-from distinv.row_bands import shard_rows
-from distinv.sharded_denoiser import ShardedDenoiser, band_bounds_of, halo_rows
+from distinv.sharded.denoiser import ShardedDenoiser, band_bounds_of, halo_rows
 from test_results_are_right import SmallNet
 
 BLUR = {"size": (64, 40), "num_operators": 3, "sigma_major": 1.5, "sigma_minor": 0.5, "noise_sigma": 0.02}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distinv.bench.problems import build
-from distinv.row_bands import band_bounds, shard_rows
+from distinv.placements.row_bands import band_bounds, shard_rows
 
 PARAMS = {"size": 24, "num_angles": 9, "num_operators": 3}
 

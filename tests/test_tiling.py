@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distinv.balance import assign_balanced_counts
-from distinv.tiling import TilePlan
+from distinv.runtime.balance import assign_balanced_counts
+from distinv.tiling.geometry import TilePlan
 
 shapes = st.lists(st.integers(1, 70), min_size=1, max_size=3).map(tuple)
 

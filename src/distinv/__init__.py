@@ -9,19 +9,19 @@ The two-call API, as in deepinv's ``deepinv.distributed`` module::
         x_adj = dphys.A_adjoint(dphys(x))
 """
 
-from . import pnp  # the solvers module: distinv.pnp.pnp(...)
-from .context import DistributedContext, PeerRankError
-from .discovery import LaunchError
-from .distribute import distribute
-from .executor import LocalTiles
-from .fidelity import DistributedDataFidelity
-from .linear_physics import DistributedStackedLinearPhysics
-from .physics import DistributedStackedPhysics
-from .placement import LocalMeasurements
-from .processing import DistributedProcessing
-from .replicated import DistributedReplicatedParameters
-from .strategies import DistributedSignalStrategy
-from .tiling import TilePlan
+from distinv import pnp  # the solvers module: distinv.pnp.pnp(...)
+from distinv.comm.context import DistributedContext, PeerRankError
+from distinv.comm.replicated import DistributedReplicatedParameters
+from distinv.distribute import distribute
+from distinv.physics.fidelity import DistributedDataFidelity
+from distinv.physics.linear import DistributedStackedLinearPhysics
+from distinv.physics.stack import DistributedStackedPhysics
+from distinv.placements.measurements import LocalMeasurements
+from distinv.placements.tiles import LocalTiles
+from distinv.runtime.launch import LaunchError
+from distinv.tiling.geometry import TilePlan
+from distinv.tiling.processing import DistributedProcessing
+from distinv.tiling.strategies import DistributedSignalStrategy
 
 __all__ = [
     "DistributedContext",

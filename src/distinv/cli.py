@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .tiling import TilePlan
+from distinv.tiling.geometry import TilePlan
 
 
 def plan_command(args: argparse.Namespace) -> int:
@@ -73,11 +73,11 @@ def plan_command(args: argparse.Namespace) -> int:
 
 
 def model_command(args: argparse.Namespace) -> int:
-    """The scaling model (:mod:`distinv.scaling_model`) for ``--problem`` at ``--size``: per world size and
+    """The scaling model (:mod:`distinv.bench.scaling_model`) for ``--problem`` at ``--size``: per world size and
     engine, the predicted seconds per PGD iteration and bytes per rank, from costs measured here (one rank's share)
     or the published V100 figures."""
-    from .bench.costs import measure_costs, published_v100, workload
-    from .scaling_model import format_predictions
+    from distinv.bench.costs import measure_costs, published_v100, workload
+    from distinv.bench.scaling_model import format_predictions
 
     size = args.size[0] if args.size and len(args.size) == 1 else tuple(args.size) if args.size else None
     params = dict(args.param)
@@ -110,9 +110,9 @@ def _auto_plan(args: argparse.Namespace, channels: int, spatial: list[int], patc
     for ``--world`` such ranks, with the planner ``distribute()`` uses."""
     import torch
 
-    from .denoisers import load_denoiser
-    from .memory import default_memory_budget, parse_bytes
-    from .planner import TilingKnobs, measured_profile, plan_from_profile, size_multiple_of
+    from distinv.denoisers import load_denoiser
+    from distinv.runtime.memory import default_memory_budget, parse_bytes
+    from distinv.tiling.planner import TilingKnobs, measured_profile, plan_from_profile, size_multiple_of
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -149,8 +149,8 @@ def preview_command(args: argparse.Namespace) -> int:
     """Write ground truth, measurement and initial reconstruction PNGs of a benchmark problem."""
     import warnings
 
-    from .bench.preview import describe, write_previews
-    from .bench.problems import build
+    from distinv.bench.preview import describe, write_previews
+    from distinv.bench.problems import build
 
     params = dict(args.param)
     if args.size is not None:
@@ -175,7 +175,7 @@ def train_denoiser_command(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .denoisers.training import TrainConfig, export_weights, manifest_entry, train, update_manifest
+    from distinv.denoisers.training import TrainConfig, export_weights, manifest_entry, train, update_manifest
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -220,8 +220,8 @@ def train_denoiser_command(args: argparse.Namespace) -> int:
 
 def run_command(args: argparse.Namespace) -> int:
     """Validate the config, then run (or plan, or submit) its grid of runs."""
-    from .bench.config import ConfigError, load_config
-    from .bench.runner import run_config
+    from distinv.bench.config import ConfigError, load_config
+    from distinv.bench.runner import run_config
 
     overrides = {"output": args.output} if args.output else {}
     try:
@@ -233,8 +233,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 def results_command(args: argparse.Namespace) -> int:
     """Print the per-run summary of a results folder."""
-    from .bench.results import format_summary, read_rows, summarise, table_path
-    from .bench.training_report import format_training_summary, summarise_training
+    from distinv.bench.results import format_summary, read_rows, summarise, table_path
+    from distinv.bench.training_report import format_training_summary, summarise_training
 
     if not table_path(args.directory).exists():
         raise SystemExit(f"distinv results: no {table_path(args.directory)}; run `distinv run CONFIG` first.")
@@ -249,9 +249,9 @@ def results_command(args: argparse.Namespace) -> int:
 
 def report_command(args: argparse.Namespace) -> int:
     """Write the HTML dashboard of a results folder (and, with ``--static``, every figure as an image)."""
-    from .bench.insights import TABLE
-    from .bench.report import export_static, write_report
-    from .bench.results import table_path
+    from distinv.bench.insights import TABLE
+    from distinv.bench.report import export_static, write_report
+    from distinv.bench.results import table_path
 
     if not (table_path(args.directory).exists() or table_path(args.directory, TABLE).exists()):
         raise SystemExit(
@@ -270,11 +270,11 @@ def report_command(args: argparse.Namespace) -> int:
 
 def insights_command(args: argparse.Namespace) -> int:
     """Run an insight study from its config, then print its observations and write the report."""
-    from .bench.config import ConfigError
-    from .bench.insights import DEFAULT_CONFIGS, TABLE, load_insight_config, run_study
-    from .bench.insights_report import FIGURES
-    from .bench.report import write_report
-    from .bench.results import read_rows
+    from distinv.bench.config import ConfigError
+    from distinv.bench.insights import DEFAULT_CONFIGS, TABLE, load_insight_config, run_study
+    from distinv.bench.insights_report import FIGURES
+    from distinv.bench.report import write_report
+    from distinv.bench.results import read_rows
 
     try:
         config = load_insight_config(args.config or DEFAULT_CONFIGS[args.study], args.study)

@@ -10,15 +10,15 @@ from deepinv.optim.data_fidelity import DataFidelity, StackedPhysicsDataFidelity
 from deepinv.optim.optimizers import BaseOptim
 from deepinv.physics import LinearPhysics, Physics, StackedPhysics
 
-from .balance import assign_by_cost
-from .context import DistributedContext
-from .fidelity import DistributedDataFidelity
-from .linear_physics import DistributedStackedLinearPhysics
-from .physics import DistributedStackedPhysics
-from .planner import DEFAULT_OVERLAP
-from .processing import DistributedProcessing
-from .replicated import DistributedReplicatedParameters
-from .strategies import DistributedSignalStrategy
+from distinv.comm.context import DistributedContext
+from distinv.comm.replicated import DistributedReplicatedParameters
+from distinv.physics.fidelity import DistributedDataFidelity
+from distinv.physics.linear import DistributedStackedLinearPhysics
+from distinv.physics.stack import DistributedStackedPhysics
+from distinv.runtime.balance import assign_by_cost
+from distinv.tiling.planner import DEFAULT_OVERLAP
+from distinv.tiling.processing import DistributedProcessing
+from distinv.tiling.strategies import DistributedSignalStrategy
 
 TypeObject = Literal["auto", "physics", "linear_physics", "data_fidelity", "denoiser", "module", "parameters"]
 TYPE_OBJECTS = ("auto", "physics", "linear_physics", "data_fidelity", "denoiser", "module", "parameters")
@@ -59,13 +59,13 @@ def distribute(
         (an unrolled ``BaseOptim(unfold=True)``, distributed in place) or ``"parameters"`` (replicated trainable
         parameters, their gradients averaged over ranks).
     :param gather_strategy: ``"concatenated"`` (default), ``"broadcast"`` or ``"naive"``; see
-        :mod:`distinv.comm`.
+        :mod:`distinv.comm.gather`.
     :param shared: object passed as the third argument of every factory call (``factory_kwargs`` is
         deepinv's name for it and is accepted too).
     :param operator_costs: relative cost per operator, to balance operators over ranks (default round-robin).
     :param check_replicated: verify on every call that the image is the same on all ranks (a checksum).
     :param tiling_strategy: for a denoiser: ``"overlap_tiling"`` (default), ``"basic"`` (no halo) or a
-        :class:`~distinv.strategies.DistributedSignalStrategy`.
+        :class:`~distinv.tiling.strategies.DistributedSignalStrategy`.
     :param patch_size: for a denoiser: owned size of a window per dim; ``None`` (default, unlike deepinv's 256)
         lets the plan pick the fewest, largest windows within ``max_window_pixels`` (on CPU, windows of at most
         384Ki pixels by default), a multiple of the world size; ``"auto"``: measured, within ``memory_budget``.
@@ -104,7 +104,7 @@ def distribute(
     if type_object == "parameters":
         return _replicated_parameters(object, ctx, **kwargs)
     if type_object == "module":
-        from .unrolled import distribute_unrolled
+        from distinv.unrolled import distribute_unrolled
 
         options = dict(tiling_strategy=tiling_strategy, patch_size=patch_size, overlap=overlap)
         options |= dict(tiling_dims=tiling_dims, max_batch_size=max_batch_size, size_multiple=size_multiple)

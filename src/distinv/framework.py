@@ -1,12 +1,12 @@
 """deepinv 0.5's ``deepinv.distributed.framework`` names, so that code importing from there switches by changing
 the import."""
 
-from .context import DistributedContext
-from .fidelity import DistributedDataFidelity
-from .linear_physics import DistributedStackedLinearPhysics
-from .physics import DistributedStackedPhysics
-from .processing import DistributedProcessing
-from .replicated import DistributedReplicatedParameters
+from distinv.comm.context import DistributedContext
+from distinv.comm.replicated import DistributedReplicatedParameters
+from distinv.physics.fidelity import DistributedDataFidelity
+from distinv.physics.linear import DistributedStackedLinearPhysics
+from distinv.physics.stack import DistributedStackedPhysics
+from distinv.tiling.processing import DistributedProcessing
 
 __all__ = [
     "DistributedContext",

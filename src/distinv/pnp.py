@@ -1,9 +1,9 @@
 """Plug-and-play solvers on distributed physics and a (tiled) denoiser: PGD, HQS and ADMM.
 
 The iterates are replicated tensors (the data step ends in an all-reduce and the tiled denoiser in an all-gather,
-so all ranks hold the same ``x``), or :class:`~distinv.row_bands.RowBands` (sharded by rows: spatially distributed
-physics such as :class:`~distinv.sharded_blur.ShardedBlur` and a
-:class:`~distinv.sharded_denoiser.ShardedDenoiser`, so no image-sized collective runs; the conjugate gradient's
+so all ranks hold the same ``x``), or :class:`~distinv.placements.row_bands.RowBands` (sharded by rows: spatially
+distributed physics such as :class:`~distinv.sharded.blur.ShardedBlur` and a
+:class:`~distinv.sharded.denoiser.ShardedDenoiser`, so no image-sized collective runs; the conjugate gradient's
 inner products, the relative change and PSNR/SSIM are all-reduces of a few numbers). Either way every rank takes
 the same decisions (stopping included).
 
@@ -22,12 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .context import DistributedContext
-from .linalg import solve_cg
-from .linear_physics import DistributedStackedLinearPhysics
-from .metrics import psnr, ssim
-from .row_bands import RowBands
-from .timing import DeviceTimer
+from distinv.comm.context import DistributedContext
+from distinv.numerics.linalg import solve_cg
+from distinv.numerics.metrics import psnr, ssim
+from distinv.physics.linear import DistributedStackedLinearPhysics
+from distinv.placements.row_bands import RowBands
+from distinv.runtime.timing import DeviceTimer
 
 ALGORITHMS = ("pgd", "hqs", "admm")
 Denoiser = Callable[..., torch.Tensor]
@@ -46,7 +46,7 @@ class IterationRecord:
     denoiser_comm_s: float
     total_s: float  # the whole iteration, its PSNR and SSIM (evaluation) left out
     relative_change: float
-    bytes_sent: int = 0  # by this rank in the iteration's collectives (see distinv.collectives)
+    bytes_sent: int = 0  # by this rank in the iteration's collectives (see distinv.comm.collectives)
     bytes_received: int = 0
     data_peak_bytes: int | None = None
     denoiser_peak_bytes: int | None = None
@@ -75,7 +75,7 @@ def coupled_steps(sigmas: Sequence[float], noise_sigma: float, coupling: float =
 
 
 def _peak(device: torch.device, enabled: bool):
-    from .memory import PeakMemory
+    from distinv.runtime.memory import PeakMemory
 
     return PeakMemory(device) if enabled else nullcontext()
 

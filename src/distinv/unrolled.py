@@ -4,7 +4,7 @@
   passed to the model is distributed by the caller, as in deepinv);
 - each prior's ``denoiser`` becomes a tiled :class:`~distinv.DistributedProcessing`;
 - the trainable ``params_algo`` (step sizes, weights) are kept identical on every rank by
-  :class:`~distinv.replicated.DistributedReplicatedParameters` (``model.replicated_parameters``);
+  :class:`~distinv.comm.replicated.DistributedReplicatedParameters` (``model.replicated_parameters``);
 - beyond deepinv, ``checkpoint_iterations=True`` recomputes each unrolled iteration in the backward pass instead of
   keeping its activations (``torch.utils.checkpoint``, non-reentrant), so the activations held grow with one
   iteration, not with all of them. The recomputation replays the iteration's collectives in the same order on
@@ -20,10 +20,10 @@ import torch.utils.checkpoint
 from deepinv.models import Denoiser
 from deepinv.optim.optimizers import BaseOptim
 
-from .context import DistributedContext
-from .fidelity import DistributedDataFidelity
-from .processing import DistributedProcessing
-from .replicated import DistributedReplicatedParameters
+from distinv.comm.context import DistributedContext
+from distinv.comm.replicated import DistributedReplicatedParameters
+from distinv.physics.fidelity import DistributedDataFidelity
+from distinv.tiling.processing import DistributedProcessing
 
 
 def distribute_unrolled(

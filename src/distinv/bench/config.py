@@ -188,7 +188,7 @@ def available_devices(device: str) -> int:
         import torch
 
         return torch.cuda.device_count()
-    from ..context import available_cores
+    from distinv.comm.context import available_cores
 
     return available_cores()
 
@@ -296,7 +296,7 @@ def _check_devices(c: dict, slurm: bool, errors: list[str]) -> None:
 
 
 def _check_solver(solver: dict, where: str, errors: list[str]) -> None:
-    from ..pnp import ALGORITHMS
+    from distinv.pnp import ALGORITHMS
 
     if solver.get("algorithm", "hqs") not in ALGORITHMS:
         errors.append(f"{where}.algorithm={solver['algorithm']!r}: choose one of {list(ALGORITHMS)}.")
@@ -404,7 +404,7 @@ def _check_windows(tiling: dict, where: str, errors: list[str]) -> None:
 def _check_model(model: Any, where: str, slurm: bool, errors: list[str]) -> None:
     """A denoiser source the worker can load (see :func:`~distinv.bench.worker.load_model`), without loading
     any weights."""
-    from ..denoisers.zoo import shipped_models
+    from distinv.denoisers.zoo import shipped_models
 
     shipped = shipped_models()
     choices = (
@@ -501,7 +501,7 @@ def _check_distinct_runs(c: dict, errors: list[str]) -> None:
 
 
 def _check_problems(c: dict, slurm: bool, errors: list[str]) -> None:
-    from .problems import BUILDERS, check
+    from distinv.bench.problems import BUILDERS, check
 
     problems = c["problems"]
     if not isinstance(problems, list) or not problems:

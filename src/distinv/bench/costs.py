@@ -1,9 +1,10 @@
-"""The scaling model's costs (:class:`~distinv.scaling_model.Costs`) for a benchmark problem: measured on this
+"""The scaling model's costs (:class:`~distinv.bench.scaling_model.Costs`) for a benchmark problem: measured on this
 machine (one rank's share: ``threads`` threads), or the published V100 figures of deepinv's module.
 
 Measured: one operator's ``A^T A`` on the whole image and the problem's sharded ``A^T A`` on half of it (the
-fastest of 3 calls after a warm-up), the denoiser's profile (:func:`~distinv.profiling.profile_network`, the probes
-automatic tiling uses), and the link between two gloo processes on this host (all-reduces of 8 bytes and of 32 MiB).
+fastest of 3 calls after a warm-up), the denoiser's profile (:func:`~distinv.tiling.profiling.profile_network`, the
+probes automatic tiling uses), and the link between two gloo processes on this host (all-reduces of 8 bytes and of 32
+MiB).
 """
 
 from __future__ import annotations
@@ -18,16 +19,16 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..collectives import ring_all_reduce_bytes
-from ..context import DistributedContext
-from ..planner import CPU_MAX_WINDOW_PIXELS, DEFAULT_OVERLAP, TilingKnobs, size_multiple_of
-from ..profiling import NetworkProfile, Probe, default_probe_shapes, profile_network
-from ..row_bands import shard_rows
-from ..scaling_model import Costs, Workload
-from ..tiling import TilePlan
-from ..timing import timed_calls
-from .problems import build
-from .worker import model_from_source
+from distinv.bench.problems import build
+from distinv.bench.scaling_model import Costs, Workload
+from distinv.bench.worker import model_from_source
+from distinv.comm.collectives import ring_all_reduce_bytes
+from distinv.comm.context import DistributedContext
+from distinv.placements.row_bands import shard_rows
+from distinv.runtime.timing import timed_calls
+from distinv.tiling.geometry import TilePlan
+from distinv.tiling.planner import CPU_MAX_WINDOW_PIXELS, DEFAULT_OVERLAP, TilingKnobs, size_multiple_of
+from distinv.tiling.profiling import NetworkProfile, Probe, default_probe_shapes, profile_network
 
 LINK_BYTES = 32 * 2**20
 

@@ -2,12 +2,12 @@
 
 - ``distinv``: :func:`distinv.distribute` of the problem's operators (balanced by cost) and of the denoiser
   (replicated iterates).
-- ``distinv-sharded``: iterates sharded by rows (:class:`~distinv.row_bands.RowBands`), cut where the denoiser's
-  row bands of windows fall (:class:`~distinv.sharded_denoiser.ShardedDenoiser`); the problem's spatially
+- ``distinv-sharded``: iterates sharded by rows (:class:`~distinv.placements.row_bands.RowBands`), cut where the
+  denoiser's row bands of windows fall (:class:`~distinv.sharded.denoiser.ShardedDenoiser`); the problem's spatially
   distributed physics where its operators decompose in space (``Problem.sharded``: highres_blur's
-  :class:`~distinv.sharded_blur.ShardedBlur`, tomography_3d's :class:`~distinv.slab_physics.SlabStack`), else the
+  :class:`~distinv.sharded.blur.ShardedBlur`, tomography_3d's :class:`~distinv.sharded.slabs.SlabStack`), else the
   operator split with the iterate gathered for the physics step alone
-  (:class:`~distinv.gathered_physics.GatheredPhysics`).
+  (:class:`~distinv.sharded.gathered.GatheredPhysics`).
 - ``deepinv``: deepinv's ``deepinv.distributed`` module on the same process group, with the same tiling
   settings (its defaults where ours are automatic); its collectives are timed like ours.
 - ``none``: the untiled single-device baseline: deepinv's ``StackedLinearPhysics`` of all K operators and the
@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
-from ..comm import sum_over_ranks
-from ..context import DistributedContext
-from ..row_bands import ROWS, RowBands, shard_rows
-from .problems.base import Problem
+from distinv.bench.problems.base import Problem
+from distinv.comm.context import DistributedContext
+from distinv.comm.gather import sum_over_ranks
+from distinv.placements.row_bands import ROWS, RowBands, shard_rows
 
 DEEPINV_PATCH, DEEPINV_OVERLAP = 256, 64  # deepinv.distributed.distribute's defaults
 
@@ -125,7 +125,7 @@ def build_engine(name: str, ctx: DistributedContext, problem: Problem, model: to
         ``None``: distinv plans its windows itself, deepinv gets its default 256).
     """
     if name == "distinv":
-        from ..distribute import distribute
+        from distinv.distribute import distribute
 
         physics = problem.distribute(ctx)
         denoiser = distribute(model, ctx, type_object="denoiser", **_distinv_tiling(tiling))
@@ -146,8 +146,8 @@ def build_engine(name: str, ctx: DistributedContext, problem: Problem, model: to
 
 
 def _sharded_engine(ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict) -> ShardedEngine:
-    from ..gathered_physics import GatheredPhysics
-    from ..sharded_denoiser import ShardedDenoiser
+    from distinv.sharded.denoiser import ShardedDenoiser
+    from distinv.sharded.gathered import GatheredPhysics
 
     denoiser = ShardedDenoiser(ctx, model, **_distinv_tiling(tiling))
     truth = problem.ground_truth
@@ -246,7 +246,7 @@ class _DeepinvPhysics:
 
 def time_collectives(their_ctx: Any, ctx: DistributedContext) -> None:
     """Count the wall time and bytes of every collective of deepinv's context in ``ctx.comm_seconds``,
-    ``ctx.bytes_sent`` and ``ctx.bytes_received``, by the same rules as ours (:mod:`distinv.collectives`); the
+    ``ctx.bytes_sent`` and ``ctx.bytes_received``, by the same rules as ours (:mod:`distinv.comm.collectives`); the
     communication itself is untouched. Its collectives go through these methods, but for its ``"broadcast"``
     gather strategy (not its default), which calls ``torch.distributed`` directly and is not counted."""
     for method in ("all_reduce", "broadcast", "all_gather", "all_gather_object", "broadcast_object_list"):

@@ -7,7 +7,7 @@
   second, and images per second for an ``image_size`` square image cut into such patches (no halo).
 
 Each measurement: a warm-up call, then ``repetitions`` timed calls (median; a GPU is synchronised), the first
-also read for peak memory (:class:`~distinv.memory.PeakMemory`: CUDA peak allocated, or the CPU's peak
+also read for peak memory (:class:`~distinv.runtime.memory.PeakMemory`: CUDA peak allocated, or the CPU's peak
 resident set). Rows go to ``OUTPUT/insights.parquet``, one denoiser at a time, atomically; a measurement
 already in the table is skipped (``redo=True`` measures again). Denoisers have random weights (cost does not
 depend on them), so nothing is downloaded.
@@ -26,8 +26,8 @@ from typing import Any
 import torch
 import yaml
 
-from ..timing import timed_calls
-from .config import ConfigError, unknown_keys
+from distinv.bench.config import ConfigError, unknown_keys
+from distinv.runtime.timing import timed_calls
 
 TABLE = "insights.parquet"
 STUDIES = ("shape-memory", "batch-throughput")
@@ -111,7 +111,7 @@ def measure_call(fn: Callable[[], Any], device: torch.device, repetitions: int) 
 
 def run_study(config: InsightConfig, redo: bool = False, progress: Callable[[str], None] = print) -> Path:
     """Measure every (denoiser, shape) of ``config`` not yet in the table; return the table's path."""
-    from .results import append_rows, read_rows
+    from distinv.bench.results import append_rows, read_rows
 
     done = set() if redo else {r["key"] for r in read_rows(config.output, TABLE)}
     for spec in config.denoisers:
@@ -127,7 +127,7 @@ def measure_cases(
 ) -> list[dict]:
     """One denoiser ``spec`` (``name``, ``model``) on ``cases`` (:func:`study_cases`): one row per case, written
     nowhere (:func:`run_study` keeps them in the table)."""
-    from ..denoisers import load_denoiser
+    from distinv.denoisers import load_denoiser
 
     torch.set_num_threads(config.threads)
     device = torch.device(config.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .palette import colour
+from distinv.bench.palette import colour
 
 MiB = 2**20
 SATURATION = 0.9  # a batch "saturates" once it reaches this fraction of the best throughput

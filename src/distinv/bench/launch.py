@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import RunSpec
+from distinv.bench.config import RunSpec
 
 
 def free_port() -> int:
@@ -68,7 +68,7 @@ def launch_local(spec: RunSpec, output: Path, config_hash: str = "") -> RunOutco
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from .worker import run_rank
+    from distinv.bench.worker import run_rank
 
     log_dir = Path(output) / "logs" / spec.key
     if log_dir.exists():
@@ -191,7 +191,7 @@ def slurm_executor(spec: RunSpec, slurm: dict, folder: Path):
 
 def submit_slurm(spec: RunSpec, slurm: dict, output: Path, config_hash: str = ""):
     """Submit ``spec`` as one SLURM job; every task runs :func:`~distinv.bench.worker.run_rank`."""
-    from .worker import run_rank
+    from distinv.bench.worker import run_rank
 
     executor = slurm_executor(spec, slurm, Path(output) / "slurm")
     return executor.submit(run_rank, json.dumps(asdict(spec)), str(output), config_hash)

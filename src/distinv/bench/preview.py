@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from ..context import DistributedContext
-from .problems import Problem
+from distinv.bench.problems import Problem
+from distinv.comm.context import DistributedContext
 
 
 def _middle_slice(t: torch.Tensor) -> torch.Tensor:

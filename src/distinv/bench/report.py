@@ -22,9 +22,9 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from .palette import colour
-from .results import last_line, read_rows, run_memory, summarise
-from .training_report import summarise_training, training_figures, training_section
+from distinv.bench.palette import colour
+from distinv.bench.results import last_line, read_rows, run_memory, summarise
+from distinv.bench.training_report import summarise_training, training_figures, training_section
 
 ENGINE_NAMES = {
     "distinv": "distinv",
@@ -476,15 +476,15 @@ def write_report(results_dir: str | Path, output: str | Path | None = None) -> P
 
 def studies_in(insight_rows: list[dict]) -> list[str]:
     """The insight studies with at least one measurement."""
-    from .insights import STUDIES
+    from distinv.bench.insights import STUDIES
 
     return [s for s in STUDIES if any(r.get("study") == s and r.get("status") == "ok" for r in insight_rows)]
 
 
 def insights_html(directory: Path) -> list[str]:
     """One section per insight study in ``directory/insights.parquet``: observations, then its figure."""
-    from .insights import TABLE
-    from .insights_report import FIGURES
+    from distinv.bench.insights import TABLE
+    from distinv.bench.insights_report import FIGURES
 
     rows = read_rows(directory, TABLE)
     sections = []
@@ -509,8 +509,8 @@ def export_static(results_dir: str | Path, folder: str | Path, fmt: str = "png")
         import kaleido  # noqa: F401
     except ImportError as exc:
         raise RuntimeError("static export needs kaleido: pip install kaleido (it drives a local Chrome).") from exc
-    from .insights import TABLE
-    from .insights_report import FIGURES
+    from distinv.bench.insights import TABLE
+    from distinv.bench.insights_report import FIGURES
 
     rows = read_rows(results_dir)
     figures = build_figures([r for r in rows if r.get("kind") != "training"], summarise(results_dir) if rows else [])

@@ -17,10 +17,10 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import Config, RunSpec
-from .launch import RunOutcome, launch_local, srun_command, submit_slurm
-from .progress import progress_path, remove_stale_progress
-from .results import (
+from distinv.bench.config import Config, RunSpec
+from distinv.bench.launch import RunOutcome, launch_local, srun_command, submit_slurm
+from distinv.bench.progress import progress_path, remove_stale_progress
+from distinv.bench.results import (
     append_rows,
     finished_runs,
     format_summary,
@@ -30,7 +30,7 @@ from .results import (
     run_row,
     summarise,
 )
-from .training_report import format_training_summary, summarise_training
+from distinv.bench.training_report import format_training_summary, summarise_training
 
 
 def select(runs: list[RunSpec], only: list[str] | None) -> list[RunSpec]:
@@ -85,7 +85,7 @@ def run_config(
     summary = summarise(output)
     trained = summarise_training(read_rows(output))
     if summary or trained:
-        from .report import write_report
+        from distinv.bench.report import write_report
 
         out("")
         if summary:

@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 
-from ..context import DistributedContext
-from ..memory import PeakMemory
-from ..metrics import psnr
-from ..timing import DeviceTimer
-from .engines import OperatorView, deepinv_setup
-from .problems import build
-from .problems.base import Problem
+from distinv.bench.engines import OperatorView, deepinv_setup
+from distinv.bench.problems import build
+from distinv.bench.problems.base import Problem
+from distinv.comm.context import DistributedContext
+from distinv.numerics.metrics import psnr
+from distinv.runtime.memory import PeakMemory
+from distinv.runtime.timing import DeviceTimer
 
 
 @dataclass
@@ -45,7 +45,7 @@ class StepRecord:
     optimizer_s: float
     comm_s: float
     step_s: float
-    bytes_sent: int  # by this rank in the step's collectives (see distinv.collectives)
+    bytes_sent: int  # by this rank in the step's collectives (see distinv.comm.collectives)
     bytes_received: int
     peak_bytes: int
     elapsed_s: float  # since the first step began, validation excluded
@@ -93,7 +93,7 @@ def build_trainee(
 ) -> Trainee:
     """The unrolled model and physics of ``engine`` on ``problem``; the step size (when ``training["stepsize"]``
     is null, ``1 / ||A||^2``, exact, the same for every engine) is computed on distinv's physics."""
-    from ..distribute import distribute
+    from distinv.distribute import distribute
 
     ours = problem.distribute(ctx)
     stepsize = training["stepsize"]
@@ -131,7 +131,7 @@ def _deepinv_trainee(
 ) -> Trainee:
     from deepinv.utils.tensorlist import TensorList
 
-    from ..comm import exchange_layout, gather_items
+    from distinv.comm.gather import exchange_layout, gather_items
 
     setup = deepinv_setup(ctx, problem, tiling)
     physics = setup.physics

@@ -12,8 +12,8 @@ import html
 import statistics
 from collections import defaultdict
 
-from .palette import colour
-from .results import last_line, size_text
+from distinv.bench.palette import colour
+from distinv.bench.results import last_line, size_text
 
 COMPONENTS = ("forward_s", "backward_s", "optimizer_s", "comm_s", "step_s")
 MIB = 2**20

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from .config import RunSpec
+from distinv.bench.config import RunSpec
 
 AUTO_MODELS = {"radio": "shipped:drunet-small-radio"}  # problems whose images are unlike dead leaves
 PREVIEW_SIDE = 2048  # largest side of a sharded run's previews (gathered subsampled)
@@ -39,8 +39,8 @@ def model_from_source(source: str, problem: str, channels: int, volume: bool) ->
     :func:`~distinv.denoisers.load_denoiser`. Volumes get the 2D model slice by slice along three axes."""
     import importlib
 
-    from ..denoisers import load_denoiser
-    from ..denoisers.slicewise import SlicewiseDenoiser3D
+    from distinv.denoisers import load_denoiser
+    from distinv.denoisers.slicewise import SlicewiseDenoiser3D
 
     if source == "auto":
         by_channels = "shipped:drunet-small-colour" if channels == 3 else "shipped:drunet-small-grey"
@@ -54,7 +54,7 @@ def model_from_source(source: str, problem: str, channels: int, volume: bool) ->
 
 
 def sigma_levels(solver: dict) -> float | list[float]:
-    from ..pnp import sigma_schedule
+    from distinv.pnp import sigma_schedule
 
     sigma = solver["sigma"]
     if isinstance(sigma, list | tuple):
@@ -64,7 +64,7 @@ def sigma_levels(solver: dict) -> float | list[float]:
 
 def solver_steps(solver: dict, levels: float | list[float], noise_sigma: float) -> float | list[float] | None:
     """The solver's ``step``, or DPIR's steps ``sigma_k^2 / (coupling * noise^2)`` when ``coupling`` is set."""
-    from ..pnp import coupled_steps
+    from distinv.pnp import coupled_steps
 
     if solver.get("coupling") is None:
         return solver["step"]
@@ -126,10 +126,10 @@ def run_rank(spec_json: str, output: str, config_hash: str = "") -> int:
 
 
 def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
-    from .. import DistributedContext
-    from ..memory import process_bytes
-    from .problems import build
-    from .results import append_rows, run_row
+    from distinv import DistributedContext
+    from distinv.bench.problems import build
+    from distinv.bench.results import append_rows, run_row
+    from distinv.runtime.memory import process_bytes
 
     warnings.simplefilter("ignore")
     spec = RunSpec(**json.loads(spec_json))
@@ -160,10 +160,10 @@ def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
 
 def _reconstruct(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict, list[dict]]:
     """PnP on this rank: the run's fields and one row per iteration (rank 0 also saves the previews)."""
-    from ..metrics import psnr
-    from ..pnp import pnp
-    from .engines import build_engine
-    from .progress import write_progress
+    from distinv.bench.engines import build_engine
+    from distinv.bench.progress import write_progress
+    from distinv.numerics.metrics import psnr
+    from distinv.pnp import pnp
 
     engine = build_engine(spec.engine, ctx, problem, model, spec.tiling)
 
@@ -211,8 +211,8 @@ def _reconstruct(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict,
 def _train(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict, list[dict]]:
     """Training on this rank: the run's fields and one row per step (step 0: the validation PSNR at the
     start)."""
-    from .progress import write_progress
-    from .training import build_trainee, train, training_image
+    from distinv.bench.progress import write_progress
+    from distinv.bench.training import build_trainee, train, training_image
 
     trainee = build_trainee(spec.engine, ctx, problem, model, spec.training, spec.tiling)
 
@@ -231,7 +231,7 @@ def save_previews(
 ) -> None:
     """``previews/<run key>.png`` (the reconstruction) and, once per comparison group, the group's ground truth,
     one measurement ``y`` (rank 0's first; ``None`` when it has none) and start in ``previews/<group>/``."""
-    from .preview import image_picture, measurement_picture, save_pictures
+    from distinv.bench.preview import image_picture, measurement_picture, save_pictures
 
     group = folder / spec.group
     if not (group / "initial.png").exists():

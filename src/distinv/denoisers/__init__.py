@@ -1,5 +1,5 @@
 """Denoisers the project trains and ships, and how to load them."""
 
-from .zoo import load_denoiser, shipped_models
+from distinv.denoisers.zoo import load_denoiser, shipped_models
 
 __all__ = ["load_denoiser", "shipped_models"]

@@ -7,7 +7,7 @@ import inspect
 import torch
 from deepinv.models import Denoiser
 
-from ..planner import size_multiple_of
+from distinv.tiling.planner import size_multiple_of
 
 
 class ResidualDenoiser(Denoiser):

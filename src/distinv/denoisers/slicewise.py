@@ -29,7 +29,7 @@ class SlicewiseDenoiser3D(Denoiser):
     @property
     def size_multiple(self) -> int:
         """The 2D network's size multiple, which every axis of a window must meet."""
-        from ..processing import size_multiple_of
+        from distinv.tiling.processing import size_multiple_of
 
         return size_multiple_of(self.denoiser)
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..images import dead_leaves, radio_sky
-from .networks import build_network
+from distinv.denoisers.networks import build_network
+from distinv.images import dead_leaves, radio_sky
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -216,7 +216,7 @@ def train(
     rng = random.Random(config.seed)
     history = {"steps": 0, "seconds": 0.0, "validation": []}
     if checkpoint.exists():
-        from .zoo import load_weights
+        from distinv.denoisers.zoo import load_weights
 
         state = load_weights(checkpoint, map_location=device, what="checkpoint")
         if not isinstance(state, dict) or not {"config", "model", "optimiser"} <= set(state):
@@ -295,11 +295,11 @@ def train(
 def _init_weights(source: str) -> dict:
     """The float32 state of ``shipped:NAME``, an exported ``.pt`` or a training checkpoint."""
     if source.startswith("shipped:"):
-        from .zoo import load_denoiser
+        from distinv.denoisers.zoo import load_denoiser
 
         state = load_denoiser(source).state_dict()
     elif Path(source).is_file():
-        from .zoo import load_weights
+        from distinv.denoisers.zoo import load_weights
 
         state = load_weights(source, what="init")
         if not isinstance(state, dict):

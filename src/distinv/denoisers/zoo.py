@@ -20,7 +20,7 @@ from urllib.error import URLError
 
 import torch
 
-from .networks import build_network
+from distinv.denoisers.networks import build_network
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 MANIFEST = WEIGHTS_DIR / "manifest.json"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from . import highres_blur, radio, tomography_2d, tomography_3d
-from .base import Problem
+from distinv.bench.problems import highres_blur, radio, tomography_2d, tomography_3d
+from distinv.bench.problems.base import Problem
 
 BUILDERS = {
     "highres_blur": highres_blur.build,

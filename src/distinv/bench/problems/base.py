@@ -9,14 +9,14 @@ from typing import Any
 import torch
 from deepinv.physics import LinearPhysics
 
-from ...comm import sum_over_ranks
-from ...context import DistributedContext
-from ...distribute import distribute
-from ...linear_physics import DistributedStackedLinearPhysics
-from ...metrics import psnr
-from ...physics import operator_seed
-from ...placement import LocalMeasurements
-from ...row_bands import RowBands, randn_rows
+from distinv.comm.context import DistributedContext
+from distinv.comm.gather import sum_over_ranks
+from distinv.distribute import distribute
+from distinv.numerics.metrics import psnr
+from distinv.physics.linear import DistributedStackedLinearPhysics
+from distinv.physics.stack import operator_seed
+from distinv.placements.measurements import LocalMeasurements
+from distinv.placements.row_bands import RowBands, randn_rows
 
 OperatorFactory = Callable[[int, torch.device, Any], LinearPhysics]
 # sharded(problem, ctx) -> the K operators applied to RowBands (ShardedBlur, SlabStack): how they decompose in space.

@@ -8,10 +8,10 @@ import torch
 from deepinv.physics import BlurFFT
 from deepinv.physics.functional.blur import gaussian_blur
 
-from ...context import DistributedContext
-from ...images import dead_leaves, load_image
-from ...sharded_blur import ShardedBlur
-from .base import Problem, check_positive
+from distinv.bench.problems.base import Problem, check_positive
+from distinv.comm.context import DistributedContext
+from distinv.images import dead_leaves, load_image
+from distinv.sharded.blur import ShardedBlur
 
 MIN_SIZE = 32
 

@@ -8,10 +8,10 @@ import math
 
 import torch
 
-from ...images import radio_sky
-from ..nufft import BACKENDS, radio_operator
-from ..uv_coverage import SPEED_OF_LIGHT, antenna_layout, baselines, earth_rotation_uv, uniform_weights
-from .base import Problem, check_positive, weighted_sum_of_terms
+from distinv.bench.nufft import BACKENDS, radio_operator
+from distinv.bench.problems.base import Problem, check_positive, weighted_sum_of_terms
+from distinv.bench.uv_coverage import SPEED_OF_LIGHT, antenna_layout, baselines, earth_rotation_uv, uniform_weights
+from distinv.images import radio_sky
 
 MIN_SIZE = 16
 SPLITS = ("time", "channel")

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import torch
 from deepinv.physics import Tomography
 
-from ...images import shepp_logan_2d
-from ...parallel_beam import ParallelBeam
-from ...slab_physics import SlabStack
-from .base import Problem, ShardedPhysics, check_positive, weighted_sum_of_terms
+from distinv.bench.problems.base import Problem, ShardedPhysics, check_positive, weighted_sum_of_terms
+from distinv.images import shepp_logan_2d
+from distinv.operators.parallel_beam import ParallelBeam
+from distinv.sharded.slabs import SlabStack
 
 MIN_SIZE = 16
 PROJECTORS = ("distinv", "deepinv", "astra")

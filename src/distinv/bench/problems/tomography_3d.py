@@ -15,11 +15,16 @@ import math
 import torch
 from deepinv.physics import LinearPhysics
 
-from ...context import DistributedContext
-from ...images import shepp_logan_3d
-from ...slab_physics import SlabStack
-from .base import Problem
-from .tomography_2d import angle_block_problem, block_angles, normalised_tomography, unit_norm_radon
+from distinv.bench.problems.base import Problem
+from distinv.bench.problems.tomography_2d import (
+    angle_block_problem,
+    block_angles,
+    normalised_tomography,
+    unit_norm_radon,
+)
+from distinv.comm.context import DistributedContext
+from distinv.images import shepp_logan_3d
+from distinv.sharded.slabs import SlabStack
 
 MIN_SIZE = 16
 WORKSPACE_BYTES = 256 * 2**20  # deepinv's per-call intermediate, bounded by the number of slices per call

@@ -1,0 +1,129 @@
+"""Iterative linear algebra: conjugate gradient and power iteration.
+
+The operator may be distributed (each call an all-reduce). The vectors are replicated tensors, or
+:class:`~distinv.placements.row_bands.RowBands` (sharded by rows), whose inner products and norms are one all-reduce of
+a few numbers. Either way every rank holds bitwise the same scalars, so the stopping decisions agree on every rank
+without further communication: no rank leaves the loop while another waits in a collective.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from distinv.placements.row_bands import RowBands, randn_rows
+
+Vector = torch.Tensor | RowBands
+Operator = Callable[[Vector], Vector]
+
+
+def _batch_dot(u: Vector, v: Vector) -> torch.Tensor:
+    """Real part of <u, v> per sample (over all but the first dim), shaped to broadcast against ``u``."""
+    if isinstance(u, RowBands):
+        return u.batch_dot(v)
+    dims = tuple(range(1, u.ndim))
+    prod = (u.conj() * v).real if u.is_complex() else u * v
+    return prod.sum(dim=dims, keepdim=True) if dims else prod
+
+
+@dataclass(frozen=True)
+class SolveInfo:
+    """How a linear solve ended.
+
+    :ivar method: ``"cg"`` (conjugate gradient) or ``"fft"`` (closed form in the Fourier domain).
+    :ivar iterations: operator calls CG made (0 for the closed form).
+    :ivar relative_residual: the largest, over the batch, of ``||b - op(x)|| / ||b||`` as CG tracks it (for the
+        closed form: 0, it is exact to float precision).
+    :ivar converged: every sample reached ``tol`` (always ``True`` for the closed form).
+    """
+
+    method: str
+    iterations: int
+    relative_residual: float
+    converged: bool
+
+
+def solve_cg(
+    op: Operator,
+    b: Vector,
+    x0: Vector | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-6,
+) -> tuple[Vector, SolveInfo]:
+    """Solve ``op(x) = b`` for a symmetric positive semi-definite ``op``, each sample of the batch apart.
+
+    Stops when every sample's residual norm is below ``tol * ||b||`` (per sample) or after ``max_iter``
+    operator calls. From ``x0 = 0`` on normal equations ``A^T A x = A^T y`` the iterates stay in the range
+    of ``A^T``, so the limit is the minimum-norm least-squares solution.
+
+    :param b: right-hand side, shape ``(B, ...)`` (replicated, or sharded :class:`RowBands`); the first dim indexes
+        independent systems.
+    :return: ``x`` with the shape of ``b``, and how the solve ended (:class:`SolveInfo`).
+    """
+    x = (b.zeros_like() if isinstance(b, RowBands) else torch.zeros_like(b)) if x0 is None else x0.clone()
+    r = b.clone() if x0 is None else b - op(x)
+    p = r.clone()
+    rs = _batch_dot(r, r)
+    bb = _batch_dot(b, b)
+    threshold = (tol**2) * bb
+    iterations = 0
+    for _ in range(max_iter):
+        active = rs > threshold
+        if not bool(active.any()):
+            break
+        iterations += 1
+        ap = op(p)
+        pap = _batch_dot(p, ap)
+        alpha = torch.where(active & (pap > 0), rs / pap.clamp_min(torch.finfo(pap.dtype).tiny), 0.0)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_new = _batch_dot(r, r)
+        beta = torch.where(active & (rs > 0), rs_new / rs.clamp_min(torch.finfo(rs.dtype).tiny), 0.0)
+        p = r + beta * p
+        rs = torch.where(active, rs_new, rs)
+    relative = torch.sqrt(rs / bb.clamp_min(torch.finfo(bb.dtype).tiny)).where(bb > 0, torch.zeros_like(rs))
+    converged = bool((rs <= threshold).all())
+    return x, SolveInfo("cg", iterations, float(relative.max()) if relative.numel() else 0.0, converged)
+
+
+def power_iteration(
+    op: Operator,
+    like: Vector,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    seed: int = 0,
+) -> tuple[torch.Tensor, int]:
+    """Largest eigenvalue of a symmetric positive semi-definite ``op`` acting on tensors shaped like ``like``.
+
+    The start vector comes from a fixed-seed generator (not the global one), so every rank starts from the
+    same vector whatever its seeding (for :class:`RowBands`, the band of that same vector, so a sharded operator
+    gives the value its replicated twin gives). Stops when the Rayleigh quotient changes by less than ``tol`` relative.
+
+    :return: (the eigenvalue as a 0-dim real tensor, the number of iterations done).
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    if isinstance(like, RowBands):
+        x = like.like(randn_rows(like.shape, generator, *like.rows, like.dtype).to(like.device))
+        value = torch.zeros((), dtype=like.local.real.dtype, device=like.device)
+    else:
+        x = torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
+        value = torch.zeros((), dtype=x.real.dtype, device=x.device)
+    x = x / _norm(x)
+    for iteration in range(1, max_iter + 1):
+        z = op(x)
+        new_value = _batch_dot(x, z).sum().to(value.dtype)
+        norm = _norm(z)
+        if norm == 0:
+            return torch.zeros_like(value), iteration
+        x = z / norm
+        converged = abs(new_value - value) <= tol * abs(new_value)
+        value = new_value
+        if converged:
+            return value, iteration
+    return value, max_iter
+
+
+def _norm(x: Vector) -> torch.Tensor:
+    return x.norm() if isinstance(x, RowBands) else torch.linalg.vector_norm(x)

@@ -1,0 +1,148 @@
+"""Spatially distributed circular blurs: each rank applies all K blurs to the band of rows it owns.
+
+The signal is sharded by rows (:class:`~distinv.placements.row_bands.RowBands`: rank ``r`` holds rows
+``bounds[r]:bounds[r+1]`` of every sample and channel, full width); a blur needs a few rows beyond its band (the
+kernel's reach), received from the two neighbouring ranks in one batch of point-to-point calls, periodically at the
+image's top and bottom as the circular boundary wants. The measurements are sharded the same way, so ``A``, ``A^T`` and
+``A^T A`` never move an image: only the halo rows, whatever K. Exact against deepinv's ``BlurFFT``: the same circular
+convolution, by FFT of the band with its halo (rows that wrap around the extended band fall in the halo, which is
+dropped). ``A^T A`` is one FFT pair with the K normal spectra summed, cached at the band's size (a rank holds one
+band-sized spectrum, not K image-sized ones).
+
+Convention (deepinv's): ``A_i x`` is the circular cross-correlation of ``x`` with the flipped kernel ``k_i``,
+anchored at ``((kh - 1) // 2, (kw - 1) // 2)``; ``A_i^T y`` the circular cross-correlation of ``y`` with ``k_i``,
+anchored at ``(kh // 2, kw // 2)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from distinv.comm.context import DistributedContext
+from distinv.numerics.linalg import power_iteration
+from distinv.placements.row_bands import RowBands, row_halos, with_row_halo
+
+
+class ShardedBlur:
+    """K circular blurs applied band by band (see the module's docstring).
+
+    :param ctx: the entered context (its world size fixes the bands).
+    :param kernels: ``K`` kernels, each ``(kh, kw)`` or ``(1, 1, kh, kw)`` (one kernel for every channel) or
+        ``(1, C, kh, kw)`` (one per channel, as deepinv's ``BlurFFT`` filter); they may differ in size.
+    """
+
+    def __init__(self, ctx: DistributedContext, kernels: Sequence[torch.Tensor]):
+        if not kernels:
+            raise ValueError("kernels: give at least one blur kernel.")
+        self.ctx = ctx
+        self.kernels = []  # each (c, kh, kw): c = 1 (every channel) or one kernel per channel
+        for i, k in enumerate(kernels):
+            k = torch.as_tensor(k)
+            k = k[None] if k.ndim == 2 else k[0] if k.ndim == 4 and k.shape[0] == 1 else k
+            if k.ndim != 3:
+                raise ValueError(
+                    f"kernels[{i}] has shape {tuple(k.shape)}: give (kh, kw), (1, 1, kh, kw) or one per channel "
+                    "(1, C, kh, kw), as deepinv's BlurFFT filter."
+                )
+            if k.shape[0] > 1 and bool((k == k[:1]).all()):
+                k = k[:1]  # deepinv repeats a one-channel filter over the channels
+            self.kernels.append(k.to(ctx.device))
+        self._spectra: dict[tuple, torch.Tensor] = {}
+
+    @classmethod
+    def from_physics(cls, ctx: DistributedContext, blurs: Sequence) -> ShardedBlur:
+        """From deepinv ``BlurFFT`` operators (their ``filter``)."""
+        return cls(ctx, [b.filter for b in blurs])
+
+    @property
+    def num_operators(self) -> int:
+        return len(self.kernels)
+
+    def _reach(self, adjoint: bool) -> tuple[int, int]:
+        """Rows above and below a band that one ``A`` (or ``A^T``) needs, the largest over kernels."""
+        rows = [k.shape[1] for k in self.kernels]
+        if adjoint:
+            return max(h // 2 for h in rows), max((h - 1) // 2 for h in rows)
+        return max((h - 1) // 2 for h in rows), max(h // 2 for h in rows)
+
+    def normal_halo(self) -> tuple[int, int]:
+        """Rows above and below its band that ``A_adjoint_A`` reads (the forward's and the adjoint's reach)."""
+        forward, adjoint = self._reach(adjoint=False), self._reach(adjoint=True)
+        return forward[0] + adjoint[0], forward[1] + adjoint[1]
+
+    def _spectrum(self, index: int, like: torch.Tensor, adjoint: bool) -> torch.Tensor:
+        """``conj(F(w))`` of kernel ``index`` (flipped for ``A``, as is for ``A^T``), placed so that a circular
+        cross-correlation on ``like``'s rows and columns keeps each output row at its input row (not cached: only
+        the normal spectrum is, so a rank holds one band-sized spectrum, not 2K)."""
+        kernel = self.kernels[index]
+        kh, kw = kernel.shape[1:]
+        top, left = (kh // 2, kw // 2) if adjoint else ((kh - 1) // 2, (kw - 1) // 2)
+        weight = kernel if adjoint else kernel.flip(-1, -2)
+        height, width = like.shape[-2:]
+        if kh > height or kw > width:
+            raise ValueError(f"a {kh}x{kw} kernel does not fit a {height}x{width} band with its halo.")
+        placed = torch.zeros((weight.shape[0], height, width), dtype=like.dtype, device=like.device)
+        placed[:, :kh, :kw] = weight.to(like.dtype)
+        placed = torch.roll(placed, shifts=(-top, -left), dims=(-2, -1))
+        return torch.fft.rfftn(placed, dim=(-2, -1)).conj()
+
+    def _normal_spectrum(self, like: torch.Tensor) -> torch.Tensor:
+        """``sum_i`` of ``A_i``'s and ``A_i^T``'s spectra multiplied: ``A^T A`` in one product (cached)."""
+        key = ("normal", tuple(like.shape[-2:]), like.dtype, str(like.device))
+        if key not in self._spectra:
+            self._spectra[key] = sum(
+                self._spectrum(i, like, False) * self._spectrum(i, like, True) for i in range(self.num_operators)
+            )
+        return self._spectra[key]
+
+    @staticmethod
+    def _band(full: torch.Tensor, margin: tuple[int, int], dtype: torch.dtype) -> torch.Tensor:
+        """The band out of a circular result on the band extended by ``margin`` rows (rows that wrapped are in
+        the margin, dropped)."""
+        return full[:, :, margin[0] : full.shape[2] - margin[1]].to(dtype)
+
+    def A(self, x: RowBands) -> list[RowBands]:  # noqa: N802 - deepinv's name
+        """The K blurred images, each sharded like ``x`` (one halo exchange and one FFT for all K)."""
+        margin = self._reach(adjoint=False)
+        extended = with_row_halo(x, *margin)
+        dims, size = (-2, -1), extended.shape[-2:]
+        transformed = torch.fft.rfftn(extended, dim=dims)
+        return [
+            x.like(self._band(torch.fft.irfftn(transformed * self._spectrum(i, extended, False), s=size, dim=dims),
+                              margin, x.local.dtype))
+            for i in range(self.num_operators)
+        ]  # fmt: skip
+
+    def A_adjoint(self, ys: Sequence[RowBands]) -> RowBands:  # noqa: N802
+        """``sum_i A_i^T y_i``, sharded like the ``y_i``: one halo exchange for all K (their edge rows stacked), the
+        sum taken in the Fourier domain (one inverse FFT), one measurement's band extended at a time."""
+        if len(ys) != self.num_operators:
+            raise ValueError(f"A_adjoint got {len(ys)} measurements for {self.num_operators} operators.")
+        channels = ys[0].local.shape[1]
+        margin = self._reach(adjoint=True)
+        tops, bottoms = row_halos(ys, *margin)
+        dims, total, size = (-2, -1), None, None
+        for i, y in enumerate(ys):
+            own = slice(i * channels, (i + 1) * channels)
+            extended = torch.cat([tops[:, own], y.local, bottoms[:, own]], dim=2)
+            size = extended.shape[-2:]
+            term = torch.fft.rfftn(extended, dim=dims) * self._spectrum(i, extended, True)
+            total = term if total is None else total.add_(term)
+        return ys[0].like(self._band(torch.fft.irfftn(total, s=size, dim=dims), margin, ys[0].local.dtype))
+
+    def A_adjoint_A(self, x: RowBands) -> RowBands:  # noqa: N802
+        """``sum_i A_i^T A_i x``: one halo exchange (the forward's and the adjoint's reach together) and one FFT
+        pair, whatever K (the K normal spectra are summed once and cached)."""
+        margin = self.normal_halo()
+        extended = with_row_halo(x, *margin)
+        dims, size = (-2, -1), extended.shape[-2:]
+        full = torch.fft.irfftn(torch.fft.rfftn(extended, dim=dims) * self._normal_spectrum(extended), s=size, dim=dims)
+        return x.like(self._band(full, margin, x.local.dtype))
+
+    def compute_sqnorm(self, x0: RowBands, max_iter: int = 100, tol: float = 1e-3, **_) -> torch.Tensor:
+        """``||A||_2^2`` by power iteration on ``A^T A`` (replicated 0-dim tensor; the start vector is the same
+        fixed-seed one as the replicated physics', so both give the same value)."""
+        value, _ = power_iteration(self.A_adjoint_A, x0, max_iter, tol)
+        return value
