@@ -73,16 +73,6 @@ def relative_error(a, b) -> float:
     return worst
 
 
-def real_inner(a, b) -> float:
-    """Real inner product, summed over TensorList entries."""
-    if isinstance(a, torch.Tensor):
-        a, b = [a], [b]
-    total = 0.0
-    for u, v in zip(a, b, strict=True):
-        total += (u.conj() * v).real.sum().item() if u.is_complex() else (u * v).sum().item()
-    return total
-
-
 def checksum(t) -> float:
     if isinstance(t, torch.Tensor):
         t = [t]

@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from distinv import metrics
+from distinv.numerics import metrics
 from distinv.numerics.metrics import ssim
 
 

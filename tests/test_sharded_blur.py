@@ -10,6 +10,7 @@ from deepinv.physics.functional.blur import gaussian_blur
 
 from distinv.placements.row_bands import band_bounds, shard_rows
 from distinv.sharded.blur import ShardedBlur
+from distinv.testing import dot_test
 
 SHAPE = (2, 3, 64, 36)  # bands of 16 rows at 4 ranks: enough for A^T A of a 15x15 kernel (14 rows)
 
@@ -40,9 +41,7 @@ def check_equals_blurfft(ctx):
         ),
         "A_adjoint_A": relative(sharded.A_adjoint_A(bands).gather(), sum(b.A_adjoint(b.A(x)) for b in blurs)),
     }
-    lhs = sum(f.batch_dot(y).sum() for f, y in zip(forward, y_bands, strict=True))
-    rhs = bands.batch_dot(sharded.A_adjoint(y_bands)).sum()
-    errors["dot"] = abs((lhs - rhs) / rhs).item()
+    errors.update(dot_test(sharded, bands, y_bands, rtol=1e-5))
     return errors, tuple(bands.local.shape)
 
 

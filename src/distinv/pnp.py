@@ -23,10 +23,9 @@ from dataclasses import dataclass
 import torch
 
 from distinv.comm.context import DistributedContext
-from distinv.numerics.linalg import solve_cg
 from distinv.numerics.metrics import psnr, ssim
-from distinv.physics.linear import DistributedStackedLinearPhysics
-from distinv.placements.row_bands import RowBands
+from distinv.numerics.operator import LinearOperator, solve_shifted_normal
+from distinv.placements.vectors import Vector, norm, zeros_like
 from distinv.runtime.timing import DeviceTimer
 
 ALGORITHMS = ("pgd", "hqs", "admm")
@@ -81,33 +80,70 @@ def _peak(device: torch.device, enabled: bool):
 
 
 def data_prox(
-    physics: DistributedStackedLinearPhysics,
-    aty: torch.Tensor,
-    z: torch.Tensor,
+    physics: LinearOperator,
+    aty: Vector,
+    z: Vector,
     gamma: float,
-    x0: torch.Tensor,
+    x0: Vector,
     max_iter: int,
     tol: float,
-) -> tuple[torch.Tensor, str]:
+) -> tuple[Vector, str]:
     """``argmin_x 1/2 ||A x - y||^2 + 1/(2 gamma) ||x - z||^2``, i.e. ``(A^T A + I / gamma) x = A^T y + z / gamma``.
 
     On distinv's physics with circulant operators (``BlurFFT``, circular ``Blur``) this is solved exactly in the
     Fourier domain, ``F^-1[(F(A^T y) + F(z) / gamma) / (sum_i |H_i|^2 + 1 / gamma)]``; otherwise by conjugate
     gradient from ``x0`` (``max_iter`` steps, one all-reduce each, stopping at relative residual ``tol``).
 
-    :return: the solution (``z``'s shape) and the path that ran, ``"fft"`` or ``"cg"``.
+    :return: the solution (placed and shaped as ``z``) and the path that ran, ``"fft"`` or ``"cg"``.
     """
-    rhs = aty + z / gamma
-    if isinstance(physics, DistributedStackedLinearPhysics):
-        x, info = physics.solve_normal(rhs, 1.0 / gamma, x0=x0, max_iter=max_iter, tol=tol, warn=False)
-        return x, info.method
-    x, _ = solve_cg(lambda v: physics.A_adjoint_A(v) + v / gamma, rhs, x0=x0, max_iter=max_iter, tol=tol)
-    return x, "cg"
+    x, info = solve_shifted_normal(physics, aty + z / gamma, 1.0 / gamma, x0, max_iter, tol)
+    return x, info.method
+
+
+@dataclass(frozen=True)
+class DataTerm:
+    """What every data step reads: the physics, ``A^T y`` (placed as the iterates) and HQS/ADMM's inner CG
+    budget (``cg_iterations`` steps, relative residual 1e-6)."""
+
+    physics: LinearOperator
+    aty: Vector
+    cg_iterations: int
+
+    def prox(self, z: Vector, gamma: float, x0: Vector) -> tuple[Vector, str]:
+        return data_prox(self.physics, self.aty, z, gamma, x0, self.cg_iterations, 1e-6)
+
+
+# One data step per algorithm: ``(x, dual, step, data) -> (z, path, prox)`` where ``z`` is the denoiser's input,
+# ``path`` how the data step ran and ``prox`` what ADMM's dual update reads (``None`` elsewhere).
+def pgd_data_step(x: Vector, dual: None, step: float, data: DataTerm) -> tuple[Vector, str, None]:
+    """A gradient step on ``1/2 ||A x - y||^2``: ``x - step * (A^T A x - A^T y)``."""
+    return x - step * (data.physics.A_adjoint_A(x) - data.aty), "gradient", None
+
+
+def hqs_data_step(x: Vector, dual: None, step: float, data: DataTerm) -> tuple[Vector, str, None]:
+    """The data prox at ``x`` (half-quadratic splitting)."""
+    z, path = data.prox(x, step, x0=x)
+    return z, path, None
+
+
+def admm_data_step(x: Vector, dual: Vector, step: float, data: DataTerm) -> tuple[Vector, str, Vector]:
+    """The data prox at ``x - u``; the denoiser then reads ``v + u``."""
+    v, path = data.prox(x - dual, step, x0=x)
+    return v + dual, path, v
+
+
+def admm_dual_step(dual: Vector, prox: Vector, x: Vector) -> Vector:
+    """ADMM's scaled dual ``u <- u + v - x`` (``x`` the new iterate)."""
+    return dual + prox - x
+
+
+DATA_STEPS = {"pgd": pgd_data_step, "hqs": hqs_data_step, "admm": admm_data_step}
+DUAL_STEPS = {"admm": admm_dual_step}  # algorithms that carry a dual variable
 
 
 def pnp(
     algorithm: str,
-    physics: DistributedStackedLinearPhysics,
+    physics: LinearOperator,
     denoiser: Denoiser,
     y: Sequence[torch.Tensor],
     x0: torch.Tensor,
@@ -187,26 +223,22 @@ def _pnp(
     if len(steps) != iterations or min(steps) <= 0:
         raise ValueError(f"step={step!r}: give a step > 0, or one per iteration (iterations={iterations}).")
     reference = ground_truth.to(x0.device) if ground_truth is not None else None
+    data = DataTerm(physics, aty, cg_iterations)
+    data_step, dual_step = DATA_STEPS[algorithm], DUAL_STEPS.get(algorithm)
     x = x0.clone()
-    u = (x.zeros_like() if isinstance(x, RowBands) else torch.zeros_like(x)) if algorithm == "admm" else None
+    u = zeros_like(x) if dual_step is not None else None
     records: list[IterationRecord] = []
     for k in range(iterations):
         comm_before, traffic_before, start = comm_seconds(), traffic(), time.perf_counter()
         with _peak(device, measure_memory) as data_memory, DeviceTimer(device) as data_clock:
-            if algorithm == "pgd":
-                z, solver = x - steps[k] * (physics.A_adjoint_A(x) - aty), "gradient"
-            elif algorithm == "hqs":
-                z, solver = data_prox(physics, aty, x, steps[k], x, cg_iterations, 1e-6)
-            else:
-                v, solver = data_prox(physics, aty, x - u, steps[k], x, cg_iterations, 1e-6)
-                z = v + u
+            z, solver, prox = data_step(x, u, step=steps[k], data=data)
         comm_middle = comm_seconds()
         with _peak(device, measure_memory) as denoiser_memory, DeviceTimer(device) as denoiser_clock:
             denoised = denoiser(z, sigmas[k])
         new = denoised if relaxation == 1.0 else (1 - relaxation) * x + relaxation * denoised
-        if algorithm == "admm":
-            u = u + v - new
-        change = float((new - x).norm() / x.norm().clamp_min(1e-12))
+        if dual_step is not None:
+            u = dual_step(u, prox, new)
+        change = float(norm(new - x) / norm(x).clamp_min(1e-12))
         x = new
         sent, received = (after - before for after, before in zip(traffic(), traffic_before, strict=True))
         elapsed = time.perf_counter() - start  # the metrics below are evaluation, not the solver's time

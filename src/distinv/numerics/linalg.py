@@ -2,8 +2,9 @@
 
 The operator may be distributed (each call an all-reduce). The vectors are replicated tensors, or
 :class:`~distinv.placements.row_bands.RowBands` (sharded by rows), whose inner products and norms are one all-reduce of
-a few numbers. Either way every rank holds bitwise the same scalars, so the stopping decisions agree on every rank
-without further communication: no rank leaves the loop while another waits in a collective.
+a few numbers; the solvers see them only through :mod:`distinv.placements.vectors`. Either way every rank holds
+bitwise the same scalars, so the stopping decisions agree on every rank without further communication: no rank
+leaves the loop while another waits in a collective.
 """
 
 from __future__ import annotations
@@ -13,19 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from distinv.placements.row_bands import RowBands, randn_rows
+from distinv.placements.vectors import Vector, axpy, batch_dot, norm, randn_like, zeros_like
 
-Vector = torch.Tensor | RowBands
 Operator = Callable[[Vector], Vector]
-
-
-def _batch_dot(u: Vector, v: Vector) -> torch.Tensor:
-    """Real part of <u, v> per sample (over all but the first dim), shaped to broadcast against ``u``."""
-    if isinstance(u, RowBands):
-        return u.batch_dot(v)
-    dims = tuple(range(1, u.ndim))
-    prod = (u.conj() * v).real if u.is_complex() else u * v
-    return prod.sum(dim=dims, keepdim=True) if dims else prod
 
 
 @dataclass(frozen=True)
@@ -62,11 +53,11 @@ def solve_cg(
         independent systems.
     :return: ``x`` with the shape of ``b``, and how the solve ended (:class:`SolveInfo`).
     """
-    x = (b.zeros_like() if isinstance(b, RowBands) else torch.zeros_like(b)) if x0 is None else x0.clone()
+    x = zeros_like(b) if x0 is None else x0.clone()
     r = b.clone() if x0 is None else b - op(x)
     p = r.clone()
-    rs = _batch_dot(r, r)
-    bb = _batch_dot(b, b)
+    rs = batch_dot(r, r)
+    bb = batch_dot(b, b)
     threshold = (tol**2) * bb
     iterations = 0
     for _ in range(max_iter):
@@ -75,13 +66,13 @@ def solve_cg(
             break
         iterations += 1
         ap = op(p)
-        pap = _batch_dot(p, ap)
+        pap = batch_dot(p, ap)
         alpha = torch.where(active & (pap > 0), rs / pap.clamp_min(torch.finfo(pap.dtype).tiny), 0.0)
-        x = x + alpha * p
-        r = r - alpha * ap
-        rs_new = _batch_dot(r, r)
+        x = axpy(alpha, p, x)
+        r = axpy(-alpha, ap, r)
+        rs_new = batch_dot(r, r)
         beta = torch.where(active & (rs > 0), rs_new / rs.clamp_min(torch.finfo(rs.dtype).tiny), 0.0)
-        p = r + beta * p
+        p = axpy(beta, p, r)
         rs = torch.where(active, rs_new, rs)
     relative = torch.sqrt(rs / bb.clamp_min(torch.finfo(bb.dtype).tiny)).where(bb > 0, torch.zeros_like(rs))
     converged = bool((rs <= threshold).all())
@@ -104,26 +95,19 @@ def power_iteration(
     :return: (the eigenvalue as a 0-dim real tensor, the number of iterations done).
     """
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    if isinstance(like, RowBands):
-        x = like.like(randn_rows(like.shape, generator, *like.rows, like.dtype).to(like.device))
-        value = torch.zeros((), dtype=like.local.real.dtype, device=like.device)
-    else:
-        x = torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
-        value = torch.zeros((), dtype=x.real.dtype, device=x.device)
-    x = x / _norm(x)
+    x = randn_like(like, generator)
+    length = norm(x)
+    x = x / length
+    value = torch.zeros((), dtype=length.dtype, device=like.device)
     for iteration in range(1, max_iter + 1):
         z = op(x)
-        new_value = _batch_dot(x, z).sum().to(value.dtype)
-        norm = _norm(z)
-        if norm == 0:
+        new_value = batch_dot(x, z).sum().to(value.dtype)
+        length = norm(z)
+        if length == 0:
             return torch.zeros_like(value), iteration
-        x = z / norm
+        x = z / length
         converged = abs(new_value - value) <= tol * abs(new_value)
         value = new_value
         if converged:
             return value, iteration
     return value, max_iter
-
-
-def _norm(x: Vector) -> torch.Tensor:
-    return x.norm() if isinstance(x, RowBands) else torch.linalg.vector_norm(x)

@@ -1,8 +1,9 @@
 """Image quality against a ground truth: PSNR and SSIM (volumes averaged over their z-slices).
 
 Both take replicated tensors, or :class:`~distinv.placements.row_bands.RowBands` (sharded by rows, the reference sharded
-alike): then each rank scores its band (SSIM's windows reading 5 rows of its neighbours' bands) and one all-reduce
-of a few sums gives every rank the value the whole images would give, without gathering an image.
+alike), through :mod:`distinv.placements.vectors`: each rank scores its part (SSIM's windows reading 5 rows of its
+neighbours' bands) and the sums over parts (one all-reduce of a few numbers for bands, nothing for replicated
+images) give every rank the value the whole images would give, without gathering an image.
 """
 
 from __future__ import annotations
@@ -12,34 +13,50 @@ import math
 import torch
 import torch.nn.functional as F
 
-from distinv.placements.row_bands import ROWS, RowBands, row_halos
+from distinv.placements.row_bands import ROWS
+from distinv.placements.vectors import (
+    Vector,
+    global_rows,
+    local_part,
+    mean_square,
+    rows_beyond,
+    sum_over_parts,
+    with_local,
+)
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # torchmetrics' (and deepinv's) defaults
 SSIM_CHUNK_ROWS = 128  # rows of a band scored at once (the map's temporaries are about 20 such slices)
 SSIM_CHUNK_VALUES = 2**22  # values of the images scored at once (samples x channels x rows x columns), at least a row
 
 
-def psnr(x: torch.Tensor | RowBands, reference: torch.Tensor | RowBands, data_range: float = 1.0) -> float:
-    """Peak signal-to-noise ratio in dB of ``x`` (clamped to ``[0, data_range]``) against ``reference``."""
-    if isinstance(x, RowBands):
-        error = ((x.local.detach().clamp(0, data_range) - reference.local) ** 2).sum(dtype=torch.float64).reshape(1)
-        mse = float(x.ctx.all_reduce(error)[0]) / math.prod(x.shape)
-    else:
-        mse = torch.mean((x.detach().clamp(0, data_range) - reference) ** 2).item()
+def psnr(x: Vector, reference: Vector, data_range: float = 1.0) -> float:
+    """Peak signal-to-noise ratio in dB of ``x`` (clamped to ``[0, data_range]``) against ``reference`` (placed as
+    ``x`` is)."""
+    error = with_local(x, local_part(x).detach().clamp(0, data_range) - local_part(reference))
+    mse = mean_square(error)
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
 
 
-def ssim(x: torch.Tensor | RowBands, reference: torch.Tensor | RowBands, data_range: float = 1.0) -> float:
-    """Mean SSIM (Gaussian window 11, sigma 1.5, reflected borders: torchmetrics' SSIM, which deepinv's uses);
-    volumes are averaged over their z-slices. Scored a few rows (and slices) at a time, so that the map's
-    temporaries stay small whatever the image's size."""
-    if isinstance(x, RowBands):
-        return _sharded_ssim(x, reference, data_range)
-    x = x.detach().clamp(0, data_range)
-    reference = reference.to(x.dtype)
-    if x.ndim == 5:  # (B, C, D, H, W): slices as a batch
-        x, reference = (t.transpose(1, 2).flatten(0, 1) for t in (x, reference))
-    return float(_ssim_per_sample(x, reference, data_range).mean())
+def ssim(x: Vector, reference: Vector, data_range: float = 1.0) -> float:
+    """Mean SSIM (Gaussian window 11, sigma 1.5, reflected borders: torchmetrics' SSIM, which deepinv's uses) of
+    ``x`` against ``reference`` (placed as ``x`` is); volumes are averaged over their z-slices. Scored a few rows
+    (and slices) at a time, so that the map's temporaries stay small whatever the image's size.
+
+    A volume's z-slices are whole on their rank (sharded volumes are cut along z); an image's rows need 5 rows of
+    its neighbours' bands beyond its own.
+    """
+    clamped = local_part(x).detach().clamp(0, data_range)
+    reference_part = local_part(reference).to(clamped.dtype)
+    if clamped.ndim == 5:  # (B, C, D, H, W): slices as a batch
+        slices = [t.transpose(1, 2).flatten(0, 1) for t in (clamped, reference_part)]
+        per_slice = _ssim_per_sample(*slices, data_range)
+        count = torch.tensor(float(per_slice.numel()), dtype=torch.float64, device=per_slice.device)
+        total = sum_over_parts(x, torch.stack([per_slice.sum(), count]))
+        return float(total[0] / total[1])
+    top, bottom = rows_beyond(with_local(x, clamped), reference, reach=SSIM_WINDOW // 2)
+    part_sums = _ssim_per_sample(clamped, reference_part, data_range, top, bottom) * clamped.shape[ROWS]
+    per_sample = sum_over_parts(x, part_sums) / global_rows(x)
+    return float(per_sample.mean())
 
 
 def _ssim_per_sample(
@@ -67,23 +84,6 @@ def _ssim_per_sample(
             b = _rows(reference[batch], top[batch, channels:], bottom[batch, channels:], start - reach, stop + reach)
             sums[batch] += _ssim_map(a, b, data_range).double().sum(dim=(1, 2, 3))
     return sums / (channels * rows * x.shape[-1])
-
-
-def _sharded_ssim(x: RowBands, reference: RowBands, data_range: float) -> float:
-    """SSIM from bands: a volume's z-slices are whole on their rank; an image's rows need 5 rows of halo."""
-    clamped = x.local.detach().clamp(0, data_range)
-    reference_band = reference.local.to(clamped.dtype)
-    if clamped.ndim == 5:
-        slices = [t.transpose(1, 2).flatten(0, 1) for t in (clamped, reference_band)]
-        per_slice = _ssim_per_sample(*slices, data_range)
-        total = torch.stack([per_slice.sum(), torch.tensor(float(per_slice.numel()), dtype=torch.float64)])
-        total = x.ctx.all_reduce(total)
-        return float(total[0] / total[1])
-    reach = SSIM_WINDOW // 2
-    top, bottom = row_halos([x.like(clamped), reference], reach, reach, periodic=False)
-    band_sums = _ssim_per_sample(clamped, reference_band, data_range, top, bottom) * clamped.shape[ROWS]
-    per_sample = x.ctx.all_reduce(band_sums) / x.shape[ROWS]
-    return float(per_sample.mean())
 
 
 def _rows(band: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, low: int, high: int) -> torch.Tensor:

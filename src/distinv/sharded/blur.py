@@ -21,11 +21,11 @@ from collections.abc import Sequence
 import torch
 
 from distinv.comm.context import DistributedContext
-from distinv.numerics.linalg import power_iteration
+from distinv.numerics.operator import NormalEquations
 from distinv.placements.row_bands import RowBands, row_halos, with_row_halo
 
 
-class ShardedBlur:
+class ShardedBlur(NormalEquations):
     """K circular blurs applied band by band (see the module's docstring).
 
     :param ctx: the entered context (its world size fixes the bands).
@@ -140,9 +140,3 @@ class ShardedBlur:
         dims, size = (-2, -1), extended.shape[-2:]
         full = torch.fft.irfftn(torch.fft.rfftn(extended, dim=dims) * self._normal_spectrum(extended), s=size, dim=dims)
         return x.like(self._band(full, margin, x.local.dtype))
-
-    def compute_sqnorm(self, x0: RowBands, max_iter: int = 100, tol: float = 1e-3, **_) -> torch.Tensor:
-        """``||A||_2^2`` by power iteration on ``A^T A`` (replicated 0-dim tensor; the start vector is the same
-        fixed-seed one as the replicated physics', so both give the same value)."""
-        value, _ = power_iteration(self.A_adjoint_A, x0, max_iter, tol)
-        return value

@@ -11,11 +11,13 @@ from collections.abc import Sequence
 
 import torch
 
+from distinv.numerics.operator import NormalEquations
 from distinv.physics.linear import DistributedStackedLinearPhysics
+from distinv.placements.measurements import LocalMeasurements
 from distinv.placements.row_bands import RowBands
 
 
-class GatheredPhysics:
+class GatheredPhysics(NormalEquations):
     """A distributed stack seen from :class:`~distinv.placements.row_bands.RowBands` iterates (see the module).
 
     :param physics: the operator-split stack; its measurements stay sharded by operator.
@@ -29,7 +31,12 @@ class GatheredPhysics:
         first, last = self._like.rows  # a copy, so the replicated result is freed
         return RowBands(self.ctx, tuple(x.shape), self._like.bounds, x.narrow(2, first, last - first).clone())
 
-    def A_adjoint(self, y: Sequence[torch.Tensor]) -> RowBands:  # noqa: N802 - deepinv's name
+    def A(self, x: RowBands) -> LocalMeasurements:  # noqa: N802 - deepinv's name
+        """This rank's measurements of ``x`` (an all-gather of ``x``'s bands; sharded by operator, as the stack's
+        ``A(x, gather=False)``)."""
+        return self.physics.A(x.gather(), gather=False)
+
+    def A_adjoint(self, y: Sequence[torch.Tensor]) -> RowBands:  # noqa: N802
         """This rank's band of ``sum_i A_i^T y_i`` (the stack's all-reduce)."""
         return self._band(self.physics.A_adjoint(y))
 
@@ -39,4 +46,4 @@ class GatheredPhysics:
 
     def compute_sqnorm(self, x0: RowBands, **kwargs) -> torch.Tensor:
         """The stack's ``||A||^2`` (power iteration on replicated vectors)."""
-        return self.physics.compute_sqnorm(x0.gather(), verbose=False, **kwargs)
+        return self.physics.compute_sqnorm(x0.gather(), **{**kwargs, "verbose": False})

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from deepinv.physics import LinearPhysics
 
 from distinv.comm.context import DistributedContext
-from distinv.numerics.linalg import power_iteration
+from distinv.numerics.operator import NormalEquations
 from distinv.placements.row_bands import RowBands
 
 
-class SlabStack:
+class SlabStack(NormalEquations):
     """K slice-separable operators on :class:`~distinv.placements.row_bands.RowBands` (slabs along dim 2).
 
     :param ctx: the entered context.
@@ -60,8 +59,3 @@ class SlabStack:
         pairs = zip(self.operators, ys, weights, strict=True)
         total = sum(w * getattr(op, method)(y.local, **kwargs) for op, y, w in pairs)
         return ys[0].like(total)
-
-    def compute_sqnorm(self, x0: RowBands, max_iter: int = 100, tol: float = 1e-3, **_) -> torch.Tensor:
-        """``||A||_2^2`` by power iteration (the replicated physics' fixed-seed start, cut to the slabs)."""
-        value, _ = power_iteration(self.A_adjoint_A, x0, max_iter, tol)
-        return value
