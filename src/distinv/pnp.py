@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -188,40 +189,49 @@ def pnp(
         Default ``False``: inference, no graph, each iterate freed as the next is made.
     """
     with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
-        _check(algorithm, iterations, relaxation)
+        sigmas, steps = _check(algorithm, iterations, relaxation, sigma, step)  # before any collective
         aty = physics.A_adjoint(y)
         del y  # every data step reads A^T y only: measurements handed over without a reference kept are freed here
         return _pnp(
-            algorithm, physics, denoiser, aty, x0, sigma, iterations, step, relaxation, tol, cg_iterations,
+            algorithm, physics, denoiser, aty, x0, sigmas, iterations, steps, relaxation, tol, cg_iterations,
             ground_truth, data_range, callback, ctx, measure_memory,
         )  # fmt: skip
 
 
-def _check(algorithm: str, iterations: int, relaxation: float) -> None:
+def _per_iteration(value: float | Sequence[float], iterations: int) -> list[float]:
+    return [float(value)] * iterations if isinstance(value, int | float) else [float(v) for v in value]
+
+
+def _check(
+    algorithm: str, iterations: int, relaxation: float, sigma: float | Sequence[float], step: Any
+) -> tuple[list[float], list[float] | None]:
+    """The arguments every rank is given alike, checked before any collective: the noise levels and the steps
+    per iteration (``None``: ``1 / ||A||^2``, computed later)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm={algorithm!r}: choose one of {ALGORITHMS}.")
     if iterations < 1:
         raise ValueError(f"iterations={iterations}: it must be at least 1.")
     if not 0 < relaxation < 2:
         raise ValueError(f"relaxation={relaxation}: it must be in (0, 2).")
+    sigmas = _per_iteration(sigma, iterations)
+    if len(sigmas) != iterations:
+        raise ValueError(f"sigma has {len(sigmas)} levels for iterations={iterations}: give one per iteration.")
+    steps = None if step is None else _per_iteration(step, iterations)
+    if steps is not None and (len(steps) != iterations or not all(s > 0 for s in steps)):  # NaN too
+        raise ValueError(f"step={step!r}: give a step > 0, or one per iteration (iterations={iterations}).")
+    return sigmas, steps
 
 
 def _pnp(
-    algorithm, physics, denoiser, aty, x0, sigma, iterations, step, relaxation, tol, cg_iterations, ground_truth,
+    algorithm, physics, denoiser, aty, x0, sigmas, iterations, steps, relaxation, tol, cg_iterations, ground_truth,
     data_range, callback, ctx, measure_memory,
 ) -> tuple[torch.Tensor, list[IterationRecord]]:  # fmt: skip
-    sigmas = [float(sigma)] * iterations if isinstance(sigma, int | float) else [float(s) for s in sigma]
-    if len(sigmas) != iterations:
-        raise ValueError(f"sigma has {len(sigmas)} levels for iterations={iterations}: give one per iteration.")
     ctx = ctx if ctx is not None else getattr(physics, "ctx", None)
     comm_seconds = (lambda: ctx.comm_seconds) if hasattr(ctx, "comm_seconds") else (lambda: 0.0)
     traffic = (lambda: (ctx.bytes_sent, ctx.bytes_received)) if hasattr(ctx, "bytes_sent") else (lambda: (0, 0))
     device = x0.device
-    if step is None:
-        step = 1.0 / float(physics.compute_sqnorm(x0, verbose=False))
-    steps = [float(step)] * iterations if isinstance(step, int | float) else [float(s) for s in step]
-    if len(steps) != iterations or min(steps) <= 0:
-        raise ValueError(f"step={step!r}: give a step > 0, or one per iteration (iterations={iterations}).")
+    if steps is None:
+        steps = [1.0 / float(physics.compute_sqnorm(x0, verbose=False))] * iterations
     reference = ground_truth.to(x0.device) if ground_truth is not None else None
     data = DataTerm(physics, aty, cg_iterations)
     data_step, dual_step = DATA_STEPS[algorithm], DUAL_STEPS.get(algorithm)
