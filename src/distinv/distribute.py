@@ -231,14 +231,16 @@ def _factory_kind(
         shared = ctx.broadcast_object_list([shared], src=0)[0]
     kwargs["broadcast_shared"] = False
     owned = assign_by_cost(costs, num_operators, ctx.world_size)[ctx.rank]
-    built, code, error = {}, 0, None
-    if owned:
-        try:
-            first = built[owned[0]] = factory(owned[0], ctx.device, shared)
-            code = next((c for kind, c in FACTORY_KINDS if isinstance(first, kind)), -1)
-        except Exception as exc:  # noqa: BLE001 - a failure on one rank must fail every rank
-            error = exc
-    codes = {row[0] for row in ctx.agree("building the first operator (type detection)", error, [code])} - {0}
+    built = {}
+
+    def build_first() -> tuple[None, list[int]]:
+        if not owned:
+            return None, [0]
+        first = built[owned[0]] = factory(owned[0], ctx.device, shared)
+        return None, [next((c for kind, c in FACTORY_KINDS if isinstance(first, kind)), -1)]
+
+    _, agreed = ctx.run_agreeing("building the first operator (type detection)", build_first, width=1)
+    codes = {row[0] for row in agreed} - {0}
     if not codes or -1 in codes or (1 in codes and len(codes) > 1):
         raise TypeError(
             "The factory's objects are not all deepinv Physics or all DataFidelity: return one kind, or pass "

@@ -160,12 +160,19 @@ class Collectives:
 
     def run_agreed(self, step: str, work: Callable[[], T]) -> T:
         """``work()`` on this rank, then :meth:`agree`: its result, or an error on every rank if any rank failed."""
-        try:
-            result, error = work(), None
-        except Exception as exc:  # noqa: BLE001 - every failure must reach the other ranks
-            result, error = None, exc
+        result, error = attempt(work)
         self.agree(step, error)
         return result
+
+    def run_agreeing(
+        self, step: str, work: Callable[[], tuple[T, Sequence[int]]], width: int
+    ) -> tuple[T, list[tuple[int, ...]]]:
+        """``work()`` on this rank, returning its result and ``width`` integers for the others (e.g. a flag every
+        rank must combine), then :meth:`agree` on them: the result and every rank's integers, or an error on every
+        rank if any rank failed (a failed rank contributes zeros)."""
+        outcome, error = attempt(work)
+        result, values = (None, [0] * width) if error is not None else outcome
+        return result, self.agree(step, error, values)
 
     def assert_replicated(self, x: torch.Tensor, name: str) -> None:
         """Raise on every rank if ``x`` is not the same on all ranks (one small all-gather).
@@ -190,6 +197,15 @@ class Collectives:
                 "(DistributedContext(seed=..., seed_offset=False)), or broadcast it from rank 0 with "
                 "ctx.broadcast(...)."
             )
+
+
+def attempt(work: Callable[[], T]) -> tuple[T | None, Exception | None]:
+    """``(work(), None)``, or ``(None, the exception)``: a failure kept to be agreed on (:meth:`Collectives.agree`)
+    instead of raised on this rank alone before the other ranks' next collective."""
+    try:
+        return work(), None
+    except Exception as exc:  # noqa: BLE001 - every failure must reach the other ranks
+        return None, exc
 
 
 def _bit_checksums(x: torch.Tensor, chunk: int = 1 << 22) -> tuple[int, int]:

@@ -16,6 +16,7 @@ from deepinv.optim.data_fidelity import L2, DataFidelity, StackedPhysicsDataFide
 from distinv.comm.context import DistributedContext
 from distinv.physics.linear import DistributedStackedLinearPhysics
 from distinv.physics.stack import DistributedStackedPhysics
+from distinv.placements.partial import Partial
 
 FidelityFactory = Callable[[int, torch.device, Any], DataFidelity]
 
@@ -103,8 +104,7 @@ class DistributedDataFidelity(torch.nn.Module):
             ]
 
         run = physics.run_local("data fidelity fn", work, x=x, y=y, collective=gather)
-        total = physics.sum_terms(run, (x.shape[0],), x.real.dtype, gather)
-        return total / physics.num_operators if self.reduction == "mean" else total
+        return self._reduced(physics, physics.sum_terms(run, (x.shape[0],), x.real.dtype, gather))
 
     def grad(
         self,
@@ -125,8 +125,14 @@ class DistributedDataFidelity(torch.nn.Module):
             ]
 
         run = physics.run_local("data fidelity grad", work, x=x, y=y, collective=gather)
-        total = physics.sum_terms(run, x.shape, x.dtype, gather)
-        return total / physics.num_operators if self.reduction == "mean" else total
+        return self._reduced(physics, physics.sum_terms(run, x.shape, x.dtype, gather))
+
+    def _reduced(self, physics: DistributedStackedPhysics, total: torch.Tensor) -> torch.Tensor:
+        """The sum over operators, or their mean (``reduction="mean"``); a partial sum stays one."""
+        if self.reduction != "mean":
+            return total
+        mean = total / physics.num_operators
+        return Partial(mean, total.ctx) if isinstance(total, Partial) else mean
 
     def prox(
         self,

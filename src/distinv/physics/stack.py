@@ -17,12 +17,13 @@ from deepinv.physics import Physics
 from deepinv.utils.tensorlist import TensorList
 
 from distinv.comm.autograd import GatherOverRanks, SumOverRanks, replicate_inputs, wanted_gradients
-from distinv.comm.collectives import stable_hash
+from distinv.comm.collectives import attempt, stable_hash
 from distinv.comm.context import DistributedContext
 from distinv.comm.gather import GATHER_STRATEGIES, Layout, exchange_layout, gather_items, sum_over_ranks
 from distinv.numerics.least_squares import is_circulant
 from distinv.numerics.linalg import SolveInfo
 from distinv.placements.measurements import LocalMeasurements, LocalRun, call_signature, select_local
+from distinv.placements.partial import Partial
 from distinv.runtime.balance import assign_by_cost
 
 PhysicsFactory = Callable[[int, torch.device, Any], Physics]
@@ -85,15 +86,15 @@ class DistributedStackedPhysics(Physics):
         if broadcast_shared and factory_kwargs is not None and ctx.is_distributed:
             factory_kwargs = ctx.broadcast_object_list([factory_kwargs], src=0)[0]
         self.factory_kwargs = factory_kwargs
-        local, error = [], None
-        try:
+
+        def build() -> tuple[list[Physics], list[int]]:
+            local = []
             for i in self.local_indexes:
                 local.append(factory(i, ctx.device, factory_kwargs))
                 self._check_operator(i, local[-1])
-        except Exception as exc:  # noqa: BLE001 - a factory failing on its owner must fail every rank
-            error = exc
-        circulant = error is None and all(is_circulant(p) for p in local)
-        agreed = ctx.agree("building the operators (factory)", error, [int(circulant)])
+            return local, [int(all(is_circulant(p) for p in local))]
+
+        local, agreed = ctx.run_agreeing("building the operators (factory)", build, width=1)
         self.circulant = all(bool(row[0]) for row in agreed)  # every operator, on every rank
         self.local_physics = torch.nn.ModuleList(local)
         self._layouts: dict[tuple, Layout] = {}
@@ -188,17 +189,19 @@ class DistributedStackedPhysics(Physics):
 
         :raises ValueError: on every rank, when the ranks passed differently shaped or placed inputs.
         """
-        error, y_local, key, signature, wants = None, None, None, 0, (False, False, False)
-        try:
+
+        def inputs() -> tuple[Any, tuple | None, int, tuple[bool, bool, bool]]:
+            y_local, key, signature = None, None, 0
             if x is not None:
                 self._check_x_type(x)
                 signature = stable_hash(call_signature(x))
             if y is not None:
                 y_local, key = select_local(y, self.local_indexes, self.num_operators, name)
                 signature = stable_hash(signature, "local" if key is None else key)
-            wants = wanted_gradients(x, y, y_local, key, self.local_physics.parameters())
-        except Exception as exc:  # noqa: BLE001 - a failure on one rank must fail every rank
-            error = exc
+            return y_local, key, signature, wanted_gradients(x, y, y_local, key, self.local_physics.parameters())
+
+        checked, error = attempt(inputs)
+        y_local, key, signature, wants = checked if error is None else (None, None, 0, (False, False, False))
         if not collective:
             if error is not None:
                 raise error
@@ -209,10 +212,10 @@ class DistributedStackedPhysics(Physics):
             if any(wanted):
                 x, y, replicated_local, anchor = replicate_inputs(self.ctx, x, y, self.local_indexes, wanted)
                 y_local = y_local if replicated_local is None else replicated_local
-        try:
-            result = None if error is not None else (work(x) if y is None else work(x, y_local))
-        except Exception as exc:  # noqa: BLE001
-            error = exc
+        if error is None:
+            result, error = attempt(lambda: work(x) if y is None else work(x, y_local))
+        else:
+            result = None
         if grad_mode:
             self.ctx.agree(f"{type(self).__name__}.{step}", error)
         else:
@@ -240,8 +243,14 @@ class DistributedStackedPhysics(Physics):
         return gather or (reduce_op is not None and self._empty_rank_somewhere)
 
     def local_measurements(self, items: Sequence[torch.Tensor]) -> LocalMeasurements:
-        """Mark ``items`` (one per operator this rank owns, in ``local_indexes`` order) as this rank's part."""
-        return LocalMeasurements(items, self.local_indexes, self.num_operators)
+        """Mark ``items`` (one per operator this rank owns, in ``local_indexes`` order) as this rank's part; its
+        ``gather()`` returns all K (replicated)."""
+        return LocalMeasurements(items, self.local_indexes, self.num_operators, gatherer=self._gather_measurements)
+
+    def _gather_measurements(self, local: LocalMeasurements) -> TensorList:
+        """All K measurements on every rank from each rank's part (one shape exchange, one all-gather)."""
+        select_local(local, self.local_indexes, self.num_operators, "measurements")
+        return self._combine(LocalRun(list(local), None, None), None, True, None)
 
     # ------------------------------------------------------------------ combining results
     def _combine(self, run: LocalRun, key: tuple | None, gather: bool, reduce_op: str | None) -> Measurements:
@@ -277,10 +286,13 @@ class DistributedStackedPhysics(Physics):
         return total / self.num_operators if reduce_op == "mean" and gather else total
 
     def sum_terms(self, run: LocalRun, shape: Sequence[int], dtype: torch.dtype, gather: bool) -> torch.Tensor:
-        """This rank's terms summed, then over ranks if ``gather`` (one all-reduce; differentiable when the run
-        is)."""
-        if run.anchor is None or not gather:
-            return sum_over_ranks(self.ctx, run.terms, shape, dtype, self.ctx.device, globally=gather)
+        """This rank's terms summed, then over ranks if ``gather`` (one all-reduce, replicated; differentiable when
+        the run is); else this rank's sum, a :class:`~distinv.placements.partial.Partial` (``.reduce()`` sums it
+        over ranks)."""
+        if not gather:
+            return Partial(sum_over_ranks(self.ctx, run.terms, shape, dtype, self.ctx.device, globally=False), self.ctx)
+        if run.anchor is None:
+            return sum_over_ranks(self.ctx, run.terms, shape, dtype, self.ctx.device)
         return SumOverRanks.apply(self.ctx, tuple(shape), dtype, run.anchor, *run.terms)
 
     def _layout(self, local: list[torch.Tensor], key: tuple | None) -> Layout:

@@ -9,7 +9,7 @@ partition, as PyLops-MPI's ``DistributedArray`` carries its own. Any other list 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,17 +25,38 @@ class LocalMeasurements(list):
     :param items: one tensor per operator this rank owns.
     :param indexes: the global index of each item's operator (``physics.local_indexes``).
     :param num_operators: ``K``, the number of operators of the whole stack.
+    :param gatherer: how the stack that made them gathers all ``K`` (their :meth:`gather`).
     """
 
-    def __init__(self, items: Iterable[torch.Tensor], indexes: Sequence[int], num_operators: int):
+    def __init__(
+        self,
+        items: Iterable[torch.Tensor],
+        indexes: Sequence[int],
+        num_operators: int,
+        gatherer: Callable[[LocalMeasurements], TensorList] | None = None,
+    ):
         super().__init__(items)
         self.indexes = tuple(int(i) for i in indexes)
         self.num_operators = int(num_operators)
+        self.gatherer = gatherer
         if len(self) != len(self.indexes):
             raise ValueError(
                 f"LocalMeasurements got {len(self)} tensors for {len(self.indexes)} operator indexes: give one "
                 "tensor per index."
             )
+
+    def gather(self) -> TensorList:
+        """All ``K`` measurements on every rank, in operator order (replicated; one all-gather). Call it on every
+        rank.
+
+        :raises ValueError: for measurements marked by hand without their physics (``physics.local_measurements``
+            marks them with it).
+        """
+        if self.gatherer is None:
+            raise ValueError(
+                "these LocalMeasurements do not know their physics: mark them with physics.local_measurements(list)."
+            )
+        return self.gatherer(self)
 
     def __repr__(self) -> str:
         return f"LocalMeasurements(indexes={self.indexes}, num_operators={self.num_operators}, items={len(self)})"

@@ -20,8 +20,10 @@ from typing import Any, Literal
 
 import torch
 
+from distinv.comm.collectives import attempt
 from distinv.comm.context import DistributedContext
 from distinv.comm.gather import Layout, gather_items
+from distinv.placements.partial import Partial
 from distinv.placements.tiles import LocalTiles
 from distinv.tiling.geometry import Window
 from distinv.tiling.halo import exchange_windows
@@ -140,12 +142,8 @@ def run_agreed(
 ) -> tuple[dict[int, torch.Tensor], torch.dtype]:
     """:func:`run_windows` on this rank, then one agreement over ranks: an error on any rank is an error on
     every rank, and every rank (one without windows included) learns the dtype the network returned."""
-    pieces: dict[int, torch.Tensor] = {}
-    error = None
-    try:
-        pieces = run_windows(ctx.rank, layout, window_input, call)
-    except Exception as exc:  # noqa: BLE001 - a failure on one rank must fail every rank
-        error = exc
+    pieces, error = attempt(lambda: run_windows(ctx.rank, layout, window_input, call))
+    pieces = {} if pieces is None else pieces
     return pieces, agreed_dtype(ctx, "the tiled denoiser's windows", error, pieces, fallback)
 
 
@@ -197,24 +195,31 @@ def assemble(
     return out
 
 
-def local_tiles(layout: TiledLayout, pieces: dict[int, torch.Tensor]) -> LocalTiles:
-    """This rank's owned regions as :class:`LocalTiles` (sharded; no communication)."""
+def local_tiles(
+    layout: TiledLayout, pieces: dict[int, torch.Tensor], gatherer: Callable[[LocalTiles], torch.Tensor] | None = None
+) -> LocalTiles:
+    """This rank's owned regions as :class:`LocalTiles` (sharded; no communication); ``gatherer`` assembles them
+    (their ``gather()``)."""
     windows = layout.plan.windows
     return LocalTiles(
         torch.Size(layout.img_size),
         [(layout.index(windows[i].owned_slices), p) for i, p in pieces.items()],
         list(pieces),
+        gatherer,
     )
 
 
-def local_output(layout: TiledLayout, pieces: dict[int, torch.Tensor], dtype: torch.dtype, device) -> torch.Tensor:
-    """deepinv's local output: the signal's shape, this rank's owned regions and zeros elsewhere (summing it over
-    ranks gives the output; no communication)."""
-    out = torch.zeros(layout.img_size, dtype=dtype, device=device)
+def local_output(
+    ctx: DistributedContext, layout: TiledLayout, pieces: dict[int, torch.Tensor], dtype: torch.dtype
+) -> Partial:
+    """deepinv's local output: the signal's shape, this rank's owned regions and zeros elsewhere, a
+    :class:`~distinv.placements.partial.Partial` (its ``reduce()`` over ranks gives the output; no communication
+    here)."""
+    out = torch.zeros(layout.img_size, dtype=dtype, device=ctx.device)
     windows = layout.plan.windows
     for i, piece in pieces.items():
         out[layout.index(windows[i].owned_slices)] = piece
-    return out
+    return Partial(out, ctx)
 
 
 def from_local_tiles(

@@ -171,7 +171,7 @@ class DistributedProcessing(torch.nn.Module):
             layout, pieces, dtype = self._local_pieces(x, sigma, args, kwargs)
             if gather:
                 return assemble(self.ctx, layout, pieces, dtype)
-            return local_output(layout, pieces, dtype, self.ctx.device)
+            return local_output(self.ctx, layout, pieces, dtype)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor or LocalTiles, got {type(x).__name__}.")
         call = window_call(self.processor, sigma, x.shape, args, kwargs)
@@ -206,7 +206,7 @@ class DistributedProcessing(torch.nn.Module):
         :raises TypeError: for a ``tiling_strategy`` of the user's (their patches are not owned regions).
         """
         layout, pieces, _ = self._local_pieces(x, sigma, args, kwargs)
-        return local_tiles(layout, pieces)
+        return local_tiles(layout, pieces, gatherer=self.gather)
 
     def gather(self, tiles: LocalTiles) -> torch.Tensor:
         """The full signal on every rank (replicated), from each rank's ``LocalTiles`` (one all-gather)."""
