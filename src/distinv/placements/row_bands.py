@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from numbers import Number
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from distinv.comm.context import DistributedContext
+from distinv.comm.halo import Transfer, exchange
 
 ROWS = 2  # the sharded dim: H of (B, C, H, W), D of (B, C, D, H, W)
 
@@ -253,32 +253,32 @@ def row_halos(
         pieces = [s.local.narrow(ROWS, 0 if first else s.local.shape[ROWS] - rows, rows) for s in signals]
         return torch.cat(pieces, dim=1).contiguous()
 
-    if world == 1:  # the band is the whole signal: it is its own neighbour
-        return edge(False, above[0]), edge(True, below[0])
-    previous, following = (rank - 1) % world, (rank + 1) % world
     like = edge(True, 0)
 
-    def buffer(rows: int) -> torch.Tensor:
-        return torch.empty((*like.shape[:ROWS], rows, *like.shape[ROWS + 1 :]), dtype=like.dtype, device=like.device)
+    def rows_of(count: int) -> torch.Tensor:
+        return torch.empty((*like.shape[:ROWS], count, *like.shape[ROWS + 1 :]), dtype=like.dtype, device=like.device)
 
-    from_previous, from_following = buffer(above[rank]), buffer(below[rank])
-    to_following = above[following] if (periodic or following > rank) else 0
-    to_previous = below[previous] if (periodic or previous < rank) else 0
-    ops, sent = [], 0
-    # tag 1: my last rows are the following rank's rows above; tag 2: my first rows are the previous rank's below
-    for tag, rows, peer, first, received_from, buffer_in in (
-        (1, to_following, following, False, previous, from_previous),
-        (2, to_previous, previous, True, following, from_following),
-    ):
-        if rows:
-            piece = edge(first, rows)
-            ops.append(dist.P2POp(dist.isend, piece, peer, ctx.p2p_group, tag))
-            sent += piece.numel() * piece.element_size()
-        if buffer_in.shape[ROWS]:
-            ops.append(dist.P2POp(dist.irecv, buffer_in, received_from, ctx.p2p_group, tag))
-    if ops:
-        received = (from_previous.numel() + from_following.numel()) * like.element_size()
-        with ctx.communicating(sent, received):
-            for request in dist.batch_isend_irecv(ops):
-                request.wait()
-    return from_previous, from_following
+    # rank r's rows above come from the last rows of the rank before it, its rows below from the first rows of the
+    # rank after it (periodically: the first band's rows above are the last band's)
+    transfers, wanted = [], []
+    for r in range(world):
+        for below_band, rows in ((False, above[r]), (True, below[r])):
+            source = (r + 1) % world if below_band else (r - 1) % world
+            if rows and rank in (r, source):
+                transfers.append(Transfer(source, r, 2 * r + int(below_band)))
+                wanted.append((below_band, rows))
+    halves = {False: rows_of(above[rank]), True: rows_of(below[rank])}
+
+    def write(i: int, piece: torch.Tensor) -> None:
+        half = halves[wanted[i][0]]
+        if piece is not half:  # received rows land in place; only a rank's own rows (one rank) are copied
+            half.copy_(piece)
+
+    exchange(
+        ctx,
+        transfers,
+        lambda i: edge(wanted[i][0], wanted[i][1]),  # rows below a band are the next band's first rows
+        lambda i: halves[wanted[i][0]],
+        write,
+    )
+    return halves[False], halves[True]

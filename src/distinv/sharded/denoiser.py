@@ -7,11 +7,13 @@ at least one row of windows per rank, and its rows of windows dealt to ranks in 
 windows own: the physics and the denoiser share one partition and no data moves between them. A call reads top to
 bottom:
 
-1. **halo**: each rank receives the rows its windows read beyond its band from its two neighbours (point to
-   point, not periodic: windows stop at the signal's border), never an image;
-2. **run**: its windows, cut from its band with that halo, same-size windows batched (``executor.run_agreed``:
-   an error on one rank is an error on every rank, before any further collective);
-3. **keep**: each window's owned region written into the rank's output band (sharded; no gather).
+1. **halo**: each rank receives the rows its windows read beyond its band from its two neighbours
+   (:func:`~distinv.placements.row_bands.with_row_halo`, the one halo exchange :mod:`distinv.comm.halo`; not
+   periodic: windows stop at the signal's border), never an image;
+2. **run**: its windows, cut from its band with that halo (``executor.cut_from``), same-size windows batched
+   (``executor.run_agreed``: an error on one rank is an error on every rank, before any further collective);
+3. **keep**: each window's owned region written into the rank's output band (``executor.write_owned``; sharded,
+   no gather).
 
 Inference only (no autograd graph).
 """
@@ -27,7 +29,7 @@ import torch
 
 from distinv.comm.context import DistributedContext
 from distinv.placements.row_bands import ROWS, RowBands, shard_rows, with_row_halo
-from distinv.tiling.executor import run_agreed, window_call
+from distinv.tiling.executor import cut_from, run_agreed, window_call, write_owned
 from distinv.tiling.geometry import TilePlan
 from distinv.tiling.planner import TiledLayout, tiling_dims_of
 from distinv.tiling.processing import DistributedProcessing
@@ -162,22 +164,10 @@ class ShardedDenoiser:
         above, below = halo_rows(plan, bounds)
         with torch.no_grad():
             extended = with_row_halo(x, above, below, periodic=False)
-            first = bounds[rank] - above[rank]  # the global row of extended's first row
-
-            def window_input(w) -> torch.Tensor:
-                return extended[layout.index(_shifted(w.slices, first))]
-
+            window_input = cut_from(extended, layout, first=bounds[rank] - above[rank])
             pieces, dtype = run_agreed(self.ctx, layout, window_input, call, x.dtype)
-            out = torch.empty(x.local.shape, dtype=dtype, device=x.device)
-            for index, piece in pieces.items():
-                out[layout.index(_shifted(plan.windows[index].owned_slices, bounds[rank]))] = piece
+            out = write_owned(torch.empty(x.local.shape, dtype=dtype, device=x.device), layout, pieces, bounds[rank])
         return x.like(out)
-
-
-def _shifted(slices: tuple[slice, ...], rows: int) -> tuple[slice, ...]:
-    """``slices`` (one per tiled dim, the first along dim 2) with the first moved up by ``rows``."""
-    first = slices[0]
-    return (slice(first.start - rows, first.stop - rows), *slices[1:])
 
 
 def _first(overlap: int | Sequence[int]) -> int:

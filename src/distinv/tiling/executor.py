@@ -96,9 +96,30 @@ def window_call(
     )
 
 
-def cut_from(x: torch.Tensor, layout: TiledLayout) -> WindowInput:
-    """Window inputs cut out of a replicated signal (views, no copy)."""
-    return lambda w: x[layout.index(w.slices)]
+def cut_from(x: torch.Tensor, layout: TiledLayout, first: int = 0) -> WindowInput:
+    """Window inputs cut out of ``x`` (views, no copy): the whole signal (replicated), or a part of it whose first
+    tiled dim starts at the signal's index ``first`` (e.g. a row band extended by its halo rows)."""
+    return lambda w: x[layout.index(shifted(w.slices, first))]
+
+
+def write_owned(
+    out: torch.Tensor, layout: TiledLayout, pieces: dict[int, torch.Tensor], first: int = 0
+) -> torch.Tensor:
+    """Write each window's owned piece (by window index) into ``out``, the whole signal or a part of it starting at
+    index ``first`` along the first tiled dim; returns ``out``."""
+    windows = layout.plan.windows
+    for i, piece in pieces.items():
+        out[layout.index(shifted(windows[i].owned_slices, first))] = piece
+    return out
+
+
+def shifted(slices: tuple[slice, ...], first: int) -> tuple[slice, ...]:
+    """``slices`` (one per tiled dim) with the first moved back by ``first``: the same region in a part of the
+    signal that starts there."""
+    if not first:
+        return slices
+    head = slices[0]
+    return (slice(head.start - first, head.stop - first), *slices[1:])
 
 
 def run_windows(rank: int, layout: TiledLayout, window_input: WindowInput, call: WindowCall) -> dict[int, torch.Tensor]:
@@ -190,9 +211,7 @@ def assemble(
     )
     everything = gather_items(ctx, list(pieces), list(pieces.values()), len(windows), "concatenated", items)
     out = torch.empty(layout.img_size, dtype=dtype, device=ctx.device)
-    for w, piece in zip(windows, everything, strict=True):
-        out[layout.index(w.owned_slices)] = piece
-    return out
+    return write_owned(out, layout, dict(enumerate(everything)))
 
 
 def local_tiles(
@@ -216,10 +235,7 @@ def local_output(
     :class:`~distinv.placements.partial.Partial` (its ``reduce()`` over ranks gives the output; no communication
     here)."""
     out = torch.zeros(layout.img_size, dtype=dtype, device=ctx.device)
-    windows = layout.plan.windows
-    for i, piece in pieces.items():
-        out[layout.index(windows[i].owned_slices)] = piece
-    return Partial(out, ctx)
+    return Partial(write_owned(out, layout, pieces), ctx)
 
 
 def from_local_tiles(

@@ -10,9 +10,9 @@ receives of exactly those pieces; no rank ever holds the full signal.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from distinv.comm.context import DistributedContext
+from distinv.comm.halo import Transfer, exchange
 from distinv.tiling.planner import TiledLayout
 
 
@@ -48,30 +48,28 @@ def exchange_windows(
         for d, size in zip(layout.tiling_dims, w.size, strict=True):
             shape[d] = size
         windows[w.index] = torch.empty(shape, dtype=like.dtype, device=like.device)
-    ops, received = [], []
-    for target in plan.windows:  # the same order on every rank, so sends and receives pair up
+    pieces = []  # (transfer, target window, source window, the box where they meet), in one global order
+    count = len(plan.windows)
+    for target in plan.windows:
         for source in plan.sources_of(target):  # its neighbours only: linear in the window count
             if ctx.rank not in (target.rank, source.rank):
                 continue
             meet = _overlap(target.origin, target.size, source.owned_origin, source.owned_size)
-            if meet is None:
-                continue
-            if source.rank == ctx.rank:
-                piece = owned[source.index][index(_local(*meet, source.owned_origin))]
-                if target.rank == ctx.rank:
-                    windows[target.index][index(_local(*meet, target.origin))] = piece
-                else:
-                    ops.append(dist.P2POp(dist.isend, piece.contiguous(), target.rank, group=ctx.p2p_group))
-            else:
-                buffer = torch.empty_like(windows[target.index][index(_local(*meet, target.origin))])
-                ops.append(dist.P2POp(dist.irecv, buffer, source.rank, group=ctx.p2p_group))
-                received.append((target, meet, buffer))
-    if ops:
-        sent = sum(op.tensor.numel() * op.tensor.element_size() for op in ops if op.op is dist.isend)
-        got = sum(buffer.numel() * buffer.element_size() for _, _, buffer in received)
-        with ctx.communicating(sent, got):
-            for request in dist.batch_isend_irecv(ops):
-                request.wait()
-    for target, meet, buffer in received:
-        windows[target.index][index(_local(*meet, target.origin))] = buffer
+            if meet is not None:
+                pieces.append(
+                    (Transfer(source.rank, target.rank, target.index * count + source.index), target, source, meet)
+                )
+
+    def into_window(i: int) -> torch.Tensor:
+        _, target, _, meet = pieces[i]
+        return windows[target.index][index(_local(*meet, target.origin))]
+
+    def read(i: int) -> torch.Tensor:
+        _, _, source, meet = pieces[i]
+        return owned[source.index][index(_local(*meet, source.owned_origin))]
+
+    def write(i: int, piece: torch.Tensor) -> None:
+        into_window(i).copy_(piece)
+
+    exchange(ctx, [p[0] for p in pieces], read, lambda i: torch.empty_like(into_window(i)), write)
     return windows
