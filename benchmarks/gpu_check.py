@@ -293,11 +293,12 @@ def pnp_run(ctx, sizes: Sizes, denoiser_wrapper: Callable | None = None, engine:
     """One PnP of highres_blur; returns its row (seconds per iteration by component, PSNR)."""
     from distinv.bench.engines import build_engine
     from distinv.bench.problems import build
+    from distinv.bench.spec import TilingSpec
     from distinv.pnp import pnp, sigma_schedule
 
     problem = build("highres_blur", size=sizes.pnp_size, num_operators=sizes.pnp_operators)
     model = network("drunet-small", ctx.device, sizes)
-    built = build_engine(engine, ctx, problem, model, {"patch_size": None, "overlap": 32})
+    built = build_engine(engine, ctx, problem, model, TilingSpec())  # distinv plans its windows, default overlap
     denoiser = denoiser_wrapper(built.denoiser) if denoiser_wrapper else built.denoiser
     with torch.no_grad():
         y = built.measure(problem)

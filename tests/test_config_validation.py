@@ -141,10 +141,13 @@ def test_under_slurm_a_python_factory_is_checked_for_its_form_only(tmp_path):
 
 
 def test_a_max_batch_size_given_reaches_distinv_whatever_its_value():
-    from distinv.bench.engines import _distinv_tiling
+    from distinv.bench.engines import tiling_knobs
+    from distinv.bench.spec import TilingSpec
 
-    assert _distinv_tiling({"overlap": 8, "max_batch_size": 0})["max_batch_size"] == 0  # distinv refuses it
-    assert "max_batch_size" not in _distinv_tiling({"overlap": 8, "max_batch_size": None})
+    given = tiling_knobs("distinv", TilingSpec(overlap=8, max_batch_size=0), (64, 64))
+    unset = tiling_knobs("distinv", TilingSpec(overlap=8, max_batch_size=None), (64, 64))
+    assert given["max_batch_size"] == 0  # distinv refuses it
+    assert "max_batch_size" not in unset
 
 
 # ------------------------------------------------------------------------------------------ memory budget

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -117,7 +118,7 @@ def test_grid_expands_sizes_engines_world_sizes_and_repetitions_with_stable_keys
 def test_a_problem_overrides_the_top_level_tiling_key_by_key(tmp_path):
     raw = _config(tmp_path, tiling={"overlap": 32, "max_batch_size": 4})
     raw["problems"].append({**TOMO, "name": "tomography_3d", "tiling": {"overlap": 8}})
-    by_problem = {r.problem: r.tiling for r in validate(raw).runs()}
+    by_problem = {r.problem: asdict(r.tiling) for r in validate(raw).runs()}
     assert by_problem["tomography_2d"] == {"patch_size": None, "overlap": 32, "max_batch_size": 4}
     assert by_problem["tomography_3d"] == {"patch_size": None, "overlap": 8, "max_batch_size": 4}
 

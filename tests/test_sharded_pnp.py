@@ -11,6 +11,7 @@ import torch
 
 from distinv.bench.engines import build_engine
 from distinv.bench.problems import build
+from distinv.bench.spec import TilingSpec
 from distinv.numerics.metrics import psnr, ssim
 from distinv.placements.row_bands import shard_rows
 from distinv.pnp import pnp
@@ -43,7 +44,7 @@ def _model(problem):
 def run_engine(ctx, engine_name, problem_name, params, tiling, algorithm, step):
     warnings.simplefilter("ignore")
     problem = build(problem_name, **params)
-    engine = build_engine(engine_name, ctx, problem, _model(problem), tiling)
+    engine = build_engine(engine_name, ctx, problem, _model(problem), TilingSpec(**tiling))
     with torch.no_grad():
         y = engine.measure(problem)
         x0 = engine.initial(problem, y)

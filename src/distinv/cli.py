@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from distinv.tiling.geometry import TilePlan
+from distinv.tiling.planner import DEFAULT_OVERLAP
 
 
 def plan_command(args: argparse.Namespace) -> int:
@@ -348,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--device", default="cpu", help="for 'auto': where to measure (cpu, cuda)")
     plan.add_argument("--threads", type=int, default=1, help="for 'auto' on CPU: threads per rank")
     plan.add_argument("--memory-budget", default=None, help="for 'auto': per rank, e.g. 2GB (default: half free)")
-    plan.add_argument("--overlap", type=int, default=32, help="halo where windows meet (pixels)")
+    plan.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="halo where windows meet (pixels)")
     plan.add_argument("--multiple", type=int, default=8, help="the network's size multiple (8 for DRUNet)")
     plan.add_argument("--max-window-pixels", type=int, default=None, help="largest window memory allows")
     plan.add_argument("--batch", type=int, default=1, help="images per call (for the bytes gathered)")

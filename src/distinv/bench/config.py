@@ -11,6 +11,9 @@ Engines: ``distinv`` (this library), ``deepinv`` (deepinv's ``deepinv.distribute
 
 A config with a ``training`` section (``configs/training.yml``) runs the training half instead of PnP: each run
 trains an unrolled network (:mod:`distinv.bench.training`); its rows say ``kind: training`` in the same table.
+
+:meth:`Config.runs` gives each run its ``solver``, ``denoiser``, ``tiling`` and ``training`` sections typed
+(:mod:`distinv.bench.spec`, where their defaults are), built from the values :func:`validate` checked.
 """
 
 from __future__ import annotations
@@ -27,33 +30,17 @@ from typing import Any
 
 import yaml
 
+from distinv.bench.spec import DenoiserSpec, RunSpec, SolverSpec, TilingSpec, TrainingSpec
+
 ENGINES = ("none", "distinv", "distinv-sharded", "deepinv")
 DEVICES = ("cpu", "cuda")
 
-SOLVER_DEFAULTS: dict[str, Any] = {
-    "algorithm": "hqs",
-    "iterations": 10,
-    "step": None,
-    "coupling": None,
-    "sigma": 0.05,
-    "cg_iterations": 5,
-    "relaxation": 1.0,
-    "tol": None,
-}
-TRAINING_DEFAULTS: dict[str, Any] = {
-    "algorithm": "pgd",  # unrolled: pgd or drs
-    "iterations": 4,  # unrolled iterations
-    "steps": 20,  # optimiser steps, one fresh image each
-    "lr": 1e-4,
-    "sigma": 0.03,  # the prior's denoiser level
-    "stepsize": None,  # None: 1 / ||A||^2
-    "validate_every": 5,
-    "checkpoint_iterations": False,  # distinv: recompute each unrolled iteration in backward
-    "checkpoint_batches": None,  # the tiled denoiser: always / never / auto; None: each engine's default
-}
+# the sections' keys and defaults, from their dataclasses (distinv.bench.spec)
+SOLVER_DEFAULTS: dict[str, Any] = asdict(SolverSpec())
+TRAINING_DEFAULTS: dict[str, Any] = asdict(TrainingSpec())
+DENOISER_DEFAULTS: dict[str, Any] = asdict(DenoiserSpec())
+TILING_DEFAULTS: dict[str, Any] = asdict(TilingSpec())
 TRAINING_ALGORITHMS = ("pgd", "drs")
-DENOISER_DEFAULTS: dict[str, Any] = {"model": "auto"}
-TILING_DEFAULTS: dict[str, Any] = {"patch_size": None, "overlap": 32, "max_batch_size": None}
 SLURM_DEFAULTS: dict[str, Any] = {
     "nodes": 1,
     "gpus_per_node": 0,
@@ -91,52 +78,6 @@ class ConfigError(ValueError):
     """One or more rules broken; the message lists each with its key and fix."""
 
 
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of the grid: a problem at one size, one engine at one world size, one repetition."""
-
-    problem: str
-    size: Any
-    params: dict
-    engine: str
-    world_size: int
-    repetition: int
-    solver: dict
-    denoiser: dict
-    tiling: dict
-    device: str
-    threads_per_rank: int
-    timeout_s: float
-    seed: int
-    training: dict | None = None  # a training run's settings; None for PnP
-
-    @property
-    def kind(self) -> str:
-        """``"training"`` or ``"pnp"``: the table's ``kind`` column."""
-        return "pnp" if self.training is None else "training"
-
-    def _defining(self) -> dict:
-        fields = asdict(self)
-        if fields["training"] is None:  # PnP runs keep the keys they had before training runs existed
-            del fields["training"]
-        return fields
-
-    @property
-    def key(self) -> str:
-        """Stable over runs of the same config (and independent of its other runs): readable, then a hash of
-        everything that defines the run."""
-        digest = hashlib.sha1(json.dumps(self._defining(), sort_keys=True, default=str).encode()).hexdigest()[:10]
-        size = "x".join(map(str, self.size)) if isinstance(self.size, list | tuple) else self.size
-        prefix = "train-" if self.training is not None else ""
-        return f"{prefix}{self.problem}-{size}-{self.engine}-w{self.world_size}-r{self.repetition}-{digest}"
-
-    @property
-    def group(self) -> str:
-        """Runs that compare with each other (same problem, size, solver, denoiser): the speedup's scope."""
-        fields = {k: v for k, v in self._defining().items() if k not in ("engine", "world_size", "repetition")}
-        return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
 @dataclass
 class Config:
     """A validated config; :meth:`runs` expands it."""
@@ -150,12 +91,16 @@ class Config:
         return hashlib.sha1(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def runs(self) -> list[RunSpec]:
+        """The grid: per problem, size, repetition, engine and world size (1 alone for ``none``), one run. Its
+        sections are the top-level ones with the problem's own keys over them (their defaults where neither gives
+        a key); a training run has no solver (``{}``)."""
         c = self.raw
         grid = []
-        training = None if c.get("training") is None else {**TRAINING_DEFAULTS, **c["training"]}
+        training = None if c["training"] is None else TrainingSpec(**c["training"])
         for entry in c["problems"]:
-            solver = {} if training else {**SOLVER_DEFAULTS, **c["solver"], **entry.get("solver", {})}
-            denoiser = {**DENOISER_DEFAULTS, **c["denoiser"], **entry.get("denoiser", {})}
+            solver = {} if training is not None else SolverSpec(**{**c["solver"], **entry.get("solver", {})})
+            denoiser = DenoiserSpec(**{**c["denoiser"], **entry.get("denoiser", {})})
+            tiling = TilingSpec(**{**c["tiling"], **entry.get("tiling", {})})
             for size in entry["sizes"]:
                 for rep in range(c["repetitions"]):
                     for engine in c["engines"]:
@@ -171,7 +116,7 @@ class Config:
                                     repetition=rep,
                                     solver=solver,
                                     denoiser=denoiser,
-                                    tiling={**TILING_DEFAULTS, **c["tiling"], **entry.get("tiling", {})},
+                                    tiling=tiling,
                                     device=c["device"],
                                     threads_per_rank=c["threads_per_rank"],
                                     timeout_s=float(c["timeout_s"]),
@@ -218,10 +163,9 @@ def validate(raw: dict, slurm: bool = False, name: str = "benchmark") -> Config:
     c = copy.deepcopy({**TOP_DEFAULTS, **raw})
     c["name"] = c["name"] or name
     c["output"] = c["output"] or f"results/{c['name']}"
-    for section, defaults in (("solver", SOLVER_DEFAULTS), ("denoiser", DENOISER_DEFAULTS)):
+    sections = (("solver", SOLVER_DEFAULTS), ("denoiser", DENOISER_DEFAULTS), ("tiling", TILING_DEFAULTS))
+    for section, defaults in (*sections, ("slurm", SLURM_DEFAULTS)):
         _section(c, section, defaults, errors)
-    _section(c, "tiling", TILING_DEFAULTS, errors)
-    _section(c, "slurm", SLURM_DEFAULTS, errors)
     c["slurm"] = {**SLURM_DEFAULTS, **c["slurm"]}
     slurm_ok = _check_slurm(c["slurm"], errors)
 
@@ -295,24 +239,26 @@ def _check_devices(c: dict, slurm: bool, errors: list[str]) -> None:
         )
 
 
-def _check_solver(solver: dict, where: str, errors: list[str]) -> None:
+def _check_solver(given: dict, where: str, errors: list[str]) -> None:
+    """The solver keys given in ``given`` (the section or a problem's overrides; the defaults pass)."""
     from distinv.pnp import ALGORITHMS
 
-    if solver.get("algorithm", "hqs") not in ALGORITHMS:
+    solver = {**SOLVER_DEFAULTS, **given}
+    if solver["algorithm"] not in ALGORITHMS:
         errors.append(f"{where}.algorithm={solver['algorithm']!r}: choose one of {list(ALGORITHMS)}.")
-    iterations = solver.get("iterations", 1)
+    iterations = solver["iterations"]
     if not _is_int(iterations) or iterations < 1:
         errors.append(f"{where}.iterations={iterations!r}: give a whole number >= 1.")
-    sigma = solver.get("sigma", 0.05)
+    sigma = solver["sigma"]
     levels = sigma if isinstance(sigma, list) else [sigma]
     if not 1 <= len(levels) <= 2 or any(not _is_number(s) or s <= 0 for s in levels):
         errors.append(
             f"{where}.sigma={sigma!r}: give one level > 0 or [start, end] of a decreasing schedule{_hint(sigma)}."
         )
-    step = solver.get("step")
+    step = solver["step"]
     if step is not None and (not _is_number(step) or step <= 0):
         errors.append(f"{where}.step={step!r}: give a step > 0, or null for 1 / ||A||^2{_hint(step)}.")
-    coupling = solver.get("coupling")
+    coupling = solver["coupling"]
     if coupling is not None and (not _is_number(coupling) or coupling <= 0):
         errors.append(
             f"{where}.coupling={coupling!r}: give a value > 0 (DPIR: 0.23), or null for a fixed step{_hint(coupling)}."
@@ -320,18 +266,18 @@ def _check_solver(solver: dict, where: str, errors: list[str]) -> None:
     if coupling is not None and step is not None:
         errors.append(f"{where}: step and coupling both given: coupling sets the steps from sigma, drop one.")
     # the ranges pnp() enforces when the run starts
-    relaxation = solver.get("relaxation", 1.0)
+    relaxation = solver["relaxation"]
     if not _is_number(relaxation) or not 0 < relaxation < 2:
         errors.append(
             f"{where}.relaxation={relaxation!r}: give a number in (0, 2), e.g. 1.0 (no relaxation){_hint(relaxation)}."
         )
-    cg_iterations = solver.get("cg_iterations", 1)
+    cg_iterations = solver["cg_iterations"]
     if not _is_int(cg_iterations) or cg_iterations < 1:
         errors.append(
             f"{where}.cg_iterations={cg_iterations!r}: give a whole number >= 1 of conjugate-gradient steps per "
             "data prox (hqs, admm), e.g. 5."
         )
-    tol = solver.get("tol")
+    tol = solver["tol"]
     if tol is not None and (not _is_number(tol) or tol <= 0):
         errors.append(
             f"{where}.tol={tol!r}: give the relative change > 0 below which the solver stops, e.g. 0.0001, or "
@@ -368,22 +314,23 @@ def _check_training(c: dict, errors: list[str]) -> None:
         errors.append(f"training.checkpoint_iterations={t['checkpoint_iterations']!r}: give true or false.")
 
 
-def _check_tiling(tiling: dict, where: str, engines: Any, errors: list[str]) -> None:
-    """The tiling keys given in ``tiling`` (a section or a problem's overrides)."""
+def _check_tiling(given: dict, where: str, engines: Any, errors: list[str]) -> None:
+    """The tiling keys given in ``given`` (the section or a problem's overrides; the defaults pass)."""
+    tiling = {**TILING_DEFAULTS, **given}
     fixed = [e for e in ("deepinv", "distinv-sharded") if isinstance(engines, list) and e in engines]
     deepinv = bool(fixed)  # an engine that takes fixed knobs only
     auto = "" if deepinv else ", or 'auto' (distinv measures its network)"
     not_auto = f" ('auto' is distinv's replicated engine's alone: {' and '.join(fixed)} in engines)" if deepinv else ""
-    patch = tiling.get("patch_size")
+    patch = tiling["patch_size"]
     if patch is not None and not (_is_int(patch) and patch >= 1 or patch == "auto" and not deepinv):
         errors.append(
             f"{where}.patch_size={patch!r}: give the pixels a window owns per side (a whole number >= 1), null "
             f"(distinv plans its windows){auto}{not_auto}."
         )
-    overlap = tiling.get("overlap", 0)
+    overlap = tiling["overlap"]
     if not _is_int(overlap) or overlap < 0:
         errors.append(f"{where}.overlap={overlap!r}: give the halo in pixels, a whole number >= 0 (e.g. 32).")
-    batch = tiling.get("max_batch_size")
+    batch = tiling["max_batch_size"]
     if batch is not None and not (_is_int(batch) and batch >= 1 or batch == "auto" and not deepinv):
         errors.append(
             f"{where}.max_batch_size={batch!r}: give the most windows per network call (a whole number >= 1), "
@@ -392,8 +339,8 @@ def _check_tiling(tiling: dict, where: str, engines: Any, errors: list[str]) -> 
 
 
 def _check_windows(tiling: dict, where: str, errors: list[str]) -> None:
-    """Overlap and patch size together (after a problem's overrides)."""
-    patch, overlap = tiling.get("patch_size"), tiling.get("overlap")
+    """Overlap and patch size together (``tiling``: every key, a problem's overrides over the section's)."""
+    patch, overlap = tiling["patch_size"], tiling["overlap"]
     if _is_int(patch) and _is_int(overlap) and patch >= 1 and overlap > patch:
         errors.append(
             f"{where}: overlap={overlap} is larger than patch_size={patch}: windows would be mostly halo; lower "

@@ -31,6 +31,7 @@ from distinv.tiling.planner import CPU_MAX_WINDOW_PIXELS, DEFAULT_OVERLAP, Tilin
 from distinv.tiling.profiling import NetworkProfile, Probe, default_probe_shapes, profile_network
 
 LINK_BYTES = 32 * 2**20
+PUBLISHED_PATCH, PUBLISHED_OVERLAP = 448, 32  # the tiles of the published V100 benchmark
 
 # The published large-scale study of deepinv's module (V100 GPUs; highres multi-blur at 4096², K=8, DRUNet, tiles of
 # 448 with a 32 halo): one GPU 3.66 s per iteration; a flat per-iteration overhead of about 0.06 s; the physics at
@@ -118,7 +119,7 @@ def published_v100(work: Workload) -> tuple[Costs, Workload]:
     overhead = V100_OVERHEAD_S * math.prod(spatial) / 4096**2  # published: 0.06 s at 4096², 0.24 s at 8192²
     costs = Costs(profile, operator_s, 0.5 * operator_s / spatial[0], bandwidth, 1e-4, None,
                   "published V100 figures (calibrated; see distinv.bench.costs)", overhead)  # fmt: skip
-    knobs = TilingKnobs(patch_size=448, overlap=32, size_multiple=8)  # the published tiles, no window limit
+    knobs = TilingKnobs(patch_size=PUBLISHED_PATCH, overlap=PUBLISHED_OVERLAP, size_multiple=8)  # no window limit
     return costs, Workload(work.shape, work.num_operators, work.physics_halo, knobs, work.itemsize)
 
 

@@ -15,23 +15,28 @@
 
 Every engine measures and initialises through an :class:`OperatorView` of the operators it holds, so the
 data and the start are the same for all three (noise is seeded per operator).
+
+A training run (:func:`~distinv.bench.training.build_trainee`) builds its engine from the same parts as a PnP run
+(:func:`engine_parts`: the operators, and the network distributed with the tiling knobs of :func:`tiling_knobs`).
 """
 
 from __future__ import annotations
 
 import functools
 import pickle
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from distinv.bench.problems.base import Problem
+from distinv.bench.spec import TilingSpec
 from distinv.comm.context import DistributedContext
 from distinv.comm.gather import sum_over_ranks
 from distinv.placements.row_bands import ROWS, RowBands, shard_rows
 
-DEEPINV_PATCH, DEEPINV_OVERLAP = 256, 64  # deepinv.distributed.distribute's defaults
+DEEPINV_PATCH = 256  # deepinv.distributed.distribute's default patch size
 
 
 @dataclass
@@ -118,38 +123,32 @@ class ShardedEngine(Engine):
         return x.gather(step=1 if largest_side is None else -(-side // largest_side))
 
 
-def build_engine(name: str, ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict) -> Engine:
-    """Distribute (or not) the problem's operators and the denoiser ``model`` the way engine ``name`` does.
+def build_engine(
+    name: str, ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: TilingSpec
+) -> Engine:
+    """The PnP engine ``name`` on ``problem``: its operators (:func:`engine_parts`) and the denoiser ``model``
+    distributed the engine's way, tiled by ``tiling`` (:func:`tiling_knobs`).
 
-    :param tiling: ``patch_size``, ``overlap`` and ``max_batch_size`` for the tiled denoiser (``patch_size``
-        ``None``: distinv plans its windows itself, deepinv gets its default 256).
+    :return: an :class:`Engine`; a :class:`ShardedEngine` for ``distinv-sharded``.
+    :raises ValueError: for an unknown engine, or ``none`` at a world size above 1.
     """
-    if name == "distinv":
-        from distinv.distribute import distribute
-
-        physics = problem.distribute(ctx)
-        denoiser = distribute(model, ctx, type_object="denoiser", **_distinv_tiling(tiling))
-        return Engine(name, physics, denoiser, physics)
     if name == "distinv-sharded":
-        return _sharded_engine(ctx, problem, model, tiling)
+        return _sharded_engine(ctx, problem, model, tiling_knobs(name, tiling, problem.ground_truth.shape[2:]))
+    parts = engine_parts(name, ctx, problem, tiling)
     if name == "deepinv":
-        return _deepinv_engine(ctx, problem, model, tiling)
-    if name == "none":
-        if ctx.world_size != 1:
-            raise ValueError(f"engine='none' is the single-device baseline: world size {ctx.world_size} given.")
-        from deepinv.physics import StackedLinearPhysics
-
-        operators = [problem.factory(i, ctx.device, problem.shared) for i in range(problem.num_operators)]
-        view = OperatorView(ctx, list(range(problem.num_operators)), operators, problem.ground_truth)
-        return Engine(name, StackedLinearPhysics(operators), model, view)
-    raise ValueError(f"engine={name!r}: choose 'distinv', 'distinv-sharded', 'deepinv' or 'none'.")
+        return Engine(name, _DeepinvPhysics(parts.physics), parts.distribute(model), parts.view)
+    # distinv takes a network for a denoiser only when told (it detects deepinv's denoisers alone)
+    options = {"type_object": "denoiser"} if name == "distinv" else {}
+    return Engine(name, parts.physics, parts.distribute(model, **options), parts.view)
 
 
-def _sharded_engine(ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict) -> ShardedEngine:
+def _sharded_engine(ctx: DistributedContext, problem: Problem, model: torch.nn.Module, knobs: dict) -> ShardedEngine:
+    """``distinv-sharded``: the denoiser dealt in row bands, beside the problem's spatially distributed physics where
+    it has one, else its operator split with the iterate gathered for the physics step."""
     from distinv.sharded.denoiser import ShardedDenoiser
     from distinv.sharded.gathered import GatheredPhysics
 
-    denoiser = ShardedDenoiser(ctx, model, **_distinv_tiling(tiling))
+    denoiser = ShardedDenoiser(ctx, model, **knobs)
     truth = problem.ground_truth
     if problem.sharded is not None:
         physics = problem.sharded(problem, ctx)
@@ -160,41 +159,72 @@ def _sharded_engine(ctx: DistributedContext, problem: Problem, model: torch.nn.M
     return ShardedEngine("distinv-sharded", GatheredPhysics(stack, like), denoiser, stack, spatial=False)
 
 
-def _distinv_tiling(tiling: dict) -> dict:
-    kwargs = {"patch_size": tiling.get("patch_size"), "overlap": tiling.get("overlap", 32)}
-    if tiling.get("max_batch_size") is not None:  # else distinv's default for the device; 0 is refused there
-        kwargs["max_batch_size"] = tiling["max_batch_size"]
-    return kwargs
+def engine_parts(
+    name: str, ctx: DistributedContext, problem: Problem, tiling: TilingSpec, distinv_physics: Any = None
+) -> EngineParts:
+    """The operators engine ``name`` holds of ``problem`` on this rank and how it tiles a network with ``tiling``.
 
+    :param distinv_physics: ``problem.distribute(ctx)`` when the caller has it already (a training run computes its
+        step size on it): engine ``distinv`` holds it instead of distributing the operators again.
+    :return: the engine's :class:`EngineParts`.
+    :raises ValueError: for ``none`` at a world size above 1; for ``distinv-sharded``, whose operators follow its
+        denoiser's row bands (PnP alone: :func:`build_engine` builds it); for an unknown engine.
+    """
+    knobs = tiling_knobs(name, tiling, problem.ground_truth.shape[2:])
+    if name == "distinv":
+        physics = problem.distribute(ctx) if distinv_physics is None else distinv_physics
+        return EngineParts(name, physics, physics, knobs, ctx)
+    if name == "deepinv":
+        their_ctx, physics = _deepinv_physics(ctx, problem)
+        view = OperatorView(ctx, list(physics.local_indexes), list(physics.local_physics), problem.ground_truth)
+        return EngineParts(name, physics, view, knobs, their_ctx)
+    if name == "none":
+        if ctx.world_size != 1:
+            raise ValueError(f"engine='none' is the single-device baseline: world size {ctx.world_size} given.")
+        from deepinv.physics import StackedLinearPhysics
 
-def _deepinv_engine(ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict) -> Engine:
-    setup = deepinv_setup(ctx, problem, tiling)
-    denoiser = setup.distribute(model, max_batch_size=tiling.get("max_batch_size"))
-    physics = setup.physics
-    view = OperatorView(ctx, list(physics.local_indexes), list(physics.local_physics), problem.ground_truth)
-    return Engine("deepinv", _DeepinvPhysics(physics), denoiser, view)
+        operators = [problem.factory(i, ctx.device, problem.shared) for i in range(problem.num_operators)]
+        view = OperatorView(ctx, list(range(problem.num_operators)), operators, problem.ground_truth)
+        return EngineParts(name, StackedLinearPhysics(operators), view, knobs, None)
+    # tiling_knobs refused any other name: distinv-sharded is left
+    raise ValueError(
+        "engine='distinv-sharded' runs PnP alone (its operators follow its denoiser's row bands: build_engine builds "
+        "it); a training run takes none, distinv or deepinv."
+    )
 
 
 @dataclass
-class DeepinvSetup:
-    """deepinv's module on our process group for one problem: its context (collectives timed in ours), its
-    distributed physics, and the tiling it gets (``patch``, ``overlap``)."""
+class EngineParts:
+    """What engine ``name`` holds of a problem on this rank, for a PnP run (:func:`build_engine`) and a training run
+    (:func:`~distinv.bench.training.build_trainee`) alike: its ``physics`` (distinv's distributed operators,
+    deepinv's, or deepinv's ``StackedLinearPhysics`` of all K for ``none``), the :class:`OperatorView` to measure
+    and initialise with, and its tiling ``knobs`` (:func:`tiling_knobs`), which :meth:`distribute` gives the
+    network."""
 
-    context: Any
+    name: str
     physics: Any
-    patch: int
-    overlap: int
+    view: Any  # an OperatorView (distinv's physics is one)
+    knobs: dict[str, Any]
+    context: Any  # what the network is distributed on: our context, deepinv's on our group, None for none
 
-    def distribute(self, model: torch.nn.Module, **options: Any) -> Any:
-        """``deepinv.distributed.distribute(model)`` with this setup's tiling (a denoiser or an unrolled model)."""
-        import deepinv.distributed as theirs
+    def distribute(self, network: torch.nn.Module, **options: Any) -> Any:
+        """``network`` (a denoiser or an unrolled model) distributed the engine's way with its tiling knobs and
+        ``options`` (``distinv.distribute``'s or ``deepinv.distributed.distribute``'s); for ``none``, ``network``
+        itself, untiled (``options`` are the tiled engines')."""
+        if self.name == "distinv":
+            from distinv.distribute import distribute
 
-        return theirs.distribute(model, self.context, patch_size=self.patch, overlap=self.overlap, **options)
+            return distribute(network, self.context, **self.knobs, **options)
+        if self.name == "deepinv":
+            import deepinv.distributed as theirs
+
+            return theirs.distribute(network, self.context, **self.knobs, **options)
+        return network
 
 
-def deepinv_setup(ctx: DistributedContext, problem: Problem, tiling: dict) -> DeepinvSetup:
-    """Enter deepinv's context on ``ctx``'s group and distribute ``problem``'s operators with it; the patch and
-    overlap its denoiser gets from ``tiling`` (its defaults where ours are automatic)."""
+def _deepinv_physics(ctx: DistributedContext, problem: Problem) -> tuple[Any, Any]:
+    """deepinv's context entered on ``ctx``'s group (its collectives timed in ``ctx``) and ``problem``'s operators
+    distributed with it: ``(context, physics)``."""
     import deepinv.distributed as theirs
 
     their_ctx = theirs.DistributedContext(device_mode="gpu" if ctx.device.type == "cuda" else "cpu")
@@ -207,10 +237,34 @@ def deepinv_setup(ctx: DistributedContext, problem: Problem, tiling: dict) -> De
         type_object="linear_physics",
         factory_kwargs=problem.shared,
     )
-    patch = tiling.get("patch_size") or DEEPINV_PATCH
-    overlap = tiling.get("overlap") if tiling.get("overlap") is not None else DEEPINV_OVERLAP
-    patch = deepinv_patch(patch, problem.ground_truth.shape[2:], given=tiling.get("patch_size") is not None)
-    return DeepinvSetup(their_ctx, physics, patch, overlap)
+    return their_ctx, physics
+
+
+def tiling_knobs(engine: str, tiling: TilingSpec, spatial: Sequence[int]) -> dict[str, Any]:
+    """How engine ``engine`` reads ``tiling`` on images of ``spatial`` size: the tiling keyword arguments it
+    distributes a network with, in PnP runs and training runs alike.
+
+    - ``distinv``, ``distinv-sharded``: ``patch_size`` and ``overlap`` as given (``patch_size`` null: distinv plans
+      its windows); ``max_batch_size`` only when given, whatever its value, else distinv's default for the device.
+    - ``deepinv``: deepinv's default patch (256) where ours is null, fitted to the image (:func:`deepinv_patch`);
+      the same ``overlap``; ``max_batch_size`` as given (null: deepinv's default).
+    - ``none``: none (the untiled baseline runs the network on the whole image).
+
+    :return: keyword arguments for :func:`distinv.distribute`, :class:`~distinv.sharded.denoiser.ShardedDenoiser`
+        or ``deepinv.distributed.distribute``.
+    :raises ValueError: for an engine that is none of these.
+    """
+    if engine in ("distinv", "distinv-sharded"):
+        knobs: dict[str, Any] = {"patch_size": tiling.patch_size, "overlap": tiling.overlap}
+        if tiling.max_batch_size is not None:  # 0 too: distinv refuses it, with its own message
+            knobs["max_batch_size"] = tiling.max_batch_size
+        return knobs
+    if engine == "deepinv":
+        patch = deepinv_patch(tiling.patch_size or DEEPINV_PATCH, spatial, given=tiling.patch_size is not None)
+        return {"patch_size": patch, "overlap": tiling.overlap, "max_batch_size": tiling.max_batch_size}
+    if engine == "none":
+        return {}
+    raise ValueError(f"engine={engine!r}: choose 'distinv', 'distinv-sharded', 'deepinv' or 'none'.")
 
 
 def deepinv_patch(patch: int, spatial: tuple[int, ...], given: bool) -> int:

@@ -11,10 +11,10 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from distinv.bench.config import RunSpec
+from distinv.bench.spec import RunSpec
 
 
 def free_port() -> int:
@@ -93,7 +93,7 @@ def launch_local(spec: RunSpec, output: Path, config_hash: str = "") -> RunOutco
     quiet = logging.getLogger("torch.distributed.elastic")
     level, quiet.level = quiet.level, logging.CRITICAL  # the agent logs every start and stop at INFO/ERROR
     try:
-        elastic_launch(launch, run_rank)(json.dumps(asdict(spec)), str(output), config_hash)
+        elastic_launch(launch, run_rank)(spec.to_json(), str(output), config_hash)
     except ChildFailedError as exc:
         rank, text = _root_cause(exc.failures, log_dir)
         return RunOutcome(spec.key, False, time.perf_counter() - started, log_dir, rank, text)
@@ -161,7 +161,7 @@ def srun_command(spec: RunSpec, output: Path, config_hash: str = "", tasks_per_n
     if spec.device == "cuda":
         command.append("--gpus-per-task=1")
     command += [f"--cpus-per-task={spec.threads_per_rank}", "--kill-on-bad-exit=1"]
-    return command + [sys.executable, "-m", "distinv.bench.worker", json.dumps(asdict(spec)), str(output), config_hash]
+    return command + [sys.executable, "-m", "distinv.bench.worker", spec.to_json(), str(output), config_hash]
 
 
 def slurm_executor(spec: RunSpec, slurm: dict, folder: Path):
@@ -194,4 +194,4 @@ def submit_slurm(spec: RunSpec, slurm: dict, output: Path, config_hash: str = ""
     from distinv.bench.worker import run_rank
 
     executor = slurm_executor(spec, slurm, Path(output) / "slurm")
-    return executor.submit(run_rank, json.dumps(asdict(spec)), str(output), config_hash)
+    return executor.submit(run_rank, spec.to_json(), str(output), config_hash)

@@ -35,9 +35,8 @@ def run_row(spec: Any, config_hash: str, status: str, **fields: Any) -> dict:
     """The columns every row of a run has (its key, comparison group, config hash, status and settings), then
     ``fields`` (per-iteration measurements of a finished run, or the error of a failed one): the table's one
     schema, for the ranks' rows and the runner's failure rows alike."""
-    settings = {
-        k: v for k, v in asdict(spec).items() if k not in ("tiling", "solver", "denoiser", "params", "training")
-    }
+    plain = asdict(spec)  # the sections as dicts (stored as JSON text)
+    settings = {k: v for k, v in plain.items() if k not in ("tiling", "solver", "denoiser", "params", "training")}
     return {
         RUN_KEY: spec.key,
         "group": spec.group,
@@ -46,10 +45,10 @@ def run_row(spec: Any, config_hash: str, status: str, **fields: Any) -> dict:
         "status": status,
         **settings,
         "params": spec.params,
-        "solver": spec.solver,
-        "denoiser_model": spec.denoiser["model"],
-        "tiling": spec.tiling,
-        "training": spec.training,
+        "solver": plain["solver"],
+        "denoiser_model": spec.denoiser.model,
+        "tiling": plain["tiling"],
+        "training": plain["training"],
         **fields,
     }
 

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from distinv.bench.config import Config, RunSpec
+from distinv.bench.config import Config
 from distinv.bench.launch import RunOutcome, launch_local, srun_command, submit_slurm
 from distinv.bench.progress import progress_path, remove_stale_progress
 from distinv.bench.results import (
@@ -30,6 +30,7 @@ from distinv.bench.results import (
     run_row,
     summarise,
 )
+from distinv.bench.spec import RunSpec
 from distinv.bench.training_report import format_training_summary, summarise_training
 
 
@@ -180,9 +181,9 @@ def _with_progress(
         except (OSError, ValueError):
             continue
         if spec.training is not None:
-            line = f"{label}: step {state['iteration']}/{spec.training['steps']}"
+            line = f"{label}: step {state['iteration']}/{spec.training.steps}"
         else:
-            line = f"{label}: iteration {state['iteration']}/{spec.solver['iterations']}"
+            line = f"{label}: iteration {state['iteration']}/{spec.solver.iterations}"
         line += f", PSNR {state['psnr']:.2f} dB" if state.get("psnr") is not None else ""
         if line != shown:
             if live:

@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
-from distinv.bench.engines import OperatorView, deepinv_setup
+from distinv.bench.engines import engine_parts
 from distinv.bench.problems import build
 from distinv.bench.problems.base import Problem
+from distinv.bench.spec import TilingSpec, TrainingSpec
 from distinv.comm.context import DistributedContext
 from distinv.numerics.metrics import psnr
 from distinv.runtime.memory import PeakMemory
@@ -62,8 +63,11 @@ class Trainee:
     measure: Callable[[torch.Tensor, int], Any]
 
 
-def unrolled_model(network: torch.nn.Module, training: dict, stepsize: float) -> torch.nn.Module:
-    """deepinv's unrolled ``PGD`` or ``DRS`` with ``network`` (made trainable) as its PnP prior."""
+def unrolled_model(network: torch.nn.Module, training: TrainingSpec, stepsize: float) -> torch.nn.Module:
+    """deepinv's unrolled ``PGD`` or ``DRS`` with ``network`` (made trainable) as its PnP prior.
+
+    :return: the unrolled model (``BaseOptim(unfold=True)``), its step size trainable.
+    """
     from deepinv.optim import DRS, PGD
     from deepinv.optim.data_fidelity import L2
     from deepinv.optim.prior import PnP
@@ -71,13 +75,13 @@ def unrolled_model(network: torch.nn.Module, training: dict, stepsize: float) ->
     network.train()
     for p in network.parameters():
         p.requires_grad_(True)
-    algorithm = {"pgd": PGD, "drs": DRS}[training["algorithm"]]
+    algorithm = {"pgd": PGD, "drs": DRS}[training.algorithm]
     return algorithm(
         prior=PnP(network),
         data_fidelity=L2(),
         stepsize=stepsize,
-        sigma_denoiser=training["sigma"],
-        max_iter=training["iterations"],
+        sigma_denoiser=training.sigma,
+        max_iter=training.iterations,
         unfold=True,
         trainable_params=["stepsize"],
     )
@@ -88,57 +92,47 @@ def build_trainee(
     ctx: DistributedContext,
     problem: Problem,
     network: torch.nn.Module,
-    training: dict,
-    tiling: dict,
+    training: TrainingSpec,
+    tiling: TilingSpec,
 ) -> Trainee:
-    """The unrolled model and physics of ``engine`` on ``problem``; the step size (when ``training["stepsize"]``
-    is null, ``1 / ||A||^2``, exact, the same for every engine) is computed on distinv's physics."""
-    from distinv.distribute import distribute
+    """The unrolled model and physics of ``engine`` on ``problem``, from the engine's parts as PnP runs have them
+    (:func:`~distinv.bench.engines.engine_parts`: its operators, and the model distributed with ``tiling``'s knobs).
+    The step size (when ``training.stepsize`` is null, ``1 / ||A||^2``, exact, the same for every engine) is
+    computed on distinv's physics.
 
+    :return: the :class:`Trainee`.
+    :raises ValueError: for an engine other than ``distinv``, ``deepinv`` and ``none``.
+    """
     ours = problem.distribute(ctx)
-    stepsize = training["stepsize"]
+    stepsize = training.stepsize
     if stepsize is None:
         stepsize = 1.0 / float(ours.compute_sqnorm(problem.ground_truth.to(ctx.device), verbose=False))
     model = unrolled_model(network, training, stepsize)
-    if engine != "distinv":
-        del ours  # the other engines hold their own operators
+    reused = ours if engine == "distinv" else None
+    del ours  # the other engines hold their own operators
+    parts = engine_parts(engine, ctx, problem, tiling, distinv_physics=reused)
+    options = {} if training.checkpoint_batches is None else {"checkpoint_batches": training.checkpoint_batches}
     if engine == "distinv":
-        options = {"patch_size": tiling.get("patch_size"), "overlap": tiling.get("overlap", 32)}
-        if tiling.get("max_batch_size") is not None:
-            options["max_batch_size"] = tiling["max_batch_size"]
-        if training["checkpoint_batches"] is not None:
-            options["checkpoint_batches"] = training["checkpoint_batches"]
-        model = distribute(model, ctx, checkpoint_iterations=training["checkpoint_iterations"], **options)
-        return Trainee(model, ours, lambda x, seed: _with_image(problem, x, seed).measure(ours))
-    if engine == "none":
-        from deepinv.physics import StackedLinearPhysics
-        from deepinv.utils.tensorlist import TensorList
-
-        operators = [problem.factory(i, ctx.device, problem.shared) for i in range(problem.num_operators)]
-        view = OperatorView(ctx, list(range(problem.num_operators)), operators, problem.ground_truth)
-
-        def measure(x: torch.Tensor, seed: int) -> TensorList:
-            return TensorList(_with_image(problem, x, seed).measure(view))
-
-        return Trainee(model, StackedLinearPhysics(operators), measure)
-    if engine == "deepinv":
-        return _deepinv_trainee(ctx, problem, model, tiling, training["checkpoint_batches"])
-    raise ValueError(f"engine={engine!r}: choose 'distinv', 'deepinv' or 'none'.")
+        options["checkpoint_iterations"] = training.checkpoint_iterations
+    model = parts.distribute(model, **options)
+    return Trainee(model, parts.physics, _measurements(engine, ctx, problem, parts.view))
 
 
-def _deepinv_trainee(
-    ctx: DistributedContext, problem: Problem, model: torch.nn.Module, tiling: dict, checkpoint_batches: str | None
-) -> Trainee:
+def _measurements(
+    engine: str, ctx: DistributedContext, problem: Problem, view: Any
+) -> Callable[[torch.Tensor, int], Any]:
+    """``measure(x, seed)`` giving the measurements as ``engine``'s model takes them: distinv's, this rank's (its
+    operators' list); none's, all K (a ``TensorList``); deepinv's, all K on every rank (a ``TensorList``): each rank
+    measures with the operators it holds, then one all-gather."""
     from deepinv.utils.tensorlist import TensorList
 
+    if engine == "distinv":
+        return lambda x, seed: _with_image(problem, x, seed).measure(view)
+    if engine == "none":
+        return lambda x, seed: TensorList(_with_image(problem, x, seed).measure(view))
     from distinv.comm.gather import exchange_layout, gather_items
 
-    setup = deepinv_setup(ctx, problem, tiling)
-    physics = setup.physics
-    options = {} if checkpoint_batches is None else {"checkpoint_batches": checkpoint_batches}
-    model = setup.distribute(model, max_batch_size=tiling.get("max_batch_size"), **options)
-    local = list(physics.local_indexes)
-    view = OperatorView(ctx, local, list(physics.local_physics), problem.ground_truth)
+    local = view.local_indexes
     held: list = [None] * ctx.world_size
     ctx.all_gather_object(held, local)
     owners = [0] * problem.num_operators
@@ -147,13 +141,11 @@ def _deepinv_trainee(
             owners[i] = rank
 
     def measure(x: torch.Tensor, seed: int) -> TensorList:
-        """deepinv's unrolled model takes all K measurements on every rank: each rank measures with the
-        operators it holds, then one all-gather."""
         mine = list(_with_image(problem, x, seed).measure(view))
         layout = exchange_layout(ctx, owners, local, mine)
         return TensorList(gather_items(ctx, local, mine, problem.num_operators, "concatenated", layout))
 
-    return Trainee(model, physics, measure)
+    return measure
 
 
 def _with_image(problem: Problem, x: torch.Tensor, seed: int) -> Problem:
@@ -170,17 +162,17 @@ def train(
     trainee: Trainee,
     problem: Problem,
     image: Callable[[int], torch.Tensor],
-    training: dict,
+    training: TrainingSpec,
     *,
     on_step: Callable[[StepRecord], None] | None = None,
 ) -> list[StepRecord]:
-    """``training["steps"]`` Adam steps on fresh images ``image(step)``; every rank returns its own records.
+    """``training.steps`` Adam steps on fresh images ``image(step)``; every rank returns its own records.
 
     :param image: the ground truth of step ``s`` (the same on every rank; the problem's generator at seed
         ``problem.seed + 1 + s``, so never the validation image, which is the problem's own).
     """
     model, physics = trainee.model, trainee.physics
-    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=training["lr"])
+    optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=training.lr)
     truth = problem.ground_truth.to(ctx.device)
     y_val = trainee.measure(truth, problem.seed)
 
@@ -191,7 +183,7 @@ def train(
     records: list[StepRecord] = []
     start_psnr = validate()
     elapsed = 0.0
-    for step in range(training["steps"]):
+    for step in range(training.steps):
         x = image(step).to(ctx.device)
         y = trainee.measure(x, problem.seed + 1 + step)
         ctx.barrier()
@@ -211,8 +203,8 @@ def train(
             ctx.bytes_received - received_before,
         )
         elapsed += step_s
-        last = step == training["steps"] - 1
-        val = validate() if last or (step + 1) % training["validate_every"] == 0 else None
+        last = step == training.steps - 1
+        val = validate() if last or (step + 1) % training.validate_every == 0 else None
         record = StepRecord(
             step=step + 1,
             loss=loss.item(),

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from distinv.bench.config import RunSpec
+from distinv.bench.spec import RunSpec, SolverSpec
 
 AUTO_MODELS = {"radio": "shipped:drunet-small-radio"}  # problems whose images are unlike dead leaves
 PREVIEW_SIDE = 2048  # largest side of a sharded run's previews (gathered subsampled)
@@ -29,7 +29,7 @@ PREVIEW_SIDE = 2048  # largest side of a sharded run's previews (gathered subsam
 
 def load_model(spec: RunSpec, channels: int, volume: bool) -> torch.nn.Module:
     """The run's denoiser (see :func:`model_from_source`)."""
-    return model_from_source(spec.denoiser["model"], spec.problem, channels, volume)
+    return model_from_source(spec.denoiser.model, spec.problem, channels, volume)
 
 
 def model_from_source(source: str, problem: str, channels: int, volume: bool) -> torch.nn.Module:
@@ -53,23 +53,24 @@ def model_from_source(source: str, problem: str, channels: int, volume: bool) ->
     return SlicewiseDenoiser3D(model) if volume else model
 
 
-def sigma_levels(solver: dict) -> float | list[float]:
+def sigma_levels(solver: SolverSpec) -> float | list[float]:
+    """The denoiser's level: one, or the schedule from ``[start, end]`` over the iterations."""
     from distinv.pnp import sigma_schedule
 
-    sigma = solver["sigma"]
+    sigma = solver.sigma
     if isinstance(sigma, list | tuple):
-        return sigma_schedule(sigma[0], sigma[-1], solver["iterations"]) if len(sigma) == 2 else sigma[0]
+        return sigma_schedule(sigma[0], sigma[-1], solver.iterations) if len(sigma) == 2 else sigma[0]
     return float(sigma)
 
 
-def solver_steps(solver: dict, levels: float | list[float], noise_sigma: float) -> float | list[float] | None:
+def solver_steps(solver: SolverSpec, levels: float | list[float], noise_sigma: float) -> float | list[float] | None:
     """The solver's ``step``, or DPIR's steps ``sigma_k^2 / (coupling * noise^2)`` when ``coupling`` is set."""
     from distinv.pnp import coupled_steps
 
-    if solver.get("coupling") is None:
-        return solver["step"]
-    levels = levels if isinstance(levels, list) else [levels] * solver["iterations"]
-    return coupled_steps(levels, noise_sigma, solver["coupling"])
+    if solver.coupling is None:
+        return solver.step
+    levels = levels if isinstance(levels, list) else [levels] * solver.iterations
+    return coupled_steps(levels, noise_sigma, solver.coupling)
 
 
 def environment(ctx) -> dict:
@@ -117,7 +118,7 @@ def run_rank(spec_json: str, output: str, config_hash: str = "") -> int:
         return _run_rank(spec_json, output, config_hash)
     except BaseException as exc:
         rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
-        key = RunSpec(**json.loads(spec_json)).key
+        key = RunSpec.from_json(spec_json).key
         path = Path(output) / "logs" / key / f"rank{rank}.error.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         record_ = {"rank": rank, "time": time.time(), "error": traceback.format_exc(), "type": type(exc).__name__}
@@ -132,7 +133,7 @@ def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
     from distinv.runtime.memory import process_bytes
 
     warnings.simplefilter("ignore")
-    spec = RunSpec(**json.loads(spec_json))
+    spec = RunSpec.from_json(spec_json)
     started = time.time()
     with DistributedContext(
         seed=spec.seed,
@@ -182,17 +183,17 @@ def _reconstruct(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict,
         handover = [y]
         del y
         x, records = pnp(
-            solver["algorithm"],
+            solver.algorithm,
             engine.physics,
             engine.denoiser,
             handover.pop(),
             x0,
             levels,
-            iterations=solver["iterations"],
+            iterations=solver.iterations,
             step=solver_steps(solver, levels, problem.noise_sigma),
-            relaxation=solver["relaxation"],
-            tol=solver["tol"],
-            cg_iterations=solver["cg_iterations"],
+            relaxation=solver.relaxation,
+            tol=solver.tol,
+            cg_iterations=solver.cg_iterations,
             ground_truth=truth,  # every rank: metrics cost the same everywhere, none waits
             data_range=problem.data_range,
             ctx=ctx,

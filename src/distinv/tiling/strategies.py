@@ -16,7 +16,7 @@ import torch
 
 from distinv.comm.context import DistributedContext
 from distinv.runtime.balance import assign_balanced_counts
-from distinv.tiling.planner import TilingKnobs, plan_fixed, tiling_dims_of
+from distinv.tiling.planner import DEFAULT_OVERLAP, TilingKnobs, plan_fixed, tiling_dims_of
 
 STRATEGY_METHODS = ("get_local_patches", "reduce_patches", "get_num_patches")
 
@@ -88,7 +88,7 @@ class TilingStrategy(DistributedSignalStrategy):
         img_size: Sequence[int],
         tiling_dims: int | Sequence[int] | None = None,
         patch_size: int | Sequence[int] | None = 256,
-        overlap: int | Sequence[int] = 32,
+        overlap: int | Sequence[int] = DEFAULT_OVERLAP,
         *,
         world_size: int = 1,
         size_multiple: int = 1,
