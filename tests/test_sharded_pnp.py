@@ -152,14 +152,14 @@ def check_misplaced_bands(ctx):
     denoiser = ShardedDenoiser(ctx, tiny_net(1), **TILING)
     x = torch.rand(1, 1, 64, 32)
     errors = []
-    for value in (x, shard_rows(ctx, x, [0, *[64] * ctx.world_size])):
+    for value in (x, shard_rows(ctx, x, [0, *[16 * (r + 1) for r in range(ctx.world_size - 1)], 64])):
         try:
             denoiser(value, 0.1)
         except (TypeError, ValueError) as exc:
             errors.append(f"{type(exc).__name__}: {exc}")
     large = ShardedDenoiser(ctx, tiny_net(1), patch_size=64, overlap=2)
     try:
-        large(shard_rows(ctx, torch.rand(1, 1, 1, 32)), 0.1)  # one row for two ranks
+        large(shard_rows(ctx, torch.rand(1, 1, 1, 32)), 0.1)  # one row for two ranks: refused when cut
     except ValueError as exc:
         errors.append(f"ValueError: {exc}")
     return errors, large.layout_for(x.shape).plan.grid
@@ -169,7 +169,7 @@ def test_bands_the_denoiser_did_not_cut_are_a_clear_error_on_every_rank(ranks):
     for errors, grid in ranks(2).run(check_misplaced_bands):
         assert errors[0].startswith("TypeError: x must be RowBands (cut by denoiser.shard(x))")
         assert "are not this denoiser's" in errors[1]
-        assert "1 rows over 2 ranks leave bands of 0 rows, fewer than the overlap 2" in errors[2]
+        assert "give ranks [1] no rows of 1: every rank needs a band of at least one row" in errors[2]
         assert grid == (2, 1)  # a patch as tall as the image is lowered to give each rank a row of windows
 
 

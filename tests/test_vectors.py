@@ -87,3 +87,24 @@ def test_the_dot_test_passes_an_exact_adjoint_and_names_a_wrong_one():
     assert errors["dot"] < 1e-12 and errors["normal"] < 1e-12
     with pytest.raises(AssertionError, match="Diagonal fails the dot test"):
         dot_test(Diagonal(d, wrong_adjoint=True), x, y, rtol=1e-6)
+
+
+def check_the_gathered_operator_split_passes_the_dot_test(ctx):
+    from deepinv.physics import BlurFFT
+    from deepinv.physics.functional.blur import gaussian_blur
+
+    from distinv import distribute
+    from distinv.sharded.gathered import GatheredPhysics
+
+    blurs = [BlurFFT(img_size=SHAPE[1:], filter=gaussian_blur(sigma=(1.0 + i, 0.5), angle=30.0 * i)) for i in range(3)]
+    stack = distribute(blurs, ctx)
+    g = torch.Generator().manual_seed(4)
+    x, v = torch.rand(SHAPE, generator=g), torch.rand(SHAPE, generator=g)
+    gathered = GatheredPhysics(stack, shard_rows(ctx, x))
+    return dot_test(gathered, shard_rows(ctx, x), stack.A(v, gather=False), rtol=1e-5)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_the_operator_split_beside_row_bands_passes_the_dot_test(ranks, world_size):
+    for errors in ranks(world_size).run(check_the_gathered_operator_split_passes_the_dot_test):
+        assert errors["dot"] < 1e-5 and errors["normal"] < 1e-5, errors

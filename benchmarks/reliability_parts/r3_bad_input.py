@@ -167,6 +167,48 @@ def _state_pnp(ctx) -> dict:
     return state
 
 
+def _state_sharded(ctx) -> dict:
+    """A sharded blur of two kernels on a 32x16 image cut in balanced row bands, and its measurements."""
+    import torch
+    from deepinv.physics.functional.blur import gaussian_blur
+
+    from distinv.placements.row_bands import shard_rows
+    from distinv.sharded.blur import ShardedBlur
+
+    x = torch.rand(1, 1, 32, 16, generator=torch.Generator().manual_seed(0))
+    blur = ShardedBlur(ctx, [gaussian_blur(sigma=(1.0, 0.5), angle=45.0 * i) for i in range(2)])
+    bands = shard_rows(ctx, x)
+    return {"x": x, "physics": blur, "bands": bands, "y": blur.A(bands)}
+
+
+def _sharded_pnp_from_replicated(ctx, s):
+    from distinv.pnp import pnp
+
+    return pnp("pgd", s["physics"], lambda z, sigma: z, s["y"], s["x"], 0.05, iterations=1, step=1.0)
+
+
+def _two_partitions(ctx, s):
+    from distinv.placements.row_bands import shard_rows
+
+    other = shard_rows(ctx, s["x"], [0, 8, 32])  # R3 runs on 2 ranks: bands of 8 and 24 rows, not 16 and 16
+    return s["physics"].A_adjoint([s["y"][0], other])
+
+
+def _shard_rows():
+    from distinv.placements.row_bands import shard_rows
+
+    return shard_rows
+
+
+def _parallel_beam(**bad):
+    def call(ctx, s):
+        from distinv.operators.parallel_beam import ParallelBeam
+
+        return ParallelBeam([0.0, 45.0], **({"img_width": 8} | bad))
+
+    return call
+
+
 def _local_measurements_of_other_rank(ctx, s):
     from distinv.placements.measurements import LocalMeasurements
 
@@ -210,7 +252,7 @@ def api_cases() -> list[Case]:
     from distinv import DistributedContext, distribute
     from distinv.placements.measurements import LocalMeasurements
 
-    phys, den, pn = _state_physics, _state_denoiser, _state_pnp
+    phys, den, pn, sh = _state_physics, _state_denoiser, _state_pnp, _state_sharded
     return [
         Case("patch_size negative", ("patch_size",), _denoiser(patch_size=-4)),
         Case("patch_size 'big'", ("patch_size",), _denoiser(patch_size="big")),
@@ -259,6 +301,17 @@ def api_cases() -> list[Case]:
         Case("pnp relaxation 3", ("relaxation",), _pnp_call(relaxation=3.0), pn),
         Case("pnp sigma per iteration of the wrong length", ("sigma",), _pnp_call(sigma=[0.1, 0.05, 0.01]), pn),
         Case("pnp step negative", ("step",), _pnp_call(step=-1.0), pn),
+        Case("pnp step NaN", ("step",), _pnp_call(step=float("nan")), pn),
+        Case("pnp cg_iterations 0", ("cg_iterations",), _pnp_call(cg_iterations=0), pn),
+        Case("pnp tol -1", ("tol",), _pnp_call(tol=-1.0), pn),
+        Case("sharded bands of zero rows", ("rows",),
+             lambda ctx, s: _shard_rows()(ctx, torch.rand(1, 1, ctx.world_size - 1, 4))),
+        Case("sharded blur on a replicated tensor", ("x", "shard"), lambda ctx, s: s["physics"].A(s["x"]), sh),
+        Case("sharded measurements of two partitions", ("partition",), _two_partitions, sh),
+        Case("pnp x0 replicated with sharded physics", ("x0", "shard"), _sharded_pnp_from_replicated, sh),
+        Case("RowBands.gather step 0", ("step",), lambda ctx, s: s["bands"].gather(step=0), sh),
+        Case("ParallelBeam img_width 8.7", ("img_width",), _parallel_beam(img_width=8.7)),
+        Case("ParallelBeam scale 0", ("scale",), _parallel_beam(scale=0.0)),
         Case("DistributedContext backend 'mpi'", ("backend",), _context(backend="mpi")),
         Case("DistributedContext device_mode 'tpu'", ("device_mode",), _context(device_mode="tpu")),
         Case("DistributedContext num_threads 0", ("num_threads",), _context(num_threads=0)),

@@ -15,7 +15,9 @@ received in them (``ctx.bytes_sent``, ``ctx.bytes_received``).
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -24,9 +26,10 @@ from typing import Any
 import torch
 
 from distinv.comm.context import DistributedContext
+from distinv.numerics.linalg import SolveInfo
 from distinv.numerics.metrics import psnr, ssim
 from distinv.numerics.operator import LinearOperator, solve_shifted_normal
-from distinv.placements.vectors import Vector, norm, zeros_like
+from distinv.placements.vectors import Vector, check_placed_alike, check_placement, norm, zeros_like
 from distinv.runtime.timing import DeviceTimer
 
 ALGORITHMS = ("pgd", "hqs", "admm")
@@ -51,6 +54,8 @@ class IterationRecord:
     data_peak_bytes: int | None = None
     denoiser_peak_bytes: int | None = None
     data_solver: str = "gradient"  # how the data step ran: "gradient" (PGD), "fft" (closed form) or "cg"
+    data_iterations: int = 0  # CG iterations of the data prox (0: a gradient step, or the closed form)
+    data_residual: float = 0.0  # the prox's relative residual (NaN: it met a NaN or an infinity)
 
 
 def sigma_schedule(sigma_start: float, sigma_end: float, iterations: int) -> list[float]:
@@ -88,17 +93,17 @@ def data_prox(
     x0: Vector,
     max_iter: int,
     tol: float,
-) -> tuple[Vector, str]:
+) -> tuple[Vector, SolveInfo]:
     """``argmin_x 1/2 ||A x - y||^2 + 1/(2 gamma) ||x - z||^2``, i.e. ``(A^T A + I / gamma) x = A^T y + z / gamma``.
 
     On distinv's physics with circulant operators (``BlurFFT``, circular ``Blur``) this is solved exactly in the
     Fourier domain, ``F^-1[(F(A^T y) + F(z) / gamma) / (sum_i |H_i|^2 + 1 / gamma)]``; otherwise by conjugate
     gradient from ``x0`` (``max_iter`` steps, one all-reduce each, stopping at relative residual ``tol``).
 
-    :return: the solution (placed and shaped as ``z``) and the path that ran, ``"fft"`` or ``"cg"``.
+    :return: the solution (placed and shaped as ``z``) and how the solve ended (its ``method``: ``"fft"`` or
+        ``"cg"``; non-finite data shows in ``finite`` and comes back as NaN).
     """
-    x, info = solve_shifted_normal(physics, aty + z / gamma, 1.0 / gamma, x0, max_iter, tol)
-    return x, info.method
+    return solve_shifted_normal(physics, aty + z / gamma, 1.0 / gamma, x0, max_iter, tol)
 
 
 @dataclass(frozen=True)
@@ -110,27 +115,30 @@ class DataTerm:
     aty: Vector
     cg_iterations: int
 
-    def prox(self, z: Vector, gamma: float, x0: Vector) -> tuple[Vector, str]:
+    def prox(self, z: Vector, gamma: float, x0: Vector) -> tuple[Vector, SolveInfo]:
         return data_prox(self.physics, self.aty, z, gamma, x0, self.cg_iterations, 1e-6)
 
 
-# One data step per algorithm: ``(x, dual, step, data) -> (z, path, prox)`` where ``z`` is the denoiser's input,
-# ``path`` how the data step ran and ``prox`` what ADMM's dual update reads (``None`` elsewhere).
-def pgd_data_step(x: Vector, dual: None, step: float, data: DataTerm) -> tuple[Vector, str, None]:
+GRADIENT_STEP = SolveInfo("gradient", 0, 0.0, True)  # what a gradient step reports in place of a solve
+
+
+# One data step per algorithm: ``(x, dual, step, data) -> (z, info, prox)`` where ``z`` is the denoiser's input,
+# ``info`` how the data step ran and ``prox`` what ADMM's dual update reads (``None`` elsewhere).
+def pgd_data_step(x: Vector, dual: None, step: float, data: DataTerm) -> tuple[Vector, SolveInfo, None]:
     """A gradient step on ``1/2 ||A x - y||^2``: ``x - step * (A^T A x - A^T y)``."""
-    return x - step * (data.physics.A_adjoint_A(x) - data.aty), "gradient", None
+    return x - step * (data.physics.A_adjoint_A(x) - data.aty), GRADIENT_STEP, None
 
 
-def hqs_data_step(x: Vector, dual: None, step: float, data: DataTerm) -> tuple[Vector, str, None]:
+def hqs_data_step(x: Vector, dual: None, step: float, data: DataTerm) -> tuple[Vector, SolveInfo, None]:
     """The data prox at ``x`` (half-quadratic splitting)."""
-    z, path = data.prox(x, step, x0=x)
-    return z, path, None
+    z, info = data.prox(x, step, x0=x)
+    return z, info, None
 
 
-def admm_data_step(x: Vector, dual: Vector, step: float, data: DataTerm) -> tuple[Vector, str, Vector]:
+def admm_data_step(x: Vector, dual: Vector, step: float, data: DataTerm) -> tuple[Vector, SolveInfo, Vector]:
     """The data prox at ``x - u``; the denoiser then reads ``v + u``."""
-    v, path = data.prox(x - dual, step, x0=x)
-    return v + dual, path, v
+    v, info = data.prox(x - dual, step, x0=x)
+    return v + dual, info, v
 
 
 def admm_dual_step(dual: Vector, prox: Vector, x: Vector) -> Vector:
@@ -189,8 +197,10 @@ def pnp(
         Default ``False``: inference, no graph, each iterate freed as the next is made.
     """
     with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
-        sigmas, steps = _check(algorithm, iterations, relaxation, sigma, step)  # before any collective
+        sigmas, steps = _check(algorithm, iterations, relaxation, sigma, step, tol, cg_iterations)  # before collectives
+        check_placement(x0, getattr(physics, "image_placement", None), "x0")  # deepinv's physics: not declared
         aty = physics.A_adjoint(y)
+        check_placed_alike(x0, aty, "x0", "A^T y (the physics' placement)")
         del y  # every data step reads A^T y only: measurements handed over without a reference kept are freed here
         return _pnp(
             algorithm, physics, denoiser, aty, x0, sigmas, iterations, steps, relaxation, tol, cg_iterations,
@@ -203,7 +213,13 @@ def _per_iteration(value: float | Sequence[float], iterations: int) -> list[floa
 
 
 def _check(
-    algorithm: str, iterations: int, relaxation: float, sigma: float | Sequence[float], step: Any
+    algorithm: str,
+    iterations: int,
+    relaxation: float,
+    sigma: float | Sequence[float],
+    step: Any,
+    tol: float | None,
+    cg_iterations: int,
 ) -> tuple[list[float], list[float] | None]:
     """The arguments every rank is given alike, checked before any collective: the noise levels and the steps
     per iteration (``None``: ``1 / ||A||^2``, computed later)."""
@@ -216,9 +232,18 @@ def _check(
     sigmas = _per_iteration(sigma, iterations)
     if len(sigmas) != iterations:
         raise ValueError(f"sigma has {len(sigmas)} levels for iterations={iterations}: give one per iteration.")
+    if not all(math.isfinite(s) and s >= 0 for s in sigmas):
+        raise ValueError(f"sigma={sigma!r}: give finite noise levels >= 0.")
     steps = None if step is None else _per_iteration(step, iterations)
-    if steps is not None and (len(steps) != iterations or not all(s > 0 for s in steps)):  # NaN too
-        raise ValueError(f"step={step!r}: give a step > 0, or one per iteration (iterations={iterations}).")
+    if steps is not None and (len(steps) != iterations or not all(math.isfinite(s) and s > 0 for s in steps)):
+        raise ValueError(f"step={step!r}: give a step > 0, or one per iteration (iterations={iterations}); finite.")
+    if tol is not None and not (math.isfinite(tol) and tol > 0):
+        raise ValueError(f"tol={tol!r}: give a relative change > 0 to stop at, or None to run every iteration.")
+    whole = isinstance(cg_iterations, int) and not isinstance(cg_iterations, bool)
+    if algorithm in ("hqs", "admm") and not (whole and cg_iterations >= 1):
+        raise ValueError(
+            f"cg_iterations={cg_iterations!r}: {algorithm}'s data prox needs a whole number >= 1 of CG steps."
+        )
     return sigmas, steps
 
 
@@ -241,7 +266,14 @@ def _pnp(
     for k in range(iterations):
         comm_before, traffic_before, start = comm_seconds(), traffic(), time.perf_counter()
         with _peak(device, measure_memory) as data_memory, DeviceTimer(device) as data_clock:
-            z, solver, prox = data_step(x, u, step=steps[k], data=data)
+            z, solve, prox = data_step(x, u, step=steps[k], data=data)
+        if not solve.finite and (ctx is None or getattr(ctx, "rank", 0) == 0):
+            warnings.warn(
+                f"PnP iteration {k + 1}: the data step met a NaN or an infinity (check y and x0); the iterate is NaN "
+                "from here on.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         comm_middle = comm_seconds()
         with _peak(device, measure_memory) as denoiser_memory, DeviceTimer(device) as denoiser_clock:
             denoised = denoiser(z, sigmas[k])
@@ -269,7 +301,9 @@ def _pnp(
             bytes_received=received,
             data_peak_bytes=data_memory.peak_total_bytes if measure_memory else None,
             denoiser_peak_bytes=denoiser_memory.peak_total_bytes if measure_memory else None,
-            data_solver=solver,
+            data_solver=solve.method,
+            data_iterations=solve.iterations,
+            data_residual=solve.relative_residual,
         )
         records.append(record)
         if callback is not None:

@@ -26,14 +26,17 @@ class SolveInfo:
     :ivar method: ``"cg"`` (conjugate gradient) or ``"fft"`` (closed form in the Fourier domain).
     :ivar iterations: operator calls CG made (0 for the closed form).
     :ivar relative_residual: the largest, over the batch, of ``||b - op(x)|| / ||b||`` as CG tracks it (for the
-        closed form: 0, it is exact to float precision).
-    :ivar converged: every sample reached ``tol`` (always ``True`` for the closed form).
+        closed form: 0, it is exact to float precision); NaN when a value was not finite.
+    :ivar converged: every sample reached ``tol`` (always ``True`` for the closed form; ``False`` when not finite).
+    :ivar finite: the right-hand side and every inner product were finite (else the samples that met a NaN or
+        an infinity are NaN in the solution: non-finite data propagates, it never vanishes).
     """
 
     method: str
     iterations: int
     relative_residual: float
     converged: bool
+    finite: bool = True
 
 
 def solve_cg(
@@ -49,6 +52,9 @@ def solve_cg(
     operator calls. From ``x0 = 0`` on normal equations ``A^T A x = A^T y`` the iterates stay in the range
     of ``A^T``, so the limit is the minimum-norm least-squares solution.
 
+    A sample whose right-hand side, start or operator output holds a NaN or an infinity (seen in its inner
+    products, which every rank holds alike) stops there and comes back NaN, and the :class:`SolveInfo` says so.
+
     :param b: right-hand side, shape ``(B, ...)`` (replicated, or sharded :class:`RowBands`); the first dim indexes
         independent systems.
     :return: ``x`` with the shape of ``b``, and how the solve ended (:class:`SolveInfo`).
@@ -58,23 +64,32 @@ def solve_cg(
     p = r.clone()
     rs = batch_dot(r, r)
     bb = batch_dot(b, b)
+    broken = ~(torch.isfinite(bb) & torch.isfinite(rs))  # per sample; NaN compares false, so it must be asked
     threshold = (tol**2) * bb
     iterations = 0
     for _ in range(max_iter):
-        active = rs > threshold
+        active = (rs > threshold) & ~broken
         if not bool(active.any()):
             break
         iterations += 1
         ap = op(p)
         pap = batch_dot(p, ap)
+        broken = broken | (active & ~torch.isfinite(pap))
+        active = active & ~broken
         alpha = torch.where(active & (pap > 0), rs / pap.clamp_min(torch.finfo(pap.dtype).tiny), 0.0)
         x = axpy(alpha, p, x)
         r = axpy(-alpha, ap, r)
         rs_new = batch_dot(r, r)
+        broken = broken | (active & ~torch.isfinite(rs_new))
+        active = active & ~broken
         beta = torch.where(active & (rs > 0), rs_new / rs.clamp_min(torch.finfo(rs.dtype).tiny), 0.0)
         p = axpy(beta, p, r)
         rs = torch.where(active, rs_new, rs)
     relative = torch.sqrt(rs / bb.clamp_min(torch.finfo(bb.dtype).tiny)).where(bb > 0, torch.zeros_like(rs))
+    if bool(broken.any()):
+        nan = torch.tensor(float("nan"), dtype=relative.dtype, device=relative.device)
+        x = x + torch.where(broken, nan, 0.0)  # the broken samples propagate, the others are unchanged
+        return x, SolveInfo("cg", iterations, float("nan"), False, finite=False)
     converged = bool((rs <= threshold).all())
     return x, SolveInfo("cg", iterations, float(relative.max()) if relative.numel() else 0.0, converged)
 

@@ -27,7 +27,9 @@ from distinv.placements.vectors import Vector
 @runtime_checkable
 class LinearOperator(Protocol):
     """``A``: images to measurements; ``A_adjoint``: its exact adjoint; ``A_adjoint_A``: the normal operator;
-    ``compute_sqnorm(x0)``: ``||A||_2^2`` for images shaped (and placed) like ``x0``, a replicated 0-dim tensor."""
+    ``compute_sqnorm(x0)``: ``||A||_2^2`` for images shaped (and placed) like ``x0``, a replicated 0-dim tensor.
+    distinv's operators also say how their images are placed, ``image_placement``: ``"replicated"`` or ``"row
+    bands"`` (:func:`distinv.placements.vectors.check_placement`)."""
 
     def A(self, x: Any) -> Any: ...  # noqa: N802 - deepinv's names
 

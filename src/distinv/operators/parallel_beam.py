@@ -98,8 +98,12 @@ class ParallelBeam(LinearPhysics):
         angles = torch.as_tensor(angles, dtype=torch.float32)
         if angles.ndim != 1 or angles.numel() == 0:
             raise ValueError(f"angles of shape {tuple(angles.shape)}: give a 1D tensor of at least one angle (deg).")
+        if isinstance(img_width, bool) or not isinstance(img_width, int | float) or img_width != int(img_width):
+            raise ValueError(f"img_width={img_width!r}: give the image's side as a whole number of pixels.")
         if img_width < 2:
             raise ValueError(f"img_width={img_width}: give the image's side, at least 2 pixels.")
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale={scale!r}: give a finite factor > 0 (e.g. 1 / ||R|| for a unit-norm operator).")
         if workspace_bytes < 1:
             raise ValueError(f"workspace_bytes={workspace_bytes}: give a positive budget.")
         self.register_buffer("angles", angles.to(device), persistent=False)
@@ -119,11 +123,15 @@ class ParallelBeam(LinearPhysics):
     def A(self, x: torch.Tensor, **kwargs) -> torch.Tensor:  # noqa: N802 - deepinv's name
         """Sinograms ``(B, C, detectors, angles)`` (volumes: ``(B, C, D, detectors, angles)``)."""
         images, unfold = self._fold(x, "x", self.img_width)
+        if images.shape[0] * images.shape[1] == 0:  # an empty batch: nothing to project
+            return unfold(images.new_zeros(*images.shape[:2], self.detectors, len(self.angles)))
         return unfold(MatchedPair.apply(images, self, False) * self.scale)
 
     def A_adjoint(self, y: torch.Tensor, **kwargs) -> torch.Tensor:  # noqa: N802
         """The exact transpose of :meth:`A`: images ``(B, C, W, W)`` (volumes ``(B, C, D, W, W)``)."""
         sinograms, unfold = self._fold(y, "y", self.detectors, len(self.angles))
+        if sinograms.shape[0] * sinograms.shape[1] == 0:
+            return unfold(sinograms.new_zeros(*sinograms.shape[:2], self.img_width, self.img_width))
         return unfold(MatchedPair.apply(sinograms, self, True) * self.scale)
 
     def A_dagger(self, y: torch.Tensor, fbp: bool = False, **kwargs) -> torch.Tensor:  # noqa: N802

@@ -51,6 +51,8 @@ class DistributedStackedPhysics(Physics):
     :param check_replicated: check (one small all-gather per call) that ``x`` is the same on every rank.
     """
 
+    image_placement = "replicated"  # what A takes and A_adjoint returns (see distinv.numerics.operator)
+
     def __init__(
         self,
         ctx: DistributedContext,

@@ -35,6 +35,9 @@ class RowBands:
     bounds: tuple[int, ...]
     local: torch.Tensor
 
+    def __post_init__(self) -> None:
+        check_bounds(self.bounds, self.shape[ROWS], self.ctx.world_size)
+
     # ------------------------------------------------------------------ placement
     @property
     def rows(self) -> tuple[int, int]:
@@ -62,7 +65,12 @@ class RowBands:
     def gather(self, step: int = 1) -> torch.Tensor:
         """The whole signal on every rank (replicated; one all-gather of the bands, padded to the tallest); with
         ``step > 1``, every ``step``-th row, column (and slice) only, e.g. for a preview of an image too large to
-        gather whole."""
+        gather whole.
+
+        :raises ValueError: for a ``step`` that is not a whole number >= 1.
+        """
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise ValueError(f"step={step!r}: give a whole number >= 1 (1: every row; k: every k-th row and column).")
         spatial = tuple(range(ROWS, self.local.ndim))
         index = [slice(None)] * ROWS + [slice(None, None, step)] * len(spatial)
         first, last = self.rows
@@ -179,6 +187,45 @@ def randn_rows(
     return out.view(*shape[:ROWS], last - first, *shape[ROWS + 1 :])
 
 
+def check_bounds(bounds: Sequence[int], rows: int, world_size: int) -> None:
+    """Refuse a partition that is not ``world_size`` contiguous, non-empty bands of ``rows`` rows (the bounds are
+    the same on every rank, so every rank raises alike, before any collective).
+
+    :raises ValueError: naming the bounds and the fix.
+    """
+    bounds = tuple(bounds)
+    if len(bounds) != world_size + 1 or bounds[0] != 0 or bounds[-1] != rows:
+        raise ValueError(
+            f"bounds={bounds} do not partition {rows} rows over {world_size} ranks: give {world_size + 1} "
+            f"increasing rows from 0 to {rows}."
+        )
+    empty = [r for r in range(world_size) if bounds[r + 1] <= bounds[r]]
+    if empty:
+        raise ValueError(
+            f"bounds={bounds} give ranks {empty} no rows of {rows}: every rank needs a band of at least one row; "
+            f"use at most {rows} ranks, or a taller signal."
+        )
+
+
+def check_bands(x: object, name: str, like: RowBands | None = None) -> RowBands:
+    """``x`` if it is row bands (of ``like``'s partition, when given), else a clear error on every rank (placement
+    and partition are the same on every rank).
+
+    :raises TypeError: for anything but :class:`RowBands` (a replicated tensor among them).
+    :raises ValueError: for bands of another partition than ``like``'s.
+    """
+    if not isinstance(x, RowBands):
+        raise TypeError(
+            f"{name} is a {type(x).__name__}, but this operator works on signals sharded by rows: cut it with "
+            "shard_rows(ctx, x, bounds) or denoiser.shard(x) (RowBands)."
+        )
+    if like is not None and (x.bounds != like.bounds or x.shape[ROWS] != like.shape[ROWS]):
+        raise ValueError(
+            f"{name} is cut at rows {x.bounds}, but the other signals at {like.bounds}: give signals of one partition."
+        )
+    return x
+
+
 def band_bounds(height: int, world_size: int) -> tuple[int, ...]:
     """Balanced contiguous bands: the first ``height % world_size`` ranks get one row more."""
     base, extra = divmod(height, world_size)
@@ -197,12 +244,7 @@ def shard_rows(ctx: DistributedContext, x: torch.Tensor, bounds: Sequence[int] |
     if x.ndim < ROWS + 1:
         raise ValueError(f"x has shape {tuple(x.shape)}: bands are cut from a (B, C, N, ...) signal.")
     bounds = band_bounds(x.shape[ROWS], ctx.world_size) if bounds is None else tuple(int(b) for b in bounds)
-    increasing = all(a <= b for a, b in zip(bounds, bounds[1:], strict=False))
-    if len(bounds) != ctx.world_size + 1 or bounds[0] != 0 or bounds[-1] != x.shape[ROWS] or not increasing:
-        raise ValueError(
-            f"bounds={bounds} do not partition {x.shape[ROWS]} rows over {ctx.world_size} ranks: give "
-            f"{ctx.world_size + 1} increasing rows from 0 to {x.shape[ROWS]}."
-        )
+    check_bounds(bounds, x.shape[ROWS], ctx.world_size)
     start, stop = bounds[ctx.rank], bounds[ctx.rank + 1]
     return RowBands(ctx, tuple(x.shape), bounds, x.narrow(ROWS, start, stop - start))
 

@@ -145,6 +145,45 @@ def _(signals: RowBands, *others: RowBands, reach: int) -> tuple[torch.Tensor, t
     return row_halos([signals, *others], reach, reach, periodic=False)
 
 
+def placement_of(x: object) -> str:
+    """``"row bands"`` or ``"replicated"`` (a tensor), by the vector's type; anything else by its type's name."""
+    if isinstance(x, RowBands):
+        return "row bands"
+    return "replicated" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def check_placement(x: object, expected: str | None, name: str) -> None:
+    """Refuse ``x`` unless it is placed as ``expected`` (``"replicated"`` or ``"row bands"``, an operator's
+    ``image_placement``; ``None``: anything), on every rank alike.
+
+    :raises TypeError: naming the placements and the fix.
+    """
+    if expected is not None and placement_of(x) != expected:
+        fix = (
+            "cut it with denoiser.shard(x) or shard_rows(ctx, x, bounds)"
+            if expected == "row bands"
+            else ("gather it with .gather()")
+        )
+        raise TypeError(f"{name} is {placement_of(x)}, but the operator works on {expected} images: {fix}.")
+
+
+def check_placed_alike(x: object, like: Vector, name: str, like_name: str) -> None:
+    """Refuse ``x`` placed otherwise than ``like`` (replicated against row bands, or bands of another partition),
+    with a clear error on every rank (placements are the same on every rank).
+
+    :raises TypeError: for another placement; :raises ValueError: for another partition.
+    """
+    if placement_of(x) != placement_of(like):
+        fix = (
+            "cut it with denoiser.shard(x) or shard_rows(ctx, x, bounds)"
+            if isinstance(like, RowBands)
+            else ("gather it with .gather()")
+        )
+        raise TypeError(f"{name} is {placement_of(x)} but {like_name} is {placement_of(like)}: {fix}.")
+    if isinstance(like, RowBands) and x.bounds != like.bounds:
+        raise ValueError(f"{name} is cut at rows {x.bounds} but {like_name} at {like.bounds}: use one partition.")
+
+
 def global_rows(x: Vector) -> int:
     """The number of rows (dim 2) of the whole signal, whatever part of it this rank holds."""
     return x.shape[ROWS]

@@ -22,7 +22,7 @@ import torch
 
 from distinv.comm.context import DistributedContext
 from distinv.numerics.operator import NormalEquations
-from distinv.placements.row_bands import RowBands, row_halos, with_row_halo
+from distinv.placements.row_bands import RowBands, check_bands, row_halos, with_row_halo
 
 
 class ShardedBlur(NormalEquations):
@@ -32,6 +32,8 @@ class ShardedBlur(NormalEquations):
     :param kernels: ``K`` kernels, each ``(kh, kw)`` or ``(1, 1, kh, kw)`` (one kernel for every channel) or
         ``(1, C, kh, kw)`` (one per channel, as deepinv's ``BlurFFT`` filter); they may differ in size.
     """
+
+    image_placement = "row bands"  # what A takes and A_adjoint returns (see distinv.numerics.operator)
 
     def __init__(self, ctx: DistributedContext, kernels: Sequence[torch.Tensor]):
         if not kernels:
@@ -66,6 +68,25 @@ class ShardedBlur(NormalEquations):
         if adjoint:
             return max(h // 2 for h in rows), max((h - 1) // 2 for h in rows)
         return max((h - 1) // 2 for h in rows), max(h // 2 for h in rows)
+
+    def _checked(self, x: object, margin: tuple[int, int], name: str = "x", like: RowBands | None = None) -> RowBands:
+        """``x`` as row bands that every kernel fits once extended by ``margin`` rows. Decided from what every rank
+        holds alike (the type, the partition, the kernels' sizes), so every rank raises the same error before the
+        halo exchange, and none is left waiting in it.
+
+        :raises TypeError: for a replicated tensor (or anything but row bands).
+        :raises ValueError: for another partition than ``like``'s, or bands too thin or narrow for a kernel.
+        """
+        bands = check_bands(x, name, like)
+        tallest = max(k.shape[1] for k in self.kernels)
+        widest = max(k.shape[2] for k in self.kernels)
+        thinnest = min(bands.heights) + sum(margin)
+        if tallest > thinnest or widest > bands.shape[-1]:
+            raise ValueError(
+                f"{name}: a {tallest}x{widest} kernel does not fit bands of {min(bands.heights)} rows (with "
+                f"{sum(margin)} halo rows) and {bands.shape[-1]} columns: use fewer ranks or a larger image."
+            )
+        return bands
 
     def normal_halo(self) -> tuple[int, int]:
         """Rows above and below its band that ``A_adjoint_A`` reads (the forward's and the adjoint's reach)."""
@@ -106,7 +127,7 @@ class ShardedBlur(NormalEquations):
     def A(self, x: RowBands) -> list[RowBands]:  # noqa: N802 - deepinv's name
         """The K blurred images, each sharded like ``x`` (one halo exchange and one FFT for all K)."""
         margin = self._reach(adjoint=False)
-        extended = with_row_halo(x, *margin)
+        extended = with_row_halo(self._checked(x, margin), *margin)
         dims, size = (-2, -1), extended.shape[-2:]
         transformed = torch.fft.rfftn(extended, dim=dims)
         return [
@@ -120,8 +141,11 @@ class ShardedBlur(NormalEquations):
         sum taken in the Fourier domain (one inverse FFT), one measurement's band extended at a time."""
         if len(ys) != self.num_operators:
             raise ValueError(f"A_adjoint got {len(ys)} measurements for {self.num_operators} operators.")
-        channels = ys[0].local.shape[1]
         margin = self._reach(adjoint=True)
+        first = self._checked(ys[0], margin, "ys[0]")
+        for i, y in enumerate(ys[1:], start=1):
+            check_bands(y, f"ys[{i}]", like=first)
+        channels = ys[0].local.shape[1]
         tops, bottoms = row_halos(ys, *margin)
         dims, total, size = (-2, -1), None, None
         for i, y in enumerate(ys):
@@ -136,7 +160,7 @@ class ShardedBlur(NormalEquations):
         """``sum_i A_i^T A_i x``: one halo exchange (the forward's and the adjoint's reach together) and one FFT
         pair, whatever K (the K normal spectra are summed once and cached)."""
         margin = self.normal_halo()
-        extended = with_row_halo(x, *margin)
+        extended = with_row_halo(self._checked(x, margin), *margin)
         dims, size = (-2, -1), extended.shape[-2:]
         full = torch.fft.irfftn(torch.fft.rfftn(extended, dim=dims) * self._normal_spectrum(extended), s=size, dim=dims)
         return x.like(self._band(full, margin, x.local.dtype))

@@ -14,7 +14,7 @@ import torch
 from distinv.numerics.operator import NormalEquations
 from distinv.physics.linear import DistributedStackedLinearPhysics
 from distinv.placements.measurements import LocalMeasurements
-from distinv.placements.row_bands import RowBands
+from distinv.placements.row_bands import RowBands, check_bands
 
 
 class GatheredPhysics(NormalEquations):
@@ -23,6 +23,8 @@ class GatheredPhysics(NormalEquations):
     :param physics: the operator-split stack; its measurements stay sharded by operator.
     :param like: any signal of the partition the iterates use (its bounds cut the results).
     """
+
+    image_placement = "row bands"  # what A takes and A_adjoint returns (see distinv.numerics.operator)
 
     def __init__(self, physics: DistributedStackedLinearPhysics, like: RowBands):
         self.physics, self.ctx, self._like = physics, physics.ctx, like
@@ -34,7 +36,7 @@ class GatheredPhysics(NormalEquations):
     def A(self, x: RowBands) -> LocalMeasurements:  # noqa: N802 - deepinv's name
         """This rank's measurements of ``x`` (an all-gather of ``x``'s bands; sharded by operator, as the stack's
         ``A(x, gather=False)``)."""
-        return self.physics.A(x.gather(), gather=False)
+        return self.physics.A(check_bands(x, "x", self._like).gather(), gather=False)
 
     def A_adjoint(self, y: Sequence[torch.Tensor]) -> RowBands:  # noqa: N802
         """This rank's band of ``sum_i A_i^T y_i`` (the stack's all-reduce)."""
@@ -42,8 +44,8 @@ class GatheredPhysics(NormalEquations):
 
     def A_adjoint_A(self, x: RowBands) -> RowBands:  # noqa: N802
         """This rank's band of ``A^T A x`` (an all-gather of ``x``'s bands, then the stack's all-reduce)."""
-        return self._band(self.physics.A_adjoint_A(x.gather()))
+        return self._band(self.physics.A_adjoint_A(check_bands(x, "x", self._like).gather()))
 
     def compute_sqnorm(self, x0: RowBands, **kwargs) -> torch.Tensor:
         """The stack's ``||A||^2`` (power iteration on replicated vectors)."""
-        return self.physics.compute_sqnorm(x0.gather(), **{**kwargs, "verbose": False})
+        return self.physics.compute_sqnorm(check_bands(x0, "x0", self._like).gather(), **{**kwargs, "verbose": False})

@@ -13,7 +13,7 @@ from deepinv.physics import LinearPhysics
 
 from distinv.comm.context import DistributedContext
 from distinv.numerics.operator import NormalEquations
-from distinv.placements.row_bands import RowBands
+from distinv.placements.row_bands import RowBands, check_bands
 
 
 class SlabStack(NormalEquations):
@@ -24,6 +24,8 @@ class SlabStack(NormalEquations):
         slice along dim 2 for any ``d`` (e.g. tomography_3d's ``SlicewiseRadon``); every rank holds all K. That
         they act slice by slice is the caller's promise: it is what makes the slabs exact.
     """
+
+    image_placement = "row bands"  # what A takes and A_adjoint returns (see distinv.numerics.operator)
 
     def __init__(self, ctx: DistributedContext, operators: Sequence[LinearPhysics]):
         if not operators:
@@ -41,6 +43,7 @@ class SlabStack(NormalEquations):
 
     def A(self, x: RowBands) -> list[RowBands]:  # noqa: N802 - deepinv's name
         """The K measurements of ``x``, each sharded in ``x``'s slabs (no communication)."""
+        x = check_bands(x, "x")
         return [x.like(op.A(x.local)) for op in self.operators]
 
     def A_adjoint(self, ys: Sequence[RowBands]) -> RowBands:  # noqa: N802
@@ -49,6 +52,7 @@ class SlabStack(NormalEquations):
 
     def A_adjoint_A(self, x: RowBands) -> RowBands:  # noqa: N802
         """``sum_i A_i^T A_i x`` (no communication)."""
+        x = check_bands(x, "x")
         return x.like(sum(op.A_adjoint(op.A(x.local)) for op in self.operators))
 
     def weighted_sum(self, method: str, ys: Sequence[RowBands], weights: Sequence[float], **kwargs) -> RowBands:
@@ -56,6 +60,9 @@ class SlabStack(NormalEquations):
         for each block's filtered back-projection)."""
         if len(ys) != self.num_operators or len(weights) != self.num_operators:
             raise ValueError(f"{method}: give one measurement and one weight per operator ({self.num_operators}).")
+        first = check_bands(ys[0], "ys[0]")
+        for i, y in enumerate(ys[1:], start=1):
+            check_bands(y, f"ys[{i}]", like=first)
         pairs = zip(self.operators, ys, weights, strict=True)
         total = sum(w * getattr(op, method)(y.local, **kwargs) for op, y, w in pairs)
         return ys[0].like(total)
