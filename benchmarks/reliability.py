@@ -1,4 +1,5 @@
-"""Reliability figures R1-R5: failures, kills, bad input, load and multi-node launches, each measured for real.
+"""Reliability figures R1-R6: failures, kills, bad input, load, multi-node launches and concurrent runners, each
+measured for real.
 
 - **R1** a rank raising mid-run (PnP iteration 3 of 5, 2 ranks) under ``distinv run``: seconds from the raise to
   the failure row in the results table, the row's rank and cause, and whether the config's next run finishes.
@@ -15,9 +16,12 @@
 - **R5** two nodes simulated on this host: two ``torchrun --nnodes 2`` agents meeting through a c10d rendezvous,
   and srun's variables of 2 nodes x 2 tasks set by hand: ranks, local ranks, local world size, device and
   memory budget on every rank, and the PnP result against the single-process one.
+- **R6** two ``distinv run`` on one output folder: the second, started while the first runs, must refuse at once
+  naming the folder, the first must finish every run with no failure row; after the first is SIGKILLed, the next
+  runner must take the folder over and finish every run.
 
 Every part runs in its own process group with a time box: a hang is a failure recorded with its timeout. The
-denoiser of R1, R2, R4 and R5 is a small convolutional network (three 3x3 convolutions, random weights from a
+denoiser of R1, R2, R4, R5 and R6 is a small convolutional network (three 3x3 convolutions, random weights from a
 fixed seed, receptive-field radius 3): with the default halo the tiled output equals the untiled one, so the
 distributed results can be compared with the single process to float precision.
 
@@ -48,7 +52,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from reliability_parts import r1_failing_rank, r2_kills, r3_bad_input, r4_load, r5_multinode
+from reliability_parts import r1_failing_rank, r2_kills, r3_bad_input, r4_load, r5_multinode, r6_concurrent_runners
 from reliability_parts.common import REPO, child_env, mem_available, run_command, tiny_network, write_json
 from reliability_parts.pnp_cases import pnp_worker, reference_worker
 from reliability_parts.r1_failing_rank import fails_at_iteration_3
@@ -56,15 +60,16 @@ from reliability_parts.r1_failing_rank import fails_at_iteration_3
 # The models a config names ``python:reliability:NAME``: the runner and its ranks import them from this module.
 __all__ = ["fails_at_iteration_3", "tiny_network"]
 
-PARTS = ("R1", "R2", "R3", "R4", "R5")
-FULL_TIMEOUTS = {"R1": 180, "R2": 2400, "R3": 600, "R4": 3000, "R5": 400}
-TINY_TIMEOUTS = {"R1": 60, "R2": 90, "R3": 90, "R4": 90, "R5": 60}
+PARTS = ("R1", "R2", "R3", "R4", "R5", "R6")
+FULL_TIMEOUTS = {"R1": 180, "R2": 2400, "R3": 600, "R4": 3000, "R5": 400, "R6": 900}
+TINY_TIMEOUTS = {"R1": 60, "R2": 90, "R3": 90, "R4": 90, "R5": 60, "R6": 240}
 FIGURES: dict[str, ModuleType] = {
     "R1": r1_failing_rank,
     "R2": r2_kills,
     "R3": r3_bad_input,
     "R4": r4_load,
     "R5": r5_multinode,
+    "R6": r6_concurrent_runners,
 }
 PART_FUNCTIONS: dict[str, Callable[[bool, Path], dict]] = {
     "R1": r1_failing_rank.part_r1,
@@ -72,6 +77,7 @@ PART_FUNCTIONS: dict[str, Callable[[bool, Path], dict]] = {
     "R3": r3_bad_input.part_r3,
     "R4": r4_load.part_r4,
     "R5": r5_multinode.part_r5,
+    "R6": r6_concurrent_runners.part_r6,
 }
 WHAT = {part: module.WHAT for part, module in FIGURES.items()}
 
