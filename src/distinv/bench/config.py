@@ -3,8 +3,10 @@
 A config names problems (each with its sizes to sweep and parameters), one PnP solver, a denoiser, the tiling
 settings, the engines to compare, the world sizes, repetitions and an output folder; ``configs/quick.yml`` is the
 annotated example. Every rule broken is reported at once, each naming its key and the fix, before anything
-runs: what a run would only find out at run time (a tiling or solver value out of range, a denoiser that does
-not exist, two grid entries that are the same run) is checked here.
+runs: what a run would only find out at run time (a tiling or solver value out of range, a number that is not
+finite, a denoiser that does not exist, two grid entries that are the same run, a ``distinv-sharded`` run whose
+row bands cannot supply its halos) is checked here. Every number follows one rule, :func:`in_range` (finite, in
+its key's range), and so does every numeric parameter of a problem (``check_number`` in its ``build``).
 
 Engines: ``distinv`` (this library), ``deepinv`` (deepinv's ``deepinv.distributed`` module, same settings) and
 ``none`` (the untiled single-device baseline: deepinv's stacked physics and the bare denoiser, world size 1).
@@ -72,6 +74,12 @@ TOP_DEFAULTS: dict[str, Any] = {
     "training": None,
 }
 PROBLEM_KEYS = {"name", "sizes", "params", "solver", "denoiser", "tiling"}
+# Seeds a config may give: 64-bit signed, so that a training run's problem seed + 1 + step (its training images)
+# stays within what torch's generators take (TORCH_SEED_RANGE, what a problem built outside a config accepts).
+SEED_RANGE = (-(2**63), 2**63 - 1)
+TORCH_SEED_RANGE = (-(2**63), 2**64 - 1)
+MAX_TIMEOUT_S = 365 * 24 * 3600  # gloo refuses a timeout of ~1e13 s and timedelta() overflows at ~8.6e13 s
+MAX_THREADS = 2**31 - 1  # torch.set_num_threads takes a C int
 
 
 class ConfigError(ValueError):
@@ -171,13 +179,26 @@ def validate(raw: dict, slurm: bool = False, name: str = "benchmark") -> Config:
 
     if c["device"] not in DEVICES:
         errors.append(f"device={c['device']!r}: choose one of {list(DEVICES)}.")
-    for key in ("threads_per_rank", "repetitions"):
-        if not _is_int(c[key]) or c[key] < 1:
-            errors.append(f"{key}={c[key]!r}: give a whole number >= 1.")
-    if not isinstance(c["timeout_s"], int | float) or isinstance(c["timeout_s"], bool) or c["timeout_s"] <= 0:
-        errors.append(f"timeout_s={c['timeout_s']!r}: give the seconds a collective may wait (> 0), e.g. 300.")
-    if not _is_int(c["seed"]):
-        errors.append(f"seed={c['seed']!r}: give a whole number.")
+    _check_number(
+        errors,
+        "threads_per_rank",
+        c["threads_per_rank"],
+        1,
+        MAX_THREADS,
+        whole=True,
+        give=f"a whole number >= 1 (at most {MAX_THREADS})",
+    )
+    _check_number(errors, "repetitions", c["repetitions"], 1, whole=True)
+    _check_number(
+        errors,
+        "timeout_s",
+        c["timeout_s"],
+        0,
+        MAX_TIMEOUT_S,
+        above=True,
+        give=f"the seconds a collective may wait (> 0, at most {MAX_TIMEOUT_S}: a year), e.g. 300",
+    )
+    _check_number(errors, "seed", c["seed"], *SEED_RANGE, whole=True, give="a whole number (64 bits), e.g. 0")
     if not isinstance(c["oversubscribe"], bool):
         errors.append(f"oversubscribe={c['oversubscribe']!r}: give true or false.")
     engines = c["engines"]
@@ -186,7 +207,7 @@ def validate(raw: dict, slurm: bool = False, name: str = "benchmark") -> Config:
     else:
         _check_once(engines, "engines", "engine", errors)
     worlds = c["world_sizes"]
-    if not isinstance(worlds, list) or not worlds or any(not _is_int(w) or w < 1 for w in worlds):
+    if not isinstance(worlds, list) or not worlds or any(not in_range(w, 1, whole=True) for w in worlds):
         errors.append(f"world_sizes={worlds!r}: give a list of whole numbers >= 1, e.g. [1, 2, 4].")
     else:
         _check_once(worlds, "world_sizes", "world size", errors)
@@ -202,8 +223,9 @@ def validate(raw: dict, slurm: bool = False, name: str = "benchmark") -> Config:
     if "model" in c["denoiser"]:
         _check_model(c["denoiser"]["model"], "denoiser", slurm, errors)
     _check_problems(c, slurm, errors)
-    if not errors:
+    if not errors:  # both read the grid as runs() expands it: every value must be valid first
         _check_distinct_runs(c, errors)
+        _check_sharded_runs(c, slurm, errors)
     if errors:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(dict.fromkeys(errors)))
     return Config(raw=c, output=Path(c["output"]))
@@ -230,7 +252,7 @@ def _check_devices(c: dict, slurm: bool, errors: list[str]) -> None:
                 "lower world_sizes or run with --slurm on a cluster."
             )
         return
-    cores = largest * c["threads_per_rank"] if _is_int(c["threads_per_rank"]) else largest
+    cores = largest * c["threads_per_rank"] if in_range(c["threads_per_rank"], 1, whole=True) else largest
     if cores > have and not c["oversubscribe"]:
         errors.append(
             f"world_sizes={c['world_sizes']} x threads_per_rank={c['threads_per_rank']}: {cores} cores needed, "
@@ -246,43 +268,54 @@ def _check_solver(given: dict, where: str, errors: list[str]) -> None:
     solver = {**SOLVER_DEFAULTS, **given}
     if solver["algorithm"] not in ALGORITHMS:
         errors.append(f"{where}.algorithm={solver['algorithm']!r}: choose one of {list(ALGORITHMS)}.")
-    iterations = solver["iterations"]
-    if not _is_int(iterations) or iterations < 1:
-        errors.append(f"{where}.iterations={iterations!r}: give a whole number >= 1.")
+    _check_number(errors, f"{where}.iterations", solver["iterations"], 1, whole=True)
     sigma = solver["sigma"]
     levels = sigma if isinstance(sigma, list) else [sigma]
-    if not 1 <= len(levels) <= 2 or any(not _is_number(s) or s <= 0 for s in levels):
+    if not 1 <= len(levels) <= 2 or any(not in_range(s, 0, above=True) for s in levels):
         errors.append(
-            f"{where}.sigma={sigma!r}: give one level > 0 or [start, end] of a decreasing schedule{_hint(sigma)}."
+            f"{where}.sigma={sigma!r}: give one level > 0 or [start, end] of a decreasing schedule{number_hint(sigma)}."
         )
-    step = solver["step"]
-    if step is not None and (not _is_number(step) or step <= 0):
-        errors.append(f"{where}.step={step!r}: give a step > 0, or null for 1 / ||A||^2{_hint(step)}.")
-    coupling = solver["coupling"]
-    if coupling is not None and (not _is_number(coupling) or coupling <= 0):
-        errors.append(
-            f"{where}.coupling={coupling!r}: give a value > 0 (DPIR: 0.23), or null for a fixed step{_hint(coupling)}."
-        )
+    step, coupling = solver["step"], solver["coupling"]
+    _check_number(errors, f"{where}.step", step, 0, above=True, null=True, give="a step > 0, or null for 1 / ||A||^2")
+    _check_number(
+        errors,
+        f"{where}.coupling",
+        coupling,
+        0,
+        above=True,
+        null=True,
+        give="a value > 0 (DPIR: 0.23), or null for a fixed step",
+    )
     if coupling is not None and step is not None:
         errors.append(f"{where}: step and coupling both given: coupling sets the steps from sigma, drop one.")
     # the ranges pnp() enforces when the run starts
-    relaxation = solver["relaxation"]
-    if not _is_number(relaxation) or not 0 < relaxation < 2:
-        errors.append(
-            f"{where}.relaxation={relaxation!r}: give a number in (0, 2), e.g. 1.0 (no relaxation){_hint(relaxation)}."
-        )
-    cg_iterations = solver["cg_iterations"]
-    if not _is_int(cg_iterations) or cg_iterations < 1:
-        errors.append(
-            f"{where}.cg_iterations={cg_iterations!r}: give a whole number >= 1 of conjugate-gradient steps per "
-            "data prox (hqs, admm), e.g. 5."
-        )
-    tol = solver["tol"]
-    if tol is not None and (not _is_number(tol) or tol <= 0):
-        errors.append(
-            f"{where}.tol={tol!r}: give the relative change > 0 below which the solver stops, e.g. 0.0001, or "
-            f"null to run every iteration{_hint(tol)}."
-        )
+    _check_number(
+        errors,
+        f"{where}.relaxation",
+        solver["relaxation"],
+        0,
+        2,
+        above=True,
+        below=True,
+        give="a number in (0, 2), e.g. 1.0 (no relaxation)",
+    )
+    _check_number(
+        errors,
+        f"{where}.cg_iterations",
+        solver["cg_iterations"],
+        1,
+        whole=True,
+        give="a whole number >= 1 of conjugate-gradient steps per data prox (hqs, admm), e.g. 5",
+    )
+    _check_number(
+        errors,
+        f"{where}.tol",
+        solver["tol"],
+        0,
+        above=True,
+        null=True,
+        give="the relative change > 0 below which the solver stops, e.g. 0.0001, or null to run every iteration",
+    )
 
 
 def _check_training(c: dict, errors: list[str]) -> None:
@@ -298,13 +331,12 @@ def _check_training(c: dict, errors: list[str]) -> None:
     if t["algorithm"] not in TRAINING_ALGORITHMS:
         errors.append(f"training.algorithm={t['algorithm']!r}: choose one of {list(TRAINING_ALGORITHMS)} (unrolled).")
     for key in ("iterations", "steps", "validate_every"):
-        if not _is_int(t[key]) or t[key] < 1:
-            errors.append(f"training.{key}={t[key]!r}: give a whole number >= 1.")
+        _check_number(errors, f"training.{key}", t[key], 1, whole=True)
     for key in ("lr", "sigma"):
-        if not _is_number(t[key]) or t[key] <= 0:
-            errors.append(f"training.{key}={t[key]!r}: give a number > 0{_hint(t[key])}.")
-    if t["stepsize"] is not None and (not _is_number(t["stepsize"]) or t["stepsize"] <= 0):
-        errors.append(f"training.stepsize={t['stepsize']!r}: give a step > 0, or null for 1 / ||A||^2.")
+        _check_number(errors, f"training.{key}", t[key], 0, above=True)
+    _check_number(
+        errors, "training.stepsize", t["stepsize"], 0, above=True, null=True, give="a step > 0, or null for 1 / ||A||^2"
+    )
     if t["checkpoint_batches"] not in (None, "auto", "always", "never"):
         errors.append(
             f"training.checkpoint_batches={t['checkpoint_batches']!r}: give always (recompute the denoiser's "
@@ -322,16 +354,21 @@ def _check_tiling(given: dict, where: str, engines: Any, errors: list[str]) -> N
     auto = "" if deepinv else ", or 'auto' (distinv measures its network)"
     not_auto = f" ('auto' is distinv's replicated engine's alone: {' and '.join(fixed)} in engines)" if deepinv else ""
     patch = tiling["patch_size"]
-    if patch is not None and not (_is_int(patch) and patch >= 1 or patch == "auto" and not deepinv):
+    if patch is not None and not (in_range(patch, 1, whole=True) or patch == "auto" and not deepinv):
         errors.append(
             f"{where}.patch_size={patch!r}: give the pixels a window owns per side (a whole number >= 1), null "
             f"(distinv plans its windows){auto}{not_auto}."
         )
-    overlap = tiling["overlap"]
-    if not _is_int(overlap) or overlap < 0:
-        errors.append(f"{where}.overlap={overlap!r}: give the halo in pixels, a whole number >= 0 (e.g. 32).")
+    _check_number(
+        errors,
+        f"{where}.overlap",
+        tiling["overlap"],
+        0,
+        whole=True,
+        give="the halo in pixels, a whole number >= 0 (e.g. 32)",
+    )
     batch = tiling["max_batch_size"]
-    if batch is not None and not (_is_int(batch) and batch >= 1 or batch == "auto" and not deepinv):
+    if batch is not None and not (in_range(batch, 1, whole=True) or batch == "auto" and not deepinv):
         errors.append(
             f"{where}.max_batch_size={batch!r}: give the most windows per network call (a whole number >= 1), "
             f"null (the device's default){auto}{not_auto}."
@@ -408,10 +445,16 @@ def _check_slurm(s: dict, errors: list[str]) -> bool:
     """The ``slurm`` section's values; returns whether they are usable to size jobs."""
     before = len(errors)
     for key, least in (("nodes", 1), ("gpus_per_node", 0), ("cpus_per_task", 1), ("time_min", 1)):
-        if not _is_int(s[key]) or s[key] < least:
-            errors.append(f"slurm.{key}={s[key]!r}: give a whole number >= {least}.")
-    if s["tasks_per_node"] is not None and (not _is_int(s["tasks_per_node"]) or s["tasks_per_node"] < 1):
-        errors.append(f"slurm.tasks_per_node={s['tasks_per_node']!r}: give a whole number >= 1, or null.")
+        _check_number(errors, f"slurm.{key}", s[key], least, whole=True)
+    _check_number(
+        errors,
+        "slurm.tasks_per_node",
+        s["tasks_per_node"],
+        1,
+        whole=True,
+        null=True,
+        give="a whole number >= 1, or null",
+    )
     for key in ("partition", "qos", "account"):
         if s[key] is not None and not isinstance(s[key], str):
             errors.append(f"slurm.{key}={s[key]!r}: give a name, or null for the cluster's default.")
@@ -445,6 +488,141 @@ def _check_distinct_runs(c: dict, errors: list[str]) -> None:
                     "change its sizes, params, solver, denoiser or tiling."
                 )
                 break
+
+
+def _check_sharded_runs(c: dict, slurm: bool, errors: list[str]) -> None:
+    """What the ``distinv-sharded`` engine would refuse at launch, per problem, size and world size: its row-band
+    plan of the denoiser's windows (:func:`_sharded_layout_problem`), at the run's size multiple
+    (:func:`_size_multiple`), against the halo of the problem's sharded physics
+    (:func:`~distinv.bench.problems.sharded_halo`). The first world size refused is reported, per size."""
+    if "distinv-sharded" not in c["engines"]:
+        return
+    from distinv.bench.problems import sharded_halo, signal_shape
+
+    multiples: dict[tuple, int | None] = {}
+    for index, entry in enumerate(c["problems"]):
+        where, name, params = f"problems[{index}]", entry["name"], entry.get("params", {})
+        own_model = "model" in entry.get("denoiser", {})
+        model = {**DENOISER_DEFAULTS, **c["denoiser"], **entry.get("denoiser", {})}["model"]
+        tiling = TilingSpec(**{**TILING_DEFAULTS, **c["tiling"], **entry.get("tiling", {})})
+        for size in entry["sizes"]:
+            run = f"{where} ({name}, size {size}), distinv-sharded"
+            shape = signal_shape(name, size, **params)
+            key = (model, name, shape[1])
+            if key not in multiples:
+                model_where = f"{where}.denoiser" if own_model else "denoiser"
+                multiples[key] = _size_multiple(model, name, shape[1], slurm, model_where, errors)
+            if multiples[key] is None:  # unknown here (a factory under SLURM), or already reported
+                continue
+            try:
+                halo = sharded_halo(name, size, **params)
+            except ValueError as exc:
+                errors.append(f"{run}: {exc}")
+                continue
+            for world in c["world_sizes"]:
+                problem = _sharded_layout_problem(shape, world, tiling, multiples[key], c["device"], halo)
+                if problem:
+                    errors.append(f"{run} at world size {world}: {problem}")
+                    break
+
+
+def _size_multiple(model: str, problem: str, channels: int, slurm: bool, where: str, errors: list[str]) -> int | None:
+    """The size multiple of the network the runs of ``problem`` would load from ``model`` (a valid source, see
+    :func:`_check_model`), as the tiled denoiser reads it (:func:`~distinv.tiling.planner.size_multiple_of`). A
+    shipped or named architecture is built without weights (on the meta device: nothing allocated, nothing
+    downloaded); a weights file is read as the runs read it; a factory is called as they call it.
+
+    :return: the multiple; ``None`` when it cannot be known here (a factory under SLURM, whose environment may
+        differ) or the network cannot be had (the error, naming ``where``, is added to ``errors``).
+    """
+    import torch
+
+    from distinv.bench.worker import AUTO_MODELS, model_from_source
+    from distinv.denoisers.networks import build_network
+    from distinv.denoisers.zoo import load_denoiser, shipped_models
+    from distinv.tiling.planner import size_multiple_of
+
+    source = model
+    if source == "auto":  # as the worker resolves it (model_from_source)
+        source = AUTO_MODELS.get(
+            problem, "shipped:drunet-small-colour" if channels == 3 else "shipped:drunet-small-grey"
+        )
+    shipped, name = shipped_models(), source.removeprefix("shipped:")
+    try:
+        if name in shipped:
+            entry = shipped[name]
+            with torch.device("meta"):
+                network = build_network(
+                    entry["arch"], entry["channels"], entry["arch_kwargs"], entry.get("residual", False)
+                )
+        elif source.startswith(("download:", "untrained:")):
+            with torch.device("meta"):
+                network = build_network(source.partition(":")[2], channels, {})
+        elif source.startswith("python:"):
+            if slurm:
+                return None
+            network = model_from_source(source, problem, channels, volume=False)
+        else:
+            network = load_denoiser(source, channels=channels)
+    except Exception as exc:  # whatever loading raised, every rank of a run would raise it too
+        errors.append(f"{where}.model={model!r}: the network could not be had ({type(exc).__name__}: {exc}).")
+        return None
+    return size_multiple_of(network)
+
+
+def _sharded_layout_problem(
+    shape: tuple[int, ...], world: int, tiling: TilingSpec, multiple: int, device: str, halo: tuple[int, int]
+) -> str | None:
+    """Why ``distinv-sharded`` could not run on a signal of ``shape`` at world size ``world``, or None: its denoiser's
+    plan computed as :meth:`~distinv.sharded.denoiser.ShardedDenoiser.layout_for` computes it (the same functions,
+    the same knobs: :func:`~distinv.bench.engines.tiling_knobs`, the device's window limit), its bands against the
+    rows the windows read beyond them (not periodic) and against the physics' ``halo`` (rows above and below,
+    periodic), as :func:`~distinv.placements.row_bands.row_halos` compares them."""
+    from distinv.bench.engines import tiling_knobs
+    from distinv.placements.row_bands import ROWS, check_bounds
+    from distinv.sharded.denoiser import band_bounds_of, halo_rows, row_band_patch, row_band_plan
+    from distinv.tiling.geometry import TilePlan, validate_tiling
+    from distinv.tiling.planner import CPU_MAX_WINDOW_PIXELS, tiling_dims_of
+
+    knobs = tiling_knobs("distinv-sharded", tiling, shape[ROWS:])
+    spatial = [shape[d] for d in tiling_dims_of(len(shape), None)]  # the engine tiles every spatial dim
+    patch, overlap = knobs["patch_size"], knobs["overlap"]
+    max_window_pixels = CPU_MAX_WINDOW_PIXELS if device == "cpu" else None  # DistributedProcessing's "auto"
+    try:
+        validate_tiling(patch, overlap, multiple)
+    except ValueError as exc:  # the tiled denoiser's own rule, whatever the world size
+        return f"the tiled denoiser refuses tiling (patch_size={patch!r}, overlap={overlap!r}): {exc}"
+    try:
+        band_patch = row_band_patch(patch, spatial, world, multiple, overlap)
+        plan = TilePlan.build(spatial, world, band_patch, overlap, multiple, max_window_pixels, rows_at_least=world)
+        plan = row_band_plan(plan)
+        bounds = band_bounds_of(plan)
+        check_bounds(bounds, spatial[0], world)
+    except ValueError as exc:
+        return (
+            f"the denoiser's windows (at the network's size multiple {multiple}) cannot be dealt in row bands: {exc} "
+            "In this config: fewer ranks (world_sizes), a smaller tiling.patch_size or tiling.overlap, or a larger "
+            "size."
+        )
+    heights = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+    above, below = halo_rows(plan, bounds)
+    above[0], below[-1] = 0, 0  # the windows stop at the signal's border
+    short = [r for r in range(world) if heights[r] < max(above[(r + 1) % world], below[(r - 1) % world])]
+    if short:
+        return (
+            f"bands of {[heights[r] for r in short]} rows (ranks {short}) cannot supply the denoiser's windows their "
+            f"halo of {max(above + below)} rows (tiling.overlap={tiling.overlap}, rounded up to the network's size "
+            f"multiple {multiple}): use fewer ranks in world_sizes, a smaller tiling.overlap, or a larger size."
+        )
+    short = [r for r in range(world) if heights[r] < max(halo)]
+    if short:
+        return (
+            f"bands of {[heights[r] for r in short]} rows (ranks {short}) cannot supply the sharded physics its "
+            f"halo of {max(halo)} rows ({halo[0]} above and {halo[1]} below each band, for A^T A): use fewer ranks "
+            "in world_sizes, a larger size, or operators of a shorter reach (highres_blur: smaller sigma_major "
+            "and sigma_minor)."
+        )
+    return None
 
 
 def _check_problems(c: dict, slurm: bool, errors: list[str]) -> None:
@@ -484,6 +662,10 @@ def _check_problems(c: dict, slurm: bool, errors: list[str]) -> None:
         _check_tiling(own_tiling, f"{where}.tiling", c["engines"], errors)
         windows_from = f"{where}.tiling" if {"patch_size", "overlap"} & set(own_tiling) else "tiling"
         _check_windows({**TILING_DEFAULTS, **c["tiling"], **own_tiling}, windows_from, errors)
+        if "seed" in params and not _check_number(
+            errors, f"{where}.params.seed", params["seed"], *SEED_RANGE, whole=True, give="a whole number (64 bits)"
+        ):
+            params = {k: v for k, v in params.items() if k != "seed"}  # reported once, not again by check()
         for size in sizes:
             try:
                 check(entry["name"], size=size, **params)
@@ -511,13 +693,67 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def in_range(
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    above: bool = False,
+    below: bool = False,
+    whole: bool = False,
+) -> bool:
+    """Whether ``value`` is a finite number between ``low`` and ``high``, the one rule every number of a config
+    (and every numeric parameter of a problem) follows.
+
+    :param low, high: the bounds, each included unless ``above`` (``value > low``) or ``below`` (``value < high``);
+        ``None``: no bound on that side.
+    :param whole: only an int is in range (``3.0`` is not: YAML wrote a float).
+    :return: ``False`` for a bool, text, ``.nan``, ``.inf`` or an int no float holds (where ``whole`` is not
+        asked), and for a number outside the bounds; else ``True``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or (whole and not isinstance(value, int)):
+        return False
+    if not whole and not _finite(value):
+        return False
+    if low is not None and (value <= low if above else value < low):
+        return False
+    return high is None or (value < high if below else value <= high)
 
 
-def _hint(value: Any) -> str:
-    """YAML 1.1 reads ``1e-4`` (no dot) as text: say so when a number was meant."""
+def range_text(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    above: bool = False,
+    below: bool = False,
+    whole: bool = False,
+) -> str:
+    """What :func:`in_range` with these arguments accepts, as a fix to give: e.g. ``"a whole number >= 1"``,
+    ``"a number > 0"``, ``"a number in (0, 1]"``.
+
+    :return: the phrase, without a final stop.
+    """
+    kind = "a whole number" if whole else "a number"
+    if low is not None and high is not None:
+        return f"{kind} in {'(' if above else '['}{low}, {high}{')' if below else ']'}"
+    if low is not None:
+        return f"{kind} {'>' if above else '>='} {low}"
+    if high is not None:
+        return f"{kind} {'<' if below else '<='} {high}"
+    return kind
+
+
+def number_hint(value: Any) -> str:
+    """Why a value that looks like a number is not one a run can use: YAML 1.1 reads ``1e-4`` (no dot) as text,
+    ``.nan`` and ``.inf`` are not finite, and an int may be too large for a float.
+
+    :return: the reason in parentheses, after a space, or ``""`` when there is none to give.
+    """
     for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, float) and not math.isfinite(v):
+            return f" ({v} is not finite: a run needs a finite number, not .nan or .inf)"
+        if _is_int(v) and not _finite(v):
+            return " (too large for a float)"
         try:
             number = float(v) if isinstance(v, str) else None
         except ValueError:
@@ -525,3 +761,35 @@ def _hint(value: Any) -> str:
         if number is not None and math.isfinite(number):
             return f" (YAML reads {v} as text: write it with a dot, e.g. {number!r})"
     return ""
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond the largest float
+        return False
+
+
+def _check_number(
+    errors: list[str],
+    key: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    above: bool = False,
+    below: bool = False,
+    whole: bool = False,
+    null: bool = False,
+    give: str | None = None,
+) -> bool:
+    """Append ``key=value: give ...`` to ``errors`` unless ``value`` is in range (:func:`in_range`), or null
+    where ``null`` allows it; ``give`` replaces the default fix (:func:`range_text`) with the key's own words.
+
+    :return: whether ``value`` passed.
+    """
+    if (null and value is None) or in_range(value, low, high, above=above, below=below, whole=whole):
+        return True
+    fix = give or range_text(low, high, above=above, below=below, whole=whole)
+    errors.append(f"{key}={value!r}: give {fix}{number_hint(value)}.")
+    return False

@@ -8,12 +8,8 @@ from typing import Any
 from distinv.bench.problems import highres_blur, radio, tomography_2d, tomography_3d
 from distinv.bench.problems.base import Problem
 
-BUILDERS = {
-    "highres_blur": highres_blur.build,
-    "tomography_2d": tomography_2d.build,
-    "tomography_3d": tomography_3d.build,
-    "radio": radio.build,
-}
+MODULES = {"highres_blur": highres_blur, "tomography_2d": tomography_2d, "tomography_3d": tomography_3d, "radio": radio}
+BUILDERS = {name: module.build for name, module in MODULES.items()}
 
 
 def build(name: str, **params: Any) -> Problem:
@@ -34,4 +30,28 @@ def check(name: str, **params: Any) -> None:
     BUILDERS[name](**params, check_only=True)
 
 
-__all__ = ["BUILDERS", "Problem", "build", "check"]
+def signal_shape(name: str, size: Any, **params: Any) -> tuple[int, ...]:
+    """The shape ``(1, C, *spatial)`` of problem ``name``'s ground truth at ``size``, without building anything
+    (the parameters passed :func:`check`).
+
+    :raises ValueError: for an unknown problem or a size it refuses.
+    """
+    if name not in MODULES:
+        raise ValueError(f"problem={name!r}: choose one of {sorted(MODULES)}.")
+    return MODULES[name].signal_shape(size, **params)
+
+
+def sharded_halo(name: str, size: Any, **params: Any) -> tuple[int, int]:
+    """Rows above and below its band that problem ``name``'s spatially distributed physics (``Problem.sharded``)
+    reads, periodically, for the ``distinv-sharded`` engine: ``(0, 0)`` for a problem without one (its operators
+    see the gathered iterate: no halo). Nothing is built but what the halo follows from (e.g. blur kernels).
+
+    :raises ValueError: for an unknown problem, or parameters its sharded physics refuses at ``size``.
+    """
+    if name not in MODULES:
+        raise ValueError(f"problem={name!r}: choose one of {sorted(MODULES)}.")
+    halo = getattr(MODULES[name], "sharded_halo", None)
+    return (0, 0) if halo is None else halo(size, **params)
+
+
+__all__ = ["BUILDERS", "MODULES", "Problem", "build", "check", "sharded_halo", "signal_shape"]

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from deepinv.physics import LinearPhysics
 
+from distinv.bench.config import TORCH_SEED_RANGE, in_range, number_hint, range_text
 from distinv.comm.context import DistributedContext
 from distinv.comm.gather import sum_over_ranks
 from distinv.distribute import distribute
@@ -102,7 +103,43 @@ def weighted_sum_of_terms(
     return sum_over_ranks(physics.ctx, terms, like.shape, like.dtype, like.device)
 
 
-def check_positive(name: str, value: float, minimum: float = 0.0, strict: bool = False) -> None:
-    if value < minimum or (strict and value == minimum):
-        relation = ">" if strict else ">="
-        raise ValueError(f"{name}={value}: it must be {relation} {minimum}.")
+def check_number(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    above: bool = False,
+    below: bool = False,
+    whole: bool = False,
+) -> None:
+    """Refuse a parameter that is not a finite number in range: the rule of every number in a config
+    (:func:`~distinv.bench.config.in_range`, whose arguments these are).
+
+    :raises ValueError: naming the parameter, its value and what to give.
+    """
+    if not in_range(value, low, high, above=above, below=below, whole=whole):
+        fix = range_text(low, high, above=above, below=below, whole=whole)
+        raise ValueError(f"{name}={value!r}: give {fix}{number_hint(value)}.")
+
+
+def check_seed(seed: Any) -> None:
+    """Refuse a seed torch's generators cannot take (a config's seeds are held to a narrower range:
+    :data:`~distinv.bench.config.SEED_RANGE`).
+
+    :raises ValueError: naming the seed and what to give.
+    """
+    check_number("seed", seed, *TORCH_SEED_RANGE, whole=True)
+
+
+def check_size(name: str, size: Any, min_size: int) -> None:
+    """Refuse a problem size that is not a whole number of at least ``min_size`` pixels per side.
+
+    :raises ValueError: naming the size and what to give.
+    """
+    if not in_range(size, whole=True):
+        raise ValueError(
+            f"size={size!r}: give a whole number of pixels per side (at least {min_size}){number_hint(size)}."
+        )
+    if size < min_size:
+        raise ValueError(f"size={size}: {name} needs at least {min_size} pixels per side.")

@@ -5,11 +5,13 @@ operator each, with complex Gaussian noise."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
+from distinv.bench.config import in_range, number_hint
 from distinv.bench.nufft import BACKENDS, radio_operator
-from distinv.bench.problems.base import Problem, check_positive, weighted_sum_of_terms
+from distinv.bench.problems.base import Problem, check_number, check_seed, check_size, weighted_sum_of_terms
 from distinv.bench.uv_coverage import SPEED_OF_LIGHT, antenna_layout, baselines, earth_rotation_uv, uniform_weights
 from distinv.images import radio_sky
 
@@ -57,6 +59,12 @@ def dirty_image(problem: Problem, physics, y_local) -> torch.Tensor:
     return g * alpha.to(g.dtype)
 
 
+def signal_shape(size: int, **params: Any) -> tuple[int, ...]:
+    """The sky's shape ``(1, 1, size, size)``, without building it (``params``: the problem's other parameters,
+    which do not change it)."""
+    return (1, 1, size, size)
+
+
 def build(
     size: int = 128,
     num_operators: int = 4,
@@ -88,25 +96,29 @@ def build(
     :param noise_sigma: standard deviation of the complex noise per visibility, in the operator's units.
     :param backend: the NUFFT: ``"auto"``, ``"finufft"`` (CPU) or ``"torchkbnufft"`` (deepinv's operator).
     """
-    if size < MIN_SIZE:
-        raise ValueError(f"size={size}: radio needs at least {MIN_SIZE} pixels per side.")
+    check_size("radio", size, MIN_SIZE)
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: choose one of {SPLITS}.")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting={weighting!r}: choose one of {WEIGHTINGS}.")
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: choose one of {BACKENDS}.")
-    check_positive("num_operators", num_operators, 1)
-    check_positive("num_antennas", num_antennas, 2)
-    check_positive("num_times", num_times, 1)
-    check_positive("num_channels", num_channels, 1)
-    check_positive("duration_hours", duration_hours, strict=True)
-    check_positive("frequency_hz", frequency_hz, strict=True)
-    check_positive("bandwidth_hz", bandwidth_hz)
-    check_positive("dynamic_range", dynamic_range, 1)
-    check_positive("noise_sigma", noise_sigma)
-    if not 0 < uv_extent <= 1:
-        raise ValueError(f"uv_extent={uv_extent}: it must be in (0, 1] (1 is the Nyquist limit).")
+    check_number("num_operators", num_operators, 1, whole=True)
+    check_number("num_antennas", num_antennas, 2, whole=True)
+    check_number("num_times", num_times, 1, whole=True)
+    check_number("num_channels", num_channels, 1, whole=True)
+    check_number("duration_hours", duration_hours, 0, above=True)
+    check_number("frequency_hz", frequency_hz, 0, above=True)
+    check_number("bandwidth_hz", bandwidth_hz, 0)
+    check_number("latitude_deg", latitude_deg, -90, 90)
+    check_number("declination_deg", declination_deg, -90, 90)
+    check_number("dynamic_range", dynamic_range, 1)
+    check_number("noise_sigma", noise_sigma, 0)
+    check_seed(seed)
+    if not in_range(uv_extent, 0, 1, above=True):
+        raise ValueError(
+            f"uv_extent={uv_extent!r}: give a number in (0, 1] (1 is the Nyquist limit){number_hint(uv_extent)}."
+        )
     if bandwidth_hz >= 2 * frequency_hz:
         raise ValueError(f"bandwidth_hz={bandwidth_hz}: it must be below 2 * frequency_hz={2 * frequency_hz}.")
     num_blocks = num_times if split == "time" else num_channels

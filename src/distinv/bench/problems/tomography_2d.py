@@ -8,11 +8,19 @@ projectors in the same geometry with ``projector="astra"`` (where astra-toolbox 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from deepinv.physics import Tomography
 
-from distinv.bench.problems.base import Problem, ShardedPhysics, check_positive, weighted_sum_of_terms
+from distinv.bench.problems.base import (
+    Problem,
+    ShardedPhysics,
+    check_number,
+    check_seed,
+    check_size,
+    weighted_sum_of_terms,
+)
 from distinv.images import shepp_logan_2d
 from distinv.operators.parallel_beam import ParallelBeam
 from distinv.sharded.slabs import SlabStack
@@ -95,10 +103,11 @@ def angle_block_problem(
 ) -> Problem | None:
     """A tomography problem whose K operators are interleaved blocks of ``num_angles`` angles; ``phantom(size)``
     is built only once the parameters are valid."""
-    if size < min_size:
-        raise ValueError(f"size={size}: {name} needs at least {min_size} pixels per side.")
-    check_positive("num_operators", num_operators, 1)
-    check_positive("noise_sigma", noise_sigma)
+    check_size(name, size, min_size)
+    check_number("num_angles", num_angles, 1, whole=True)
+    check_number("num_operators", num_operators, 1, whole=True)
+    check_number("noise_sigma", noise_sigma, 0)
+    check_seed(seed)
     if num_operators > num_angles:
         raise ValueError(
             f"num_operators={num_operators} is larger than num_angles={num_angles}: every operator "
@@ -125,6 +134,12 @@ def angle_block_problem(
         operator_costs=costs,
         sharded=sharded,
     )
+
+
+def signal_shape(size: int, **params: Any) -> tuple[int, ...]:
+    """The phantom's shape ``(1, 1, size, size)``, without building it (``params``: the problem's other
+    parameters, which do not change it)."""
+    return (1, 1, size, size)
 
 
 def build(

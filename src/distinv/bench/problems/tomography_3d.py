@@ -11,6 +11,7 @@ whole 512^3 volume would be tens of GB.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from deepinv.physics import LinearPhysics
@@ -72,6 +73,18 @@ def _radon3d(index: int, device: torch.device, shared: dict) -> LinearPhysics:
 def _slabs(problem: Problem, ctx: DistributedContext) -> SlabStack:
     """Every block on every rank, applied to its slabs of z-slices (the projections of a slice are its own)."""
     return SlabStack(ctx, [problem.factory(i, ctx.device, problem.shared) for i in range(problem.num_operators)])
+
+
+def signal_shape(size: int, **params: Any) -> tuple[int, ...]:
+    """The volume's shape ``(1, 1, size, size, size)``, without building it (``params``: the problem's other
+    parameters, which do not change it)."""
+    return (1, 1, size, size, size)
+
+
+def sharded_halo(size: int, **params: Any) -> tuple[int, int]:
+    """Rows (z-slices) beyond its slab that the sharded physics reads: none (a slab projects on its own, see
+    :meth:`~distinv.sharded.slabs.SlabStack.normal_halo`)."""
+    return 0, 0
 
 
 def build(
