@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from distinv.tiling.geometry import TilePlan
@@ -82,6 +83,7 @@ def model_command(args: argparse.Namespace) -> int:
 
     size = args.size[0] if args.size and len(args.size) == 1 else tuple(args.size) if args.size else None
     params = dict(args.param)
+    check_problem(args.parser, args.problem, args.size, params)
     try:
         if args.costs == "published-v100":
             costs, work = published_v100(workload(args.problem, size, params, args.denoiser_model, "cuda")[0])
@@ -94,6 +96,60 @@ def model_command(args: argparse.Namespace) -> int:
         raise SystemExit(f"distinv plan: {exc}") from None
     print(table)
     return 0
+
+
+def check_problem(
+    parser: argparse.ArgumentParser, problem: str, size: Sequence[int] | None, params: dict[str, Any]
+) -> None:
+    """Refuse, in ``parser``'s words (``parser.error``: one line, exit code 2), a ``--problem`` that is not a
+    benchmark problem, a ``--size`` it does not take (how many values, how large) or a ``--param`` it does not
+    have or refuses, before anything is built."""
+    from distinv.bench.problems import BUILDERS, check
+
+    if problem not in BUILDERS:
+        parser.error(f"argument --problem: problem={problem!r}: choose one of {sorted(BUILDERS)}.")
+    check_size_count(parser, problem, size)
+    sized = {} if size is None else {"size": size[0] if len(size) == 1 else tuple(size)}
+    if sized:
+        try:
+            check(problem, **sized)
+        except (ValueError, TypeError) as exc:
+            parser.error(f"argument --size: {exc}")
+    try:
+        check(problem, **sized, **params)
+    except (ValueError, TypeError) as exc:
+        parser.error(f"argument --param: {exc}")
+
+
+def check_size_count(parser: argparse.ArgumentParser, problem: str, size: Sequence[int] | None) -> None:
+    """Refuse (``parser.error``) more ``--size`` values than ``problem`` takes: one, or two (height width) for a
+    problem whose builder takes a pair. Unknown problems are left to the builder's own error."""
+    from distinv.bench.problems import BUILDERS
+
+    if size is None or problem not in BUILDERS:
+        return
+    pair = "tuple" in str(inspect.signature(BUILDERS[problem]).parameters["size"].annotation)
+    if len(size) > (2 if pair else 1):
+        also, example = (" or two (height width)", " or --size 512 768") if pair else ("", "")
+        parser.error(
+            f"argument --size: {problem} takes one size (pixels per side){also}, e.g. --size 512{example}; "
+            f"got {len(size)}: {' '.join(map(str, size))}."
+        )
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of at least ``minimum``, else the argument's error (exit code 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text}: give a whole number >= {minimum}.")
+        return value
+
+    return parse
 
 
 def _positive_int(name: str, text: str) -> int:
@@ -154,6 +210,7 @@ def preview_command(args: argparse.Namespace) -> int:
     from distinv.bench.problems import build
 
     params = dict(args.param)
+    check_size_count(args.parser, args.problem, args.size)
     if args.size is not None:
         params["size"] = args.size[0] if len(args.size) == 1 else tuple(args.size)
     try:
@@ -220,16 +277,35 @@ def train_denoiser_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Validate the config, then run (or plan, or submit) its grid of runs."""
-    from distinv.bench.config import ConfigError, load_config
-    from distinv.bench.runner import run_config
+    """Validate the config, then run (or plan, or submit) its grid of runs. Returns the exit status (130 after
+    Ctrl-C, which says how to resume); raises ``SystemExit`` with one line for a bad config or a results folder
+    this runner cannot use."""
+    import shlex
 
-    overrides = {"output": args.output} if args.output else {}
+    config = None
     try:
-        config = load_config(args.config, slurm=args.slurm, overrides=overrides)
-    except ConfigError as exc:
-        raise SystemExit(f"distinv run: {args.config}: {exc}") from None
-    return run_config(config, only=args.only, redo=args.redo, dry_run=args.dry_run, slurm=args.slurm, srun=args.srun)
+        from distinv.bench.config import ConfigError, load_config
+        from distinv.bench.runner import OutputFolderError, run_config
+
+        overrides = {"output": args.output} if args.output else {}
+        try:
+            config = load_config(args.config, slurm=args.slurm, overrides=overrides)
+        except ConfigError as exc:
+            raise SystemExit(f"distinv run: {args.config}: {exc}") from None
+        try:
+            return run_config(
+                config, only=args.only, redo=args.redo, dry_run=args.dry_run, slurm=args.slurm, srun=args.srun
+            )
+        except OutputFolderError as exc:
+            raise SystemExit(f"distinv run: {exc}") from None
+    except KeyboardInterrupt:
+        again = ["distinv", "run", *[a for a in args.argv if a != "--redo"]]  # --redo would start over
+        where = f" in {config.output}" if config is not None else ""
+        print(
+            f"distinv run: interrupted; the runs that finished are kept{where}: run `{shlex.join(again)}` to resume.",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def results_command(args: argparse.Namespace) -> int:
@@ -298,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="validate and list the runs, run nothing")
     run.add_argument("--only", nargs="+", default=None, help="runs whose key contains all these words")
     run.add_argument(
-        "--redo", action="store_true", help="run again what the table already has, replacing its rows (default: resume)"
+        "--redo",
+        action="store_true",
+        help="run again what the table has; a rerun that finishes replaces its rows (default: resume)",
     )
     run.add_argument("--slurm", action="store_true", help="submit each run as a SLURM job (submitit)")
     run.add_argument("--srun", action="store_true", help="run each as a job step of the current SLURM allocation")
@@ -320,10 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
     insights.add_argument("--redo", action="store_true", help="measure again what the table already has")
     insights.set_defaults(run=insights_command)
     plan = commands.add_parser("plan", help="print how a signal is tiled over ranks")
-    plan.add_argument("--shape", type=int, nargs="+", default=None, help="C then spatial sizes, e.g. 3 4096 4096")
-    plan.add_argument("--world", type=int, nargs="+", required=True, help="number of ranks (several with --problem)")
+    plan.add_argument(
+        "--shape", type=whole_number(1), nargs="+", default=None, help="C then spatial sizes, e.g. 3 4096 4096"
+    )
+    plan.add_argument(
+        "--world", type=whole_number(1), nargs="+", required=True, help="number of ranks (several with --problem)"
+    )
     plan.add_argument("--problem", default=None, help="the scaling model for a benchmark problem, e.g. highres_blur")
-    plan.add_argument("--size", type=int, nargs="+", default=None, help="with --problem: pixels per side, or H W")
+    plan.add_argument(
+        "--size", type=whole_number(1), nargs="+", default=None, help="with --problem: pixels per side, or H W"
+    )
     plan.add_argument(
         "--param", type=_parameter, action="append", default=[], help="with --problem: a problem parameter, key=value"
     )
@@ -334,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--costs", default="measured", choices=["measured", "published-v100"], help="with --problem: whose costs"
     )
     plan.add_argument(
-        "--cores", type=int, default=None, help="with --problem: cores the ranks share (default: one each)"
+        "--cores", type=whole_number(1), default=None, help="with --problem: cores the ranks share (default: one each)"
     )
     plan.add_argument("--denoiser-model", default="auto", help="with --problem: the benchmark's denoiser.model")
     plan.add_argument(
@@ -347,24 +431,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="for 'auto': shipped:NAME, a weights file, or untrained:ARCH (e.g. untrained:DRUNet)",
     )
     plan.add_argument("--device", default="cpu", help="for 'auto': where to measure (cpu, cuda)")
-    plan.add_argument("--threads", type=int, default=1, help="for 'auto' on CPU: threads per rank")
+    plan.add_argument("--threads", type=whole_number(1), default=1, help="for 'auto' on CPU: threads per rank")
     plan.add_argument("--memory-budget", default=None, help="for 'auto': per rank, e.g. 2GB (default: half free)")
-    plan.add_argument("--overlap", type=int, default=DEFAULT_OVERLAP, help="halo where windows meet (pixels)")
-    plan.add_argument("--multiple", type=int, default=8, help="the network's size multiple (8 for DRUNet)")
-    plan.add_argument("--max-window-pixels", type=int, default=None, help="largest window memory allows")
-    plan.add_argument("--batch", type=int, default=1, help="images per call (for the bytes gathered)")
-    plan.add_argument("--bytes-per-value", type=int, default=4, help="4 for float32")
+    plan.add_argument(
+        "--overlap", type=whole_number(0), default=DEFAULT_OVERLAP, help="halo where windows meet (pixels)"
+    )
+    plan.add_argument("--multiple", type=whole_number(1), default=8, help="the network's size multiple (8 for DRUNet)")
+    plan.add_argument("--max-window-pixels", type=whole_number(1), default=None, help="largest window memory allows")
+    plan.add_argument("--batch", type=whole_number(1), default=1, help="images per call (for the bytes gathered)")
+    plan.add_argument("--bytes-per-value", type=whole_number(1), default=4, help="4 for float32")
     plan.add_argument("--json", action="store_true", help="print the summary as JSON")
-    plan.set_defaults(run=plan_command)
+    plan.set_defaults(run=plan_command, parser=plan)
     preview = commands.add_parser("preview", help="write PNG previews of a benchmark problem")
     preview.add_argument("problem", help="highres_blur, tomography_2d, tomography_3d or radio")
-    preview.add_argument("--size", type=int, nargs="+", default=None, help="pixels per side, or H W")
+    preview.add_argument("--size", type=whole_number(1), nargs="+", default=None, help="pixels per side, or H W")
     preview.add_argument("-o", "--output", required=True, help="folder for the PNGs")
     preview.add_argument("--seed", type=int, default=0)
     preview.add_argument(
         "--param", type=_parameter, action="append", default=[], help="another problem parameter, key=value"
     )
-    preview.set_defaults(run=preview_command)
+    preview.set_defaults(run=preview_command, parser=preview)
     train = commands.add_parser("train-denoiser", help="train a Gaussian denoiser on synthetic images")
     train.add_argument("--arch", default="DRUNet", help="a deepinv denoiser class (DRUNet, DnCNN, UNet, ...)")
     train.add_argument("--arch-kwargs", default='{"nc": [16, 32, 64, 128], "nb": 2}', help="JSON constructor args")

@@ -3,14 +3,17 @@ cluster as a SLURM job (submitit) or a job step of an existing allocation (``sru
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import shutil
 import socket
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,17 +66,62 @@ def launch_local(spec: RunSpec, output: Path, config_hash: str = "") -> RunOutco
     at once and reports the first failure's rank and exception. A collective that hangs fails after the run's
     ``timeout_s``. A launch that fails before any rank could (rendezvous, a port in use, a spawn error) is a
     failed outcome too, with no rank and the launcher's traceback: this never raises for a run that failed.
+    The log folder of an earlier attempt is replaced, unless another launch of the run is using it (see
+    :func:`claim_log_folder`): then the run fails at once and that folder is left alone.
     """
+    log_dir = Path(output) / "logs" / spec.key
+    try:
+        with claim_log_folder(log_dir):
+            return _launch(spec, output, config_hash, log_dir)
+    except LogFolderInUseError as exc:
+        return RunOutcome(spec.key, False, 0.0, log_dir, None, f"{type(exc).__name__}: {exc}")
+    except OSError:
+        text = f"the log folder {log_dir} could not be prepared:\n" + traceback.format_exc()
+        return RunOutcome(spec.key, False, 0.0, log_dir, None, text.strip())
+
+
+class LogFolderInUseError(RuntimeError):
+    """Another launch of the same run holds its log folder."""
+
+
+@contextmanager
+def claim_log_folder(log_dir: Path) -> Iterator[None]:
+    """Hold run ``log_dir``'s lock (``logs/.<key>.lock``, an OS lock: a killed launcher releases it), then empty
+    the folder of an earlier attempt, for as long as the launch lasts.
+
+    :raises LogFolderInUseError: another launch holds it (nothing is removed).
+    :raises OSError: the folder cannot be written.
+    """
+    log_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = log_dir.parent / f".{log_dir.name}.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            pid = f" (pid {holder[0]})" if holder else ""
+            raise LogFolderInUseError(
+                f"the log folder {log_dir} is in use by another launch of this run{pid}: let it finish, or stop "
+                "it, then run this one again."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if log_dir.exists():
+            shutil.rmtree(log_dir)
+        log_dir.mkdir(parents=True)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _launch(spec: RunSpec, output: Path, config_hash: str, log_dir: Path) -> RunOutcome:
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     from distinv.bench.worker import run_rank
 
-    log_dir = Path(output) / "logs" / spec.key
-    if log_dir.exists():
-        shutil.rmtree(log_dir)
-    log_dir.mkdir(parents=True)
     launch = LaunchConfig(
         min_nodes=1,
         max_nodes=1,

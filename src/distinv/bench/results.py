@@ -4,7 +4,8 @@ Rows of a run are written in one step: read, drop the run's earlier rows (a reru
 write a temporary file in the same folder, rename it over the table, all under a lock file, so a crash (or a
 second writer, e.g. SLURM jobs) never leaves a half-written table and finished runs are never lost; temporary
 files a killed writer left behind are removed by the next writer. A run counts as done once it has rows with
-``status == "ok"``.
+``status == "ok"``; a failed attempt (:func:`append_failure`) never replaces them. Reading takes no lock (the
+table is only ever renamed into place): a folder one cannot write can still be read.
 
 Every column has one type whatever the runs: nested values (solver settings, parameters) and sizes (``64`` or
 ``[64, 96]``) are JSON text, and a column whose values still mix types is stored as text.
@@ -81,15 +82,35 @@ def append_rows(
     """Add rows to the table atomically and return its path (columns may differ between rows: missing ones
     are null). ``replace_on``: earlier rows with the same value in this column as a new row are removed in
     the same write (a rerun replaces its run); ``None`` keeps everything. ``table``: the file in
-    ``directory`` (the insight studies keep theirs apart)."""
-    directory = Path(directory)
+    ``directory`` (the insight studies keep theirs apart). Raises ``OSError`` when the folder cannot be
+    written."""
+    _append(Path(directory), [_flat(r) for r in rows], table, replace_on, keep_finished=False)
+    return table_path(directory, table)
+
+
+def append_failure(directory: str | Path, rows: Iterable[dict]) -> bool:
+    """Record the failure rows of runs atomically, unless a run already has finished rows: those are kept
+    (a failed rerun, or a failure recorded while another attempt finished, never replaces a finished run), and
+    that run's failure rows are dropped. Returns whether every row was written (``False``: some run kept its
+    finished rows). Raises ``OSError`` when the folder cannot be written."""
     rows = [_flat(r) for r in rows]
+    return _append(Path(directory), rows, TABLE, RUN_KEY, keep_finished=True) == len(rows)
+
+
+def _append(directory: Path, rows: list[dict], table: str, replace_on: str | None, keep_finished: bool) -> int:
+    """Append ``rows`` under the lock (see :func:`append_rows`); returns how many were written."""
     with _locked(directory):
         _remove_temporaries(directory, table)
+        existing = read_rows(directory, table)
+        if keep_finished:
+            finished = {r.get(RUN_KEY) for r in existing if r.get("status") == "ok"}
+            rows = [r for r in rows if r.get("status") == "ok" or r.get(RUN_KEY) not in finished]
+            if not rows:
+                return 0
         replaced = {r.get(replace_on) for r in rows} - {None} if replace_on else set()
-        kept = [r for r in read_rows(directory, table) if r.get(replace_on) not in replaced]
+        kept = [r for r in existing if r.get(replace_on) not in replaced]
         _write(kept + rows, table_path(directory, table))
-    return table_path(directory, table)
+    return len(rows)
 
 
 def remove_stale_temporaries(directory: str | Path, table: str = TABLE) -> None:

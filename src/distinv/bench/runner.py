@@ -2,26 +2,37 @@
 
 Locally each run gets its own ranks (``torch.distributed.run``'s API); a run that fails, or cannot even be
 launched, is recorded as failed (rank, exception, log folder) and the next one starts. With ``slurm`` every run
-is submitted as a job; with ``srun`` each becomes a job step of the current allocation. A rerun (``redo``)
-replaces the run's rows in the table.
+is submitted as a job; with ``srun`` each becomes a job step of the current allocation. A rerun (``redo``) that
+finishes replaces the run's rows in the table; one that fails keeps them.
+
+One runner at a time per results folder: a runner that has runs to do holds the folder's lock
+(:func:`runner_lock`, an OS lock on ``.runner.lock``: a killed runner releases it) and a second one is refused
+before it touches anything. Listing the runs (``dry_run``) and a run with nothing left to do only read the folder:
+they work on one that cannot be written, or while another runner holds it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import multiprocessing
+import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from distinv.bench.config import Config
 from distinv.bench.launch import RunOutcome, launch_local, srun_command, submit_slurm
 from distinv.bench.progress import progress_path, remove_stale_progress
 from distinv.bench.results import (
-    append_rows,
+    append_failure,
     finished_runs,
     format_summary,
     last_line,
@@ -32,6 +43,70 @@ from distinv.bench.results import (
 )
 from distinv.bench.spec import RunSpec
 from distinv.bench.training_report import format_training_summary, summarise_training
+
+RUNNER_LOCK = ".runner.lock"
+
+
+class OutputFolderError(RuntimeError):
+    """The results folder cannot be used by this runner (the message names it and what to do)."""
+
+
+class FolderInUseError(OutputFolderError):
+    """Another runner holds the results folder's lock; ``holder``: who, e.g. ``"pid 123 on host"`` (empty while
+    it has not written itself into the lock file yet)."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class FolderNotWritableError(OutputFolderError):
+    """The results folder (or its lock file) cannot be written."""
+
+
+@contextmanager
+def runner_lock(output: str | Path) -> Iterator[None]:
+    """Hold the results folder's runner lock (created with the folder if need be) while the block runs; the lock
+    file records this process's pid and host for whoever is refused. A lock file left by a runner that died is
+    taken over: the OS released its lock with it.
+
+    :raises FolderInUseError: another runner holds it.
+    :raises FolderNotWritableError: the folder or its lock file cannot be written.
+    """
+    output = Path(output)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        if not os.access(output, os.W_OK):
+            raise PermissionError(13, "Permission denied", str(output))
+        fd = os.open(output / RUNNER_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise FolderNotWritableError(
+            f"cannot write in the results folder {output} ({exc.strerror or exc}): give a folder you can write "
+            "with --output (or make this one writable); --dry-run and `distinv results` only read it."
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            raise FolderInUseError(
+                f"another runner{f' ({holder})' if holder else ''} is using the results folder {output}: wait for "
+                "it to finish (or stop it), or give this run another folder with --output.",
+                holder,
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(fd: int) -> str:
+    """``pid N on HOST`` from a lock file, or nothing while its holder has not written it yet."""
+    words = os.pread(fd, 300, 0).decode(errors="replace").split()
+    if not words:
+        return ""
+    return f"pid {words[0]}" + (f" on {words[1]}" if len(words) > 1 else "")
 
 
 def select(runs: list[RunSpec], only: list[str] | None) -> list[RunSpec]:
@@ -50,53 +125,106 @@ def run_config(
     live: bool | None = None,
 ) -> int:
     """Run (or plan, or submit) the config's grid; returns the exit status: 0 if every run finished, 1 if some
-    failed. ``live``: redraw one progress line in place (default: when stdout is a terminal)."""
+    failed. ``live``: redraw one progress line in place (default: when stdout is a terminal).
+
+    :raises FolderInUseError: there are runs to do and another runner holds the results folder.
+    :raises FolderNotWritableError: there are runs to do and the results folder cannot be written.
+    :raises KeyboardInterrupt: on Ctrl-C, once the ranks of the run under way are stopped (finished runs stay
+        in the table).
+    """
     output = config.output
     runs = select(config.runs(), only)
-    remove_stale_temporaries(output)
-    remove_stale_progress(output)
-    done = set() if redo else finished_runs(output)
-    todo = [r for r in runs if r.key not in done]
-    out(f"{config.raw['name']}: {len(runs)} runs, {len(runs) - len(todo)} already in {output}, {len(todo)} to do")
-    if dry_run:
-        for spec in runs:
-            out(f"  {'done' if spec.key in done else 'todo'}  {spec.key}")
-        return 0
-    if slurm:
-        return _submit_all(todo, config, out)
-    live = sys.stdout.isatty() if live is None else live
-    failed = []
-    for number, spec in enumerate(todo, 1):
-        label = f"[{number}/{len(todo)}] {spec.key}"
-        if srun:
-            outcome = _run_srun(spec, config)
-        else:
-            launch = lambda s=spec: launch_local(s, output, config.hash)  # noqa: E731
-            outcome = _with_progress(launch, spec, output, label, out, live)
-        if outcome.ok:
-            out(f"{label}: done in {outcome.seconds:.1f} s")
-            continue
-        failed.append(outcome)
-        record_failure(output, spec, outcome, config.hash, out)
-        where = f"on rank {outcome.failed_rank}" if outcome.failed_rank is not None else "to launch"
-        out(
-            f"{label}: FAILED {where} after {outcome.seconds:.1f} s: "
-            f"{last_line(outcome.error, 'no message')} (logs: {outcome.log_dir})"
-        )
-    summary = summarise(output)
-    trained = summarise_training(read_rows(output))
-    if summary or trained:
-        from distinv.bench.report import write_report
-
-        out("")
-        if summary:
-            out(format_summary(summary))
-        if trained:
-            out(format_training_summary(trained))
-        out(f"report: {write_report(output)}")
+    if dry_run or not _todo(runs, output, redo):
+        return _look(config, runs, redo, dry_run, out)
+    with runner_lock(output):
+        remove_stale_temporaries(output)
+        remove_stale_progress(output)
+        todo = _todo(runs, output, redo)  # again: another runner may have finished some before we had the lock
+        out(f"{config.raw['name']}: {len(runs)} runs, {len(runs) - len(todo)} already in {output}, {len(todo)} to do")
+        if slurm:
+            return _submit_all(todo, config, out)
+        live = sys.stdout.isatty() if live is None else live
+        failed = []
+        for number, spec in enumerate(todo, 1):
+            label = f"[{number}/{len(todo)}] {spec.key}"
+            if srun:
+                outcome = _run_srun(spec, config)
+            else:
+                launch = lambda s=spec: launch_local(s, output, config.hash)  # noqa: E731
+                outcome = _with_progress(launch, spec, output, label, out, live)
+            if outcome.ok:
+                out(f"{label}: done in {outcome.seconds:.1f} s")
+                continue
+            failed.append(outcome)
+            recorded = record_failure(output, spec, outcome, config.hash, out)
+            where = f"on rank {outcome.failed_rank}" if outcome.failed_rank is not None else "to launch"
+            kept = "" if recorded else "; the table keeps the run's finished rows from before"
+            out(
+                f"{label}: FAILED {where} after {outcome.seconds:.1f} s: "
+                f"{last_line(outcome.error, 'no message')} (logs: {outcome.log_dir}){kept}"
+            )
+        _summarise(output, out, None)
     if failed:
         out(f"{len(failed)} run(s) failed: " + ", ".join(f.key for f in failed))
     return 1 if failed else 0
+
+
+def _todo(runs: list[RunSpec], output: Path, redo: bool) -> list[RunSpec]:
+    done = set() if redo else finished_runs(output)
+    return [r for r in runs if r.key not in done]
+
+
+def _look(config: Config, runs: list[RunSpec], redo: bool, dry_run: bool, out: Callable[[str], None]) -> int:
+    """List the runs (``dry_run``) or, with nothing left to do, print the summary: reading only. The leftovers of
+    killed writers are tidied and the report rewritten only where this runner can take the folder's lock; the
+    exit status is 0."""
+    output = config.output
+    with ExitStack() as held:
+        busy = None
+        if not output.is_dir():
+            cannot = "the folder does not exist yet"
+        else:
+            try:
+                held.enter_context(runner_lock(output))
+                cannot = None
+            except FolderInUseError as exc:
+                busy = f"another runner{f' ({exc.holder})' if exc.holder else ''}"
+                cannot = f"{busy} is using the folder"
+            except FolderNotWritableError:
+                cannot = "the folder cannot be written"
+        if cannot is None:
+            remove_stale_temporaries(output)
+            remove_stale_progress(output)
+        done = set() if redo else finished_runs(output)
+        todo = [r for r in runs if r.key not in done]
+        out(f"{config.raw['name']}: {len(runs)} runs, {len(runs) - len(todo)} already in {output}, {len(todo)} to do")
+        if dry_run:
+            for spec in runs:
+                out(f"  {'done' if spec.key in done else 'todo'}  {spec.key}")
+            if busy:
+                out(f"  note: {busy} is running in {output}; the run it is on shows as todo")
+            return 0
+        _summarise(output, out, cannot)
+    return 0
+
+
+def _summarise(output: Path, out: Callable[[str], None], no_report: str | None) -> None:
+    """Print the table's summaries and write the report, unless ``no_report`` says why it cannot be written."""
+    summary = summarise(output)
+    trained = summarise_training(read_rows(output))
+    if not (summary or trained):
+        return
+    out("")
+    if summary:
+        out(format_summary(summary))
+    if trained:
+        out(format_training_summary(trained))
+    if no_report is None:
+        from distinv.bench.report import write_report
+
+        out(f"report: {write_report(output)}")
+    else:
+        out(f"report: not rewritten ({no_report}): {output / 'report.html'}")
 
 
 def _submit_all(todo: list[RunSpec], config: Config, out: Callable[[str], None]) -> int:
@@ -119,23 +247,30 @@ def _submit_all(todo: list[RunSpec], config: Config, out: Callable[[str], None])
     return 1 if failures else 0
 
 
+def append_rows(directory: Path, rows: list[dict]) -> bool:
+    """How the runner writes the table: failure rows never replace a finished run's rows
+    (:func:`~distinv.bench.results.append_failure`). Returns whether every row was written."""
+    return append_failure(directory, rows)
+
+
 def record_failure(
     output: Path, spec: RunSpec, outcome: RunOutcome, config_hash: str, out: Callable[[str], None]
-) -> None:
+) -> bool:
     """Write the run's failure row; if even that cannot be written, a bare one (key, status, both errors); if
-    nothing can be written, say so and go on with the next run."""
+    nothing can be written, say so and go on with the next run. Returns ``False`` when the failure was not
+    recorded: the table keeps the run's finished rows (a failed rerun), or could not be written."""
     try:
-        append_rows(output, [failure_row(spec, outcome, config_hash)])
-        return
+        return append_rows(output, [failure_row(spec, outcome, config_hash)])
     except Exception:  # the run failed already; its record must not stop the others
         reason = traceback.format_exc()
     bare = {"run_key": spec.key, "group": spec.group, "status": "failed", "problem": spec.problem}
     bare |= {"engine": spec.engine, "world_size": spec.world_size, "size": spec.size}
     bare["error"] = f"{outcome.error}\n\nits failure row could not be written either:\n{reason}"
     try:
-        append_rows(output, [bare])
+        return append_rows(output, [bare])
     except Exception as exc:
         out(f"  {spec.key}: could not record the failure in {output}: {type(exc).__name__}: {exc}")
+        return False
 
 
 def failure_row(spec: RunSpec, outcome: RunOutcome, config_hash: str) -> dict:
@@ -174,28 +309,54 @@ def _with_progress(
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     shown = None
-    while thread.is_alive():
-        thread.join(0.5)
-        try:
-            state = json.loads(progress.read_text())
-        except (OSError, ValueError):
-            continue
-        if spec.training is not None:
-            line = f"{label}: step {state['iteration']}/{spec.training.steps}"
-        else:
-            line = f"{label}: iteration {state['iteration']}/{spec.solver.iterations}"
-        line += f", PSNR {state['psnr']:.2f} dB" if state.get("psnr") is not None else ""
-        if line != shown:
-            if live:
-                sys.stdout.write("\r\033[K" + line)
-                sys.stdout.flush()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+            try:
+                state = json.loads(progress.read_text())
+            except (OSError, ValueError):
+                continue
+            if spec.training is not None:
+                line = f"{label}: step {state['iteration']}/{spec.training.steps}"
             else:
-                out(line)
-            shown = line
-    if live and shown:
-        sys.stdout.write("\r\033[K")
-    progress.unlink(missing_ok=True)
+                line = f"{label}: iteration {state['iteration']}/{spec.solver.iterations}"
+            line += f", PSNR {state['psnr']:.2f} dB" if state.get("psnr") is not None else ""
+            if line != shown:
+                if live:
+                    sys.stdout.write("\r\033[K" + line)
+                    sys.stdout.flush()
+                else:
+                    out(line)
+                shown = line
+    except KeyboardInterrupt:
+        _stop_ranks()
+        raise
+    finally:
+        if live and shown:
+            sys.stdout.write("\r\033[K")
+            sys.stdout.flush()
+        progress.unlink(missing_ok=True)
     return result[0]
+
+
+def _stop_ranks(grace_s: float = 5.0) -> None:
+    """End the ranks of the launch under way (its processes are this process's children): Ctrl-C in a terminal
+    reaches them too, an interrupt sent to the runner alone does not. A second Ctrl-C meanwhile is ignored."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        children = multiprocessing.active_children()
+        for child in children:
+            child.terminate()
+        deadline = time.monotonic() + grace_s
+        for child in children:
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.is_alive():
+                child.kill()
+                child.join(1.0)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _run_srun(spec: RunSpec, config: Config) -> RunOutcome:

@@ -9,6 +9,7 @@ submitit or ``srun`` on a cluster); rank 0 gathers the rows of all ranks and app
 from __future__ import annotations
 
 import json
+import math
 import platform
 import socket
 import subprocess
@@ -23,6 +24,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from distinv.bench.spec import RunSpec, SolverSpec
 
+# what a run measures per row that must be a finite number for the run to count as finished
+CHECKED_METRICS = {"pnp": ("psnr",), "training": ("loss", "val_psnr")}
 AUTO_MODELS = {"radio": "shipped:drunet-small-radio"}  # problems whose images are unlike dead leaves
 PREVIEW_SIDE = 2048  # largest side of a sharded run's previews (gathered subsampled)
 
@@ -106,11 +109,40 @@ def git_commit() -> str | None:
         return None
 
 
+class NonFiniteMetricError(RuntimeError):
+    """A run's PSNR or loss came out NaN or infinite: the run is recorded as failed (a resume runs it again)."""
+
+
+def non_finite_cause(rows: list[dict], kind: str) -> str | None:
+    """Why a run's rows do not make a finished run: each checked metric (:data:`CHECKED_METRICS`) that is NaN or
+    infinite somewhere, with the first iteration (PnP) or step (training) where it is; ``None`` when all are
+    finite."""
+    unit = "step" if kind == "training" else "iteration"
+    causes = []
+    for metric in CHECKED_METRICS.get(kind, ("psnr",)):
+        measured = [r for r in rows if r.get("step")] if metric == "loss" else rows  # step 0's loss: NaN, none yet
+        bad = [r for r in measured if _is_number(r.get(metric)) and not math.isfinite(r[metric])]
+        if bad:
+            first = min(bad, key=lambda r: r.get(unit) or 0)
+            causes.append(f"{metric} is {first[metric]} from {unit} {first.get(unit)}")
+    if not causes:
+        return None
+    fix = "lower training.lr or training.stepsize" if kind == "training" else "lower solver.step or set solver.coupling"
+    return f"{'; '.join(causes)}: the run diverged or overflowed, so it is not counted as finished ({fix})."
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 @record
 def run_rank(spec_json: str, output: str, config_hash: str = "") -> int:
     """Run ``spec`` on this rank (inside whatever launch started it); rank 0 appends the rows to ``output``.
     An exception is also written to ``output/logs/<key>/rank<R>.error.json`` (rank, time, traceback): the
-    launcher reads these to name the rank that failed first."""
+    launcher reads these to name the rank that failed first. Returns 0.
+
+    :raises NonFiniteMetricError: on every rank, when the run's PSNR (or loss, training) is NaN or infinite; rank 0
+        records the run as failed instead of writing its rows (:func:`non_finite_cause`)."""
     import os
     import traceback
 
@@ -129,7 +161,7 @@ def run_rank(spec_json: str, output: str, config_hash: str = "") -> int:
 def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
     from distinv import DistributedContext
     from distinv.bench.problems import build
-    from distinv.bench.results import append_rows, run_row
+    from distinv.bench.results import append_failure, append_rows, run_row
     from distinv.runtime.memory import process_bytes
 
     warnings.simplefilter("ignore")
@@ -154,8 +186,18 @@ def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
         rows = [{**base, **r} for r in rows]
         everyone: list = [None] * ctx.world_size
         ctx.all_gather_object(everyone, rows)
+        rows = [row for rank_rows in everyone for row in rank_rows]
+        # every rank judges the same gathered rows: all raise together, none waits in a collective
+        cause = non_finite_cause(rows, spec.kind)
+        if cause is not None:
+            if ctx.rank == 0:  # recorded here too for runs no local runner watches (SLURM jobs)
+                log_dir = str(Path(output) / "logs" / spec.key)
+                error = f"{NonFiniteMetricError.__module__}.NonFiniteMetricError: {cause}"
+                failure = run_row(spec, config_hash, "failed", error=error, log_dir=log_dir, started=started)
+                append_failure(output, [failure])
+            raise NonFiniteMetricError(cause)
         if ctx.rank == 0:
-            append_rows(output, [row for rank_rows in everyone for row in rank_rows])
+            append_rows(output, rows)
     return 0
 
 
