@@ -17,7 +17,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from distinv.bench.config import validate
-from distinv.bench.results import append_rows, finished_runs, format_summary, read_rows, summarise, table_path
+from distinv.bench.results import (
+    append_failure,
+    append_rows,
+    finished_runs,
+    format_summary,
+    read_rows,
+    summarise,
+    table_path,
+)
 from distinv.bench.runner import run_config
 
 TINY = {"model": "python:runner_models:tiny"}
@@ -96,12 +104,14 @@ def test_new_rows_of_a_run_replace_its_earlier_rows_in_one_write(tmp_path):
     assert entry["total_s"] == 1.0 and entry["psnr"] == 20.0
 
 
-def test_a_rerun_that_fails_replaces_the_finished_run_and_a_finished_rerun_replaces_a_failure(tmp_path):
+def test_a_rerun_that_fails_keeps_the_finished_run_and_a_finished_rerun_replaces_a_failure(tmp_path):
     append_rows(tmp_path, _run_rows("run", 1.0, 20.0))
-    append_rows(tmp_path, [{"run_key": "run", "status": "failed", "error": "boom", "problem": "p", "size": 64}])
-    assert finished_runs(tmp_path) == set() and len(read_rows(tmp_path)) == 1
-    append_rows(tmp_path, _run_rows("run", 1.0, 20.0))
+    failure = {"run_key": "run", "status": "failed", "error": "boom", "problem": "p", "size": 64}
+    assert not append_failure(tmp_path, [failure])
     assert finished_runs(tmp_path) == {"run"} and all(r["status"] == "ok" for r in read_rows(tmp_path))
+    assert append_failure(tmp_path, [{**failure, "run_key": "other"}])
+    append_rows(tmp_path, _run_rows("other", 1.0, 20.0))
+    assert finished_runs(tmp_path) == {"run", "other"} and all(r["status"] == "ok" for r in read_rows(tmp_path))
 
 
 def test_a_table_written_before_reruns_replaced_their_run_summarises_the_latest_attempt(tmp_path):
@@ -198,14 +208,14 @@ def test_a_failure_row_that_cannot_be_written_is_recorded_bare_with_both_reasons
     import distinv.bench.runner as runner
     from distinv.bench.launch import RunOutcome
 
-    real = runner.append_rows
+    real = runner.append_failure
 
     def refuses_full_rows(directory, rows):
         if any("config_hash" in row for row in rows):
             raise ValueError("column 'solver' cannot be written")
         return real(directory, rows)
 
-    monkeypatch.setattr(runner, "append_rows", refuses_full_rows)
+    monkeypatch.setattr(runner, "append_failure", refuses_full_rows)
     spec = validate(_config(tmp_path, sizes=[[32, 48]])).runs()[0]
     outcome = RunOutcome(spec.key, False, 1.0, tmp_path / "logs", 0, "ArrowInvalid: the run's rows")
     runner.record_failure(tmp_path, spec, outcome, "hash", out=lambda _: None)

@@ -247,12 +247,6 @@ def _submit_all(todo: list[RunSpec], config: Config, out: Callable[[str], None])
     return 1 if failures else 0
 
 
-def append_rows(directory: Path, rows: list[dict]) -> bool:
-    """How the runner writes the table: failure rows never replace a finished run's rows
-    (:func:`~distinv.bench.results.append_failure`). Returns whether every row was written."""
-    return append_failure(directory, rows)
-
-
 def record_failure(
     output: Path, spec: RunSpec, outcome: RunOutcome, config_hash: str, out: Callable[[str], None]
 ) -> bool:
@@ -260,14 +254,14 @@ def record_failure(
     nothing can be written, say so and go on with the next run. Returns ``False`` when the failure was not
     recorded: the table keeps the run's finished rows (a failed rerun), or could not be written."""
     try:
-        return append_rows(output, [failure_row(spec, outcome, config_hash)])
+        return append_failure(output, [failure_row(spec, outcome, config_hash)])
     except Exception:  # the run failed already; its record must not stop the others
         reason = traceback.format_exc()
     bare = {"run_key": spec.key, "group": spec.group, "status": "failed", "problem": spec.problem}
     bare |= {"engine": spec.engine, "world_size": spec.world_size, "size": spec.size}
     bare["error"] = f"{outcome.error}\n\nits failure row could not be written either:\n{reason}"
     try:
-        return append_rows(output, [bare])
+        return append_failure(output, [bare])
     except Exception as exc:
         out(f"  {spec.key}: could not record the failure in {output}: {type(exc).__name__}: {exc}")
         return False
