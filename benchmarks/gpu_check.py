@@ -143,12 +143,12 @@ def network(name: str, device: torch.device, sizes: Sizes) -> torch.nn.Module:
     return DnCNN(in_channels=3, out_channels=3, depth=20, pretrained=None).to(device).eval()
 
 
-def deepinv_module(model: torch.nn.Module, device: torch.device, patch: int, overlap: int):
+def deepinv_module(model: torch.nn.Module, ctx, patch: int, overlap: int):
     import deepinv.distributed as theirs
 
-    their_ctx = theirs.DistributedContext(device_mode="gpu" if device.type == "cuda" else "cpu")
-    their_ctx.__enter__()  # adopts the single-process setup; nothing to clean up
-    return theirs.distribute(model, their_ctx, patch_size=patch, overlap=overlap)
+    from distinv.bench.engines import deepinv_context
+
+    return theirs.distribute(model, deepinv_context(ctx.device, ctx.local_rank), patch_size=patch, overlap=overlap)
 
 
 # ---------------------------------------------------------------------------------------------- the six parts
@@ -236,7 +236,7 @@ def tiling(ctx, sizes: Sizes, box: TimeBox) -> list[dict]:
             x = colour_image(size, device)
             settings = {"untiled": model, "distinv": distribute(model, ctx, type_object="denoiser")}
             for patch, overlap in sizes.deepinv_settings:
-                settings[f"deepinv {patch}/{overlap}"] = deepinv_module(model, device, patch, overlap)
+                settings[f"deepinv {patch}/{overlap}"] = deepinv_module(model, ctx, patch, overlap)
             for name, fn in settings.items():
                 if not box.open(f"{model_name} {size} {name}"):
                     continue

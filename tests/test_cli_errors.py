@@ -232,10 +232,10 @@ def test_ctrl_c_during_a_run_says_how_to_resume_without_a_traceback_and_exits_13
     raw = _config(output, model="python:runner_models:slow")
     raw["problems"].insert(0, {**TOMO, "sizes": [48], "denoiser": {"model": "python:runner_models:tiny"}})
     config.write_text(yaml.safe_dump(raw))
-    slow = validate(raw).runs()[1]
+    started = tmp_path / "slow-network-called"
     runner = subprocess.Popen(
         [sys.executable, "-m", "distinv.cli", "run", str(config)],
-        env=_env(),
+        env={**_env(), "DISTINV_TEST_SLOW_STARTED": str(started)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -243,9 +243,11 @@ def test_ctrl_c_during_a_run_says_how_to_resume_without_a_traceback_and_exits_13
     )
     try:
         deadline = time.time() + 120
-        while time.time() < deadline and not list((output / "logs" / slow.key).glob("*_*")):
+        # the slow run's ranks are under way once one is in its network (on a loaded machine starting them takes
+        # longer than any fixed wait, and a rank interrupted while importing prints its own traceback)
+        while time.time() < deadline and not started.exists():
             time.sleep(0.2)
-        time.sleep(2)  # the slow run's ranks are under way
+        time.sleep(0.5)
         # Ctrl-C in a terminal signals the whole foreground group; `kill -INT` the runner alone
         if to == "group":
             os.killpg(runner.pid, signal.SIGINT)

@@ -80,3 +80,43 @@ def test_deepinv_distributed_code_runs_unchanged_after_the_import(ranks, world_s
         # tolerance (1e-3 on the relative change) gets within 1%.
         assert abs(r["norms"][0] - K) <= 0.01 * K
         assert r["denoised_vs_untiled"][0] <= 1e-6
+
+
+ALIAS_CHECK = """
+import distinv, distinv.deepinv_alias
+distinv.deepinv_alias.install()
+distinv.deepinv_alias.install()  # twice: nothing more
+import deepinv
+import deepinv.distributed
+from deepinv.distributed import DistributedContext, distribute
+from deepinv.distributed.framework import DistributedProcessing
+from deepinv.distributed.framework.distributed_context import DistributedContext as Deep
+from deepinv.distributed.distribute import _distribute_base_optim
+from deepinv.distributed.strategies import create_strategy
+assert DistributedContext is distinv.DistributedContext is Deep and distribute is distinv.distribute
+assert DistributedProcessing is distinv.DistributedProcessing
+assert deepinv.distributed.framework.__name__ == "deepinv.distributed.framework"
+try:
+    import deepinv.distributed.strategies.utils
+except ModuleNotFoundError as error:
+    print("refused:", error)
+"""
+
+LATE_ALIAS = """
+import deepinv.distributed, distinv.deepinv_alias
+try:
+    distinv.deepinv_alias.install()
+except RuntimeError as error:
+    print("refused:", error)
+"""
+
+
+def test_the_alias_makes_deepinvs_module_names_distinvs_and_refuses_the_rest():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", ALIAS_CHECK], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "refused: deepinv.distributed.strategies.utils is deepinv's, not part of distinv's alias" in done.stdout
+    late = subprocess.run([sys.executable, "-c", LATE_ALIAS], capture_output=True, text=True, timeout=120)
+    assert "refused: deepinv.distributed (deepinv's own) is imported already" in late.stdout, late.stderr

@@ -189,3 +189,19 @@ def test_rows_taken_together_or_one_by_one_give_the_same_pair(monkeypatch):
     monkeypatch.setattr(parallel_beam, "ROWS_TOGETHER_BELOW", 0)
     one_by_one = ours.A(x), ours.A_adjoint(y)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(together, one_by_one, strict=True))
+
+
+def test_rows_in_chunks_as_on_a_gpu_give_the_same_pair(monkeypatch):
+    import distinv.operators.parallel_beam as parallel_beam
+
+    ours, real = ParallelBeam(ANGLES, W), parallel_beam.rows_per_call
+    g = torch.Generator().manual_seed(9)
+    x = torch.rand(2, 1, W, W, generator=g)
+    y = torch.rand(2, 1, ours.detectors, len(ANGLES), generator=g)
+    monkeypatch.setattr(parallel_beam, "ROWS_TOGETHER_BELOW", 0)
+    one_by_one = ours.A(x), ours.A_adjoint(y)
+    monkeypatch.setattr(parallel_beam, "rows_per_call", lambda device, width, values: 3)  # W is no multiple of 3
+    in_chunks = ours.A(x), ours.A_adjoint(y)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(one_by_one, in_chunks, strict=True))
+    assert real(torch.device("cuda"), 2048, 2**14) == 1024  # a few large kernels, not 2048 small ones
+    assert real(torch.device("cpu"), 2048, 2**14) == 1

@@ -227,9 +227,29 @@ def test_slurm_jobs_are_sized_from_the_config_and_nothing_is_submitted(tmp_path,
     assert parameters["partition"] == "gpu" and parameters["qos"] == "normal" and parameters["account"] == "proj"
     assert parameters["setup"] == ["module load cuda"] and parameters["job_name"] == spec.key
     assert not (tmp_path / "slurm").exists() or not any((tmp_path / "slurm").iterdir())
-    command = srun_command(spec, tmp_path, "abc", tasks_per_node=4)
-    assert command[:4] == ["srun", "--ntasks=8", "--nodes=2", "--ntasks-per-node=4"]
+    command = srun_command(spec, tmp_path, "abc", validate(raw, slurm=True).raw["slurm"])
+    assert command[:4] == ["srun", "--ntasks=8", "--nodes=2", "--ntasks-per-node=4"]  # one per GPU of a node
     assert "--gpus-per-task=1" in command and command[-4:-3] == ["distinv.bench.worker"]
+
+
+def test_cpu_ranks_without_tasks_per_node_share_one_node_in_validation_and_both_launchers(tmp_path, monkeypatch):
+    from distinv.bench.launch import slurm_executor, srun_command
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    raw = _config(tmp_path, device="cpu", world_sizes=[2], engines=["distinv"], slurm={"nodes": 1})
+    config = validate(raw, slurm=True)  # was refused: validation assumed one task per node
+    spec = config.runs()[0]
+    parameters = slurm_executor(spec, config.raw["slurm"], tmp_path / "slurm")._executor.parameters
+    assert parameters["nodes"] == 1 and parameters["ntasks_per_node"] == 2
+    assert srun_command(spec, tmp_path, "abc", config.raw["slurm"])[1:4] == [
+        "--ntasks=2",
+        "--nodes=1",
+        "--ntasks-per-node=2",
+    ]
 
 
 def test_auto_denoiser_is_the_shipped_model_for_the_problem(tmp_path):

@@ -145,14 +145,15 @@ def check_unsupported_objects(ctx):
     for obj in (torch.nn.Linear(2, 2), PGD(prior=PnP(DnCNN(pretrained=None)), data_fidelity=L2(), unfold=False)):
         try:
             distribute(obj, ctx)
-        except TypeError as exc:
-            errors.append(str(exc))
+        except (TypeError, ValueError) as exc:  # deepinv's types: ValueError for a generic module
+            errors.append((type(exc).__name__, str(exc)))
     return errors
 
 
 def test_a_generic_module_or_a_model_that_is_not_unfolded_is_a_clear_error(ranks):
     (errors,) = ranks(1).run(check_unsupported_objects)
-    assert "generic Linear" in errors[0] and "unfold=True" in errors[1]
+    assert errors[0][0] == "ValueError" and "generic torch.nn.Module (Linear)" in errors[0][1]
+    assert errors[1][0] == "TypeError" and "unfold=False" in errors[1][1] and "unfold=True" in errors[1][1]
 
 
 def test_deepinvs_strategy_interface_batches_and_unbatches_in_order():

@@ -287,6 +287,8 @@ def run_command(args: argparse.Namespace) -> int:
         from distinv.bench.config import ConfigError, load_config
         from distinv.bench.runner import OutputFolderError, run_config
 
+        if args.wait and not args.slurm:
+            raise SystemExit("distinv run: --wait waits for SLURM jobs: give it with --slurm (local runs always wait).")
         overrides = {"output": args.output} if args.output else {}
         try:
             config = load_config(args.config, slurm=args.slurm, overrides=overrides)
@@ -294,7 +296,13 @@ def run_command(args: argparse.Namespace) -> int:
             raise SystemExit(f"distinv run: {args.config}: {exc}") from None
         try:
             return run_config(
-                config, only=args.only, redo=args.redo, dry_run=args.dry_run, slurm=args.slurm, srun=args.srun
+                config,
+                only=args.only,
+                redo=args.redo,
+                dry_run=args.dry_run,
+                slurm=args.slurm,
+                srun=args.srun,
+                wait=args.wait,
             )
         except OutputFolderError as exc:
             raise SystemExit(f"distinv run: {exc}") from None
@@ -380,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--slurm", action="store_true", help="submit each run as a SLURM job (submitit)")
     run.add_argument("--srun", action="store_true", help="run each as a job step of the current SLURM allocation")
+    run.add_argument("--wait", action="store_true", help="with --slurm: wait for the jobs, then print the summary")
     run.add_argument("-o", "--output", default=None, help="results folder (default: the config's output)")
     run.set_defaults(run=run_command)
     results = commands.add_parser("results", help="summarise a results folder")

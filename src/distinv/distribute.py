@@ -95,7 +95,7 @@ def distribute(
     if shared is not None and factory_kwargs is not None and shared is not factory_kwargs:
         raise ValueError("Give the factory's shared object once: `shared=` or `factory_kwargs=`, not both.")
     shared = shared if shared is not None else factory_kwargs
-    if type_object == "auto" and callable(object) and num_operators is not None and not _is_denoiser(object):
+    if type_object == "auto" and num_operators is not None and _is_factory(object):
         type_object, object, shared = _factory_kind(object, ctx, num_operators, shared, operator_costs, kwargs)
         if type_object == "data_fidelity":
             kwargs.pop("broadcast_shared")
@@ -163,10 +163,10 @@ def _detect_type(obj: Any) -> str:
     if isinstance(obj, (list, tuple)) and not obj:
         raise ValueError("Cannot distribute an empty list: give at least one operator.")
     if isinstance(obj, torch.nn.Module):
-        raise TypeError(
-            f"distribute() does not split a generic {type(obj).__name__}: give an unrolled deepinv optimiser "
-            "(BaseOptim with unfold=True), a denoiser (or type_object='denoiser' for any network f(x, sigma)), "
-            "physics, a data fidelity, or parameters."
+        raise ValueError(
+            f"Cannot auto-detect generic torch.nn.Module ({type(obj).__name__}) for distribute(): give an unrolled "
+            "deepinv optimiser (BaseOptim with unfold=True), a denoiser (or type_object='denoiser' for any network "
+            "f(x, sigma)), physics, a data fidelity, or parameters."
         )
     if callable(obj):
         raise ValueError(
@@ -177,6 +177,13 @@ def _detect_type(obj: Any) -> str:
         f"distribute() does not know how to distribute a {type(obj).__name__}: give a StackedPhysics, a list "
         "of Physics, a DataFidelity, or a factory with type_object and num_operators."
     )
+
+
+def _is_factory(obj: Any) -> bool:
+    """A plain callable building operators, not a deepinv object that is callable itself (a ``DataFidelity``,
+    ``Physics`` or network is a ``torch.nn.Module``; ``distribute(L2(), ctx, num_operators=3)`` is one fidelity
+    for three operators)."""
+    return callable(obj) and not isinstance(obj, torch.nn.Module) and not _is_denoiser(obj)
 
 
 def _is_denoiser(obj: Any) -> bool:
@@ -228,7 +235,7 @@ def _factory_kind(
     that owns none learns it from the others); returns the kind, a factory that hands out the object already
     built, and the shared object (broadcast from rank 0 here, once)."""
     if kwargs.get("broadcast_shared", True) and shared is not None and ctx.is_distributed:
-        shared = ctx.broadcast_object_list([shared], src=0)[0]
+        shared = ctx.broadcast_shared(shared, src=0)
     kwargs["broadcast_shared"] = False
     owned = assign_by_cost(costs, num_operators, ctx.world_size)[ctx.rank]
     built = {}

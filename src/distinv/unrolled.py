@@ -42,12 +42,17 @@ def distribute_unrolled(
         ``checkpoint_batches`` is given, so that the backward pass holds one network call's activations at a time.
     :param denoiser_options: for every prior's tiled denoiser (``patch_size``, ``overlap``, ``max_batch_size``,
         ``checkpoint_batches``, ...).
-    :raises TypeError: for a model not built with ``unfold=True``.
+    :raises TypeError: for a model that is no ``BaseOptim``, or one not built with ``unfold=True``.
     """
-    if not isinstance(model, BaseOptim) or not getattr(model, "unfold", False):
+    if not isinstance(model, BaseOptim):
         raise TypeError(
-            "distribute() takes an unrolled optimiser built with unfold=True (e.g. PGD(..., unfold=True)); for one "
-            "that is not unfolded, distribute its physics, data fidelity and denoiser separately."
+            f"type_object='module' only supports deepinv BaseOptim models built with unfold=True, not a "
+            f"{type(model).__name__}: for another network, use type_object='denoiser' (a network f(x, sigma))."
+        )
+    if not getattr(model, "unfold", False):
+        raise TypeError(
+            "distribute() received a BaseOptim built with unfold=False: build it with unfold=True (e.g. "
+            "PGD(..., unfold=True)), or distribute its physics, data fidelity and denoiser separately."
         )
     if checkpoint_iterations:
         denoiser_options.setdefault("checkpoint_batches", "always")
@@ -68,6 +73,7 @@ def distribute_unrolled(
         for value in model.params_algo.values():
             trainable.extend(value if isinstance(value, torch.nn.ParameterList) else [])
     model.replicated_parameters = DistributedReplicatedParameters(ctx, trainable, average=average)
+    model._deepinv_dist_sync = model.replicated_parameters  # deepinv 0.5's name for it
     if checkpoint_iterations:
         _checkpoint_each_iteration(model.fixed_point.iterator)
     return model

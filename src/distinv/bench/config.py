@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from distinv.bench.spec import DenoiserSpec, RunSpec, SolverSpec, TilingSpec, TrainingSpec
+from distinv.bench.spec import DenoiserSpec, RunSpec, SolverSpec, TilingSpec, TrainingSpec, slurm_tasks_per_node
 
 ENGINES = ("none", "distinv", "distinv-sharded", "deepinv")
 DEVICES = ("cpu", "cuda")
@@ -235,7 +235,7 @@ def _check_devices(c: dict, slurm: bool, errors: list[str]) -> None:
     largest = max(c["world_sizes"])
     if slurm:
         s = c["slurm"]
-        per_node = s["tasks_per_node"] or (s["gpus_per_node"] if c["device"] == "cuda" else 1)
+        per_node = slurm_tasks_per_node(s, c["device"], largest)
         if largest > s["nodes"] * per_node:
             errors.append(
                 f"world_sizes={c['world_sizes']}: {largest} ranks need more than slurm.nodes={s['nodes']} x "

@@ -222,13 +222,40 @@ class EngineParts:
         return network
 
 
+def deepinv_context(device: torch.device, local_rank: int) -> Any:
+    """deepinv's ``DistributedContext``, entered (adopting the process group if there is one) and on ``device``,
+    the one this rank's own context chose; left open for the run (it makes nothing to clean up).
+
+    deepinv picks ``cuda:LOCAL_RANK % visible`` from the environment and moves the process there; a launcher that
+    sets no ``LOCAL_RANK`` (submitit, srun) would put every rank on GPU 0. ``LOCAL_RANK`` is this rank's local
+    rank while it enters, and its device is ours after, whatever it picked.
+    """
+    import os
+
+    import deepinv.distributed as theirs
+
+    their_ctx = theirs.DistributedContext(device_mode="gpu" if device.type == "cuda" else "cpu")
+    before = os.environ.get("LOCAL_RANK")
+    os.environ["LOCAL_RANK"] = str(local_rank)
+    try:
+        their_ctx.__enter__()
+    finally:
+        if before is None:
+            del os.environ["LOCAL_RANK"]
+        else:
+            os.environ["LOCAL_RANK"] = before
+    their_ctx.device = device
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return their_ctx
+
+
 def _deepinv_physics(ctx: DistributedContext, problem: Problem) -> tuple[Any, Any]:
     """deepinv's context entered on ``ctx``'s group (its collectives timed in ``ctx``) and ``problem``'s operators
     distributed with it: ``(context, physics)``."""
     import deepinv.distributed as theirs
 
-    their_ctx = theirs.DistributedContext(device_mode="gpu" if ctx.device.type == "cuda" else "cpu")
-    their_ctx.__enter__()  # adopts our process group; left open for the run (it made nothing to clean up)
+    their_ctx = deepinv_context(ctx.device, ctx.local_rank)
     time_collectives(their_ctx, ctx)
     physics = theirs.distribute(
         problem.factory,

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from distinv.bench.spec import RunSpec
+from distinv.bench.spec import RunSpec, slurm_tasks_per_node
 
 
 def free_port() -> int:
@@ -195,10 +195,11 @@ def _failure_text(failure) -> str:
     return str(message or f"exit code {failure.exitcode}").strip()
 
 
-def srun_command(spec: RunSpec, output: Path, config_hash: str = "", tasks_per_node: int | None = None) -> list[str]:
-    """The command that runs ``spec`` as one job step inside an existing SLURM allocation (one task per rank;
+def srun_command(spec: RunSpec, output: Path, config_hash: str = "", slurm: dict | None = None) -> list[str]:
+    """The command that runs ``spec`` as one job step inside an existing SLURM allocation (one task per rank,
+    :func:`~distinv.bench.spec.slurm_tasks_per_node` of the config's ``slurm`` section per node;
     :class:`distinv.DistributedContext` reads the ranks from SLURM's variables)."""
-    per_node = tasks_per_node or spec.world_size
+    per_node = slurm_tasks_per_node(slurm or {}, spec.device, spec.world_size)
     nodes = -(-spec.world_size // per_node)
     command = [
         "srun",
@@ -217,8 +218,7 @@ def slurm_executor(spec: RunSpec, slurm: dict, folder: Path):
     per rank, one GPU per task on ``cuda``; partition, QoS, account and setup lines from the config's ``slurm``."""
     import submitit
 
-    per_node = slurm.get("tasks_per_node") or (slurm["gpus_per_node"] if spec.device == "cuda" else spec.world_size)
-    per_node = max(1, min(per_node, spec.world_size))
+    per_node = slurm_tasks_per_node(slurm, spec.device, spec.world_size)
     executor = submitit.AutoExecutor(folder=str(folder), cluster="slurm")
     parameters = {
         "nodes": -(-spec.world_size // per_node),

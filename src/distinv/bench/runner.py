@@ -123,9 +123,11 @@ def run_config(
     srun: bool = False,
     out: Callable[[str], None] = print,
     live: bool | None = None,
+    wait: bool = False,
 ) -> int:
     """Run (or plan, or submit) the config's grid; returns the exit status: 0 if every run finished, 1 if some
-    failed. ``live``: redraw one progress line in place (default: when stdout is a terminal).
+    failed. ``live``: redraw one progress line in place (default: when stdout is a terminal). ``wait``: with
+    ``slurm``, wait for the submitted jobs and print the summary (the exit status then says whether they finished).
 
     :raises FolderInUseError: there are runs to do and another runner holds the results folder.
     :raises FolderNotWritableError: there are runs to do and the results folder cannot be written.
@@ -142,7 +144,7 @@ def run_config(
         todo = _todo(runs, output, redo)  # again: another runner may have finished some before we had the lock
         out(f"{config.raw['name']}: {len(runs)} runs, {len(runs) - len(todo)} already in {output}, {len(todo)} to do")
         if slurm:
-            return _submit_all(todo, config, out)
+            return _submit_all(todo, config, out, wait)
         live = sys.stdout.isatty() if live is None else live
         failed = []
         for number, spec in enumerate(todo, 1):
@@ -227,10 +229,10 @@ def _summarise(output: Path, out: Callable[[str], None], no_report: str | None) 
         out(f"report: not rewritten ({no_report}): {output / 'report.html'}")
 
 
-def _submit_all(todo: list[RunSpec], config: Config, out: Callable[[str], None]) -> int:
-    """Submit every run as a SLURM job; one that cannot be submitted is recorded as failed. Returns the exit
-    status."""
-    failures = 0
+def _submit_all(todo: list[RunSpec], config: Config, out: Callable[[str], None], wait: bool = False) -> int:
+    """Submit every run as a SLURM job; one that cannot be submitted is recorded as failed. With ``wait``, wait for
+    the jobs (:func:`_wait_for_jobs`) and print the summary. Returns the exit status."""
+    failures, submitted = 0, []
     for spec in todo:
         started = time.perf_counter()
         try:
@@ -243,8 +245,45 @@ def _submit_all(todo: list[RunSpec], config: Config, out: Callable[[str], None])
             out(f"  could not submit {spec.key}: {type(exc).__name__}: {exc}")
             continue
         out(f"  submitted {spec.key}: SLURM job {job.job_id}")
-    out(f"results will be appended to {config.output}/results.parquet as jobs finish")
+        submitted.append((spec, job))
+    if not wait:
+        out(f"results will be appended to {config.output}/results.parquet as jobs finish")
+        return 1 if failures else 0
+    failures += _wait_for_jobs(submitted, config, out)
+    _summarise(config.output, out, None)
+    if failures:
+        out(f"{failures} run(s) failed")
     return 1 if failures else 0
+
+
+def _wait_for_jobs(submitted: list, config: Config, out: Callable[[str], None], poll_s: float = 2.0) -> int:
+    """Wait for each submitted ``(spec, job)``: a job that ends without its run's rows in the table (it raised, was
+    killed, or ran past the config's ``slurm.time_min`` plus 5 minutes of queueing, then cancelled) is recorded as
+    failed with SLURM's or the job's own error. Returns the number of failed runs."""
+    failures = 0
+    deadline = time.monotonic() + 60 * (config.raw["slurm"]["time_min"] + 5) * max(1, len(submitted))
+    for spec, job in submitted:
+        started, error = time.perf_counter(), None
+        while not job.done() and time.monotonic() < deadline:
+            time.sleep(poll_s)
+        if not job.done():
+            job.cancel(check=False)
+            error = f"SLURM job {job.job_id} had not ended by the deadline: cancelled"
+        else:
+            try:
+                job.results()
+            except Exception as exc:  # the job's own error (submitit keeps its traceback), or SLURM's state
+                error = f"SLURM job {job.job_id}: {type(exc).__name__}: {exc}"
+        seconds = time.perf_counter() - started
+        if error is None and spec.key in finished_runs(config.output):
+            out(f"  {spec.key}: done (SLURM job {job.job_id})")
+            continue
+        failures += 1
+        error = error or f"SLURM job {job.job_id} ended but wrote no finished rows for its run"
+        outcome = RunOutcome(spec.key, False, seconds, config.output / "slurm", None, error)
+        record_failure(config.output, spec, outcome, config.hash, out)
+        out(f"  {spec.key}: FAILED: {last_line(error, 'no message')} (logs: {config.output / 'slurm'})")
+    return failures
 
 
 def record_failure(
@@ -356,7 +395,7 @@ def _stop_ranks(grace_s: float = 5.0) -> None:
 def _run_srun(spec: RunSpec, config: Config) -> RunOutcome:
     log_dir = config.output / "logs" / spec.key
     log_dir.mkdir(parents=True, exist_ok=True)
-    command = srun_command(spec, config.output, config.hash, config.raw["slurm"].get("tasks_per_node"))
+    command = srun_command(spec, config.output, config.hash, config.raw["slurm"])
     started = time.perf_counter()
     try:
         with open(log_dir / "srun.log", "w") as log:

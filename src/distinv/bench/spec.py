@@ -131,3 +131,11 @@ class RunSpec:
         fields["tiling"] = TilingSpec(**fields["tiling"])
         fields["training"] = None if training is None else TrainingSpec(**training)
         return cls(**fields)
+
+
+def slurm_tasks_per_node(slurm: dict[str, Any], device: str, world_size: int) -> int:
+    """Ranks per node of a ``world_size`` run on SLURM, as the config validation, ``--slurm`` (submitit) and
+    ``--srun`` all read the config's ``slurm`` section: ``tasks_per_node`` where given, else one per GPU of a node
+    (``gpus_per_node``) on ``cuda``, else every rank on one node; never more than the run's ranks."""
+    per_node = slurm.get("tasks_per_node") or (slurm.get("gpus_per_node") if device == "cuda" else None)
+    return max(1, min(int(per_node or world_size), world_size))

@@ -14,6 +14,7 @@ exactly what they carry; objects count their pickled size the same way.
 
 from __future__ import annotations
 
+import io
 import pickle
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -71,6 +72,21 @@ class Collectives:
         finally:
             self.comm_seconds += timer.seconds
 
+    def check_device(self, collective: str, *tensors: torch.Tensor) -> None:
+        """In debug mode (``DistributedContext(debug=True)``), refuse a tensor handed to ``collective`` that is not
+        on this rank's device: NCCL takes only tensors on the rank's GPU, and gloo, which takes any, would hide such
+        a tensor until the run moves to GPUs.
+
+        :raises RuntimeError: naming the collective and both devices.
+        """
+        if getattr(self, "debug", False):
+            for t in tensors:
+                if t.device != self.device:
+                    raise RuntimeError(
+                        f"{collective}: a tensor on {t.device} was handed to a collective of a rank on {self.device} "
+                        "(NCCL takes only tensors on the rank's GPU): move it to ctx.device first."
+                    )
+
     def all_reduce_bytes(self, nbytes: int) -> int:
         """Bytes one rank sends (and receives) in an all-reduce of ``nbytes`` (ring: ``2 (p - 1) / p``)."""
         return ring_all_reduce_bytes(nbytes, self.world_size)
@@ -82,6 +98,7 @@ class Collectives:
     def all_reduce(self, x: torch.Tensor, op: Any = None) -> torch.Tensor:
         """Sum (or ``op``) ``x`` over ranks, in place; complex tensors are reduced as pairs of reals."""
         if self.is_distributed:
+            self.check_device("all_reduce", x)
             target = torch.view_as_real(x) if x.is_complex() else x
             moved = self.all_reduce_bytes(_nbytes(target))
             with self.communicating(moved, moved):
@@ -91,6 +108,7 @@ class Collectives:
     def broadcast(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
         """Overwrite ``x`` on every rank with rank ``src``'s, in place."""
         if self.is_distributed:
+            self.check_device("broadcast", x)
             mine = self.rank == src
             with self.communicating(_nbytes(x) if mine else 0, 0 if mine else _nbytes(x)):
                 dist.broadcast(torch.view_as_real(x) if x.is_complex() else x, src=src)
@@ -100,6 +118,7 @@ class Collectives:
         """Stack every rank's ``x`` (same shape everywhere): shape ``(world_size, *x.shape)``."""
         if not self.is_distributed:
             return x.unsqueeze(0)
+        self.check_device("all_gather", x)
         out = torch.empty((self.world_size, *x.shape), dtype=x.dtype, device=x.device)
         moved = self.all_gather_bytes(_nbytes(x))
         with self.communicating(moved, moved):
@@ -127,6 +146,27 @@ class Collectives:
             else:
                 self.bytes_received += size
         return object_list
+
+    def broadcast_shared(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` on every rank (a factory's shared object): ``src`` keeps its own; the others
+        receive a copy whose tensors lie on their own GPU where the sender's lay on a GPU (a plain pickle would put
+        them on the sender's GPU index), and on the CPU otherwise."""
+        if not self.is_distributed:
+            return obj
+        payload = [None]
+        if self.rank == src:
+            buffer = io.BytesIO()
+            torch.save(obj, buffer)
+            payload = [buffer.getvalue()]
+        received = self.broadcast_object_list(payload, src=src)[0]
+        if self.rank == src:
+            return obj
+        device = self.device
+
+        def place(storage: Any, location: str) -> Any:
+            return storage.cuda(device.index) if location.startswith("cuda") and device.type == "cuda" else storage
+
+        return torch.load(io.BytesIO(received), map_location=place, weights_only=False)
 
     def barrier(self) -> None:
         if self.is_distributed:

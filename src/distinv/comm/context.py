@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import sys
 from collections.abc import Mapping
 
@@ -46,8 +47,8 @@ class DistributedContext(Collectives):
         draws the same numbers, which keeps replicated tensors identical.
     :param deterministic: ask cuDNN for deterministic kernels.
     :param device_mode: ``"cpu"``, ``"gpu"`` or ``None`` (GPU when each local rank can have its own).
-    :param num_threads: torch CPU threads for this rank; ``None`` gives ``cores // local ranks`` (at least 1)
-        on CPU and leaves the setting alone on GPU.
+    :param num_threads: torch CPU threads for this rank; ``None`` gives ``cores // local ranks`` (at least 1),
+        on GPU too (the ranks of a node share its cores for their host work).
     :param timeout: seconds a collective may wait before it fails (instead of hanging forever).
     :param env: the environment to read the launch from (default ``os.environ``).
     :param debug: check every collective's kind, shape and order across ranks with PyTorch's own checker
@@ -126,11 +127,17 @@ class DistributedContext(Collectives):
                 rank=self.rank,
                 world_size=self.world_size,
                 timeout=datetime.timedelta(seconds=self.timeout),
-            )
+            )  # no device_id: NCCL's communicators come with the first collectives, after refuse_shared_gpus
             self.created_process_group = True
-        # point-to-point calls (halo exchanges) go through their own group: their counts differ by rank, and on the
-        # default group they would shift its sequence numbers, which PyTorch's collective checking compares
-        self.p2p_group = dist.new_group(list(range(self.world_size))) if self.is_distributed else None
+        try:
+            if self.device.type == "cuda" and self.is_distributed:
+                refuse_shared_gpus(gpu_identity(self.device), self.timeout)
+            self.p2p_group = self._point_to_point_group() if self.is_distributed else None
+        except BaseException:
+            if self.created_process_group:  # __exit__ will not run: leave no group behind
+                dist.destroy_process_group()
+                self.created_process_group = False
+            raise
         self._seed()
         if self.deterministic:
             torch.backends.cudnn.benchmark = False
@@ -152,6 +159,15 @@ class DistributedContext(Collectives):
             torch.set_num_threads(self._threads_before)
             self._threads_before = None
         self._entered = False
+
+    def _point_to_point_group(self) -> dist.ProcessGroup:
+        """The group halo exchanges use: their counts differ by rank, and on the default group they would shift
+        its sequence numbers, which PyTorch's collective checking compares. Every rank reduces one number on it
+        first: NCCL requires the first call on a group to involve all of its ranks, and a rank with no windows
+        takes no part in a halo exchange."""
+        group = dist.new_group(list(range(self.world_size)), timeout=datetime.timedelta(seconds=self.timeout))
+        dist.all_reduce(torch.zeros(1, device=self.device), group=group)
+        return group
 
     def _adopt_existing_group(self, env: Mapping[str, str]) -> None:
         """Someone else made the process group: use it, never destroy it."""
@@ -189,7 +205,7 @@ class DistributedContext(Collectives):
 
     def _set_threads(self) -> None:
         threads = self.num_threads
-        if threads is None and self.device.type == "cpu":
+        if threads is None:  # on GPU too: the ranks of a node share its cores for their host work
             threads = max(1, available_cores() // max(1, self.local_world_size))
         if threads is not None:
             self._threads_before = torch.get_num_threads()
@@ -225,6 +241,39 @@ class DistributedContext(Collectives):
         )
 
 
+def gpu_identity(device: torch.device) -> tuple[str, str]:
+    """``(host, GPU UUID)`` of ``device``: what tells two ranks' GPUs apart across ``CUDA_VISIBLE_DEVICES``
+    masks (both see their GPU as ``cuda:0``)."""
+    properties = torch.cuda.get_device_properties(device)
+    uuid = getattr(properties, "uuid", None)
+    return socket.gethostname(), str(uuid) if uuid is not None else f"{properties.name} pci {properties.pci_bus_id}"
+
+
+def refuse_shared_gpus(identity: tuple[str, str], timeout: float = 600.0) -> None:
+    """Raise on every rank if two ranks of the default group run on one GPU (NCCL would fail at its first
+    collective with its duplicate-GPU error, or hang): the ranks' ``identity`` (:func:`gpu_identity`) is
+    gathered over a gloo group made for the purpose, so the check works before any NCCL collective.
+
+    :raises LaunchError: naming the ranks that share a GPU and the fix.
+    """
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout))
+    identities: list = [None] * dist.get_world_size()
+    try:
+        dist.all_gather_object(identities, tuple(identity), group=group)
+    finally:
+        dist.destroy_process_group(group)
+    ranks_of: dict[tuple[str, str], list[int]] = {}
+    for rank, gpu in enumerate(identities):
+        ranks_of.setdefault(tuple(gpu), []).append(rank)
+    shared = {gpu: ranks for gpu, ranks in ranks_of.items() if len(ranks) > 1}
+    if shared:
+        which = "; ".join(f"ranks {ranks} on GPU {uuid} of {host}" for (host, uuid), ranks in shared.items())
+        raise LaunchError(
+            f"Two ranks share a GPU ({which}): start at most one rank per GPU (torchrun --nproc-per-node <= the "
+            "GPUs of the node, srun with --gpus-per-task=1), or use device_mode='cpu' with backend='gloo'."
+        )
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (respects affinity masks set by SLURM or taskset)."""
     try:
@@ -233,4 +282,12 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-__all__ = ["DistributedContext", "LaunchError", "PeerRankError", "available_cores", "stable_hash"]
+__all__ = [
+    "DistributedContext",
+    "LaunchError",
+    "PeerRankError",
+    "available_cores",
+    "gpu_identity",
+    "refuse_shared_gpus",
+    "stable_hash",
+]

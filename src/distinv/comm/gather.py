@@ -172,7 +172,7 @@ def _gather_broadcast(ctx, local_items, local, layout: Layout) -> list[torch.Ten
     out: list = [None] * len(layout.owners)
     for i, owner in enumerate(layout.owners):
         if owner == ctx.rank:
-            raw = _as_bytes(mine[i])
+            raw = _as_bytes(mine[i].to(ctx.device))  # an operator may compute on the host: NCCL sends from the GPU
             with ctx.communicating(sent=raw.numel()):
                 dist.broadcast(raw, src=owner)
             out[i] = mine[i]

@@ -52,10 +52,12 @@ def exchange(
             write(i, read(i))
         elif t.source == rank:
             piece = read(i).contiguous()
+            ctx.check_device("halo exchange (send)", piece)
             ops.append(dist.P2POp(dist.isend, piece, t.target, ctx.p2p_group, t.tag))
             sent_bytes += piece.numel() * piece.element_size()
         elif t.target == rank:
             incoming = buffer(i)
+            ctx.check_device("halo exchange (receive)", incoming)
             ops.append(dist.P2POp(dist.irecv, incoming, t.source, ctx.p2p_group, t.tag))
             received.append((i, incoming))
     if ops:

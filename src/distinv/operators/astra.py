@@ -31,6 +31,13 @@ def import_astra(device_type: str):
     return astra
 
 
+def use_gpu_of(astra, device: torch.device) -> None:
+    """Point ASTRA's CUDA projectors at ``device``'s GPU (ASTRA's own default is GPU 0 for every process, so the
+    ranks of a node would all compute on one GPU); nothing for a CPU device."""
+    if device.type == "cuda":
+        astra.set_gpu_index(device.index if device.index is not None else torch.cuda.current_device())
+
+
 class AstraParallelBeam:
     """ASTRA's parallel-beam pair for ``(P, W, W)`` planes and ``(P, detectors, angles)`` sinograms.
 
@@ -58,6 +65,7 @@ class AstraParallelBeam:
     def project(self, planes: torch.Tensor) -> torch.Tensor:
         """``(P, W, W)`` to ``(P, detectors, angles)``, on ``planes``' device and dtype."""
         astra = import_astra(planes.device.type)
+        use_gpu_of(astra, planes.device)
         projector = self._projector(astra, planes.device.type)
         out = []
         for plane in planes.detach().to("cpu", torch.float32).numpy():
@@ -69,6 +77,7 @@ class AstraParallelBeam:
     def back_project(self, sinograms: torch.Tensor) -> torch.Tensor:
         """The transpose of :meth:`project`: ``(P, detectors, angles)`` to ``(P, W, W)``."""
         astra = import_astra(sinograms.device.type)
+        use_gpu_of(astra, sinograms.device)
         projector = self._projector(astra, sinograms.device.type)
         out = []
         for sinogram in sinograms.detach().to("cpu", torch.float32).numpy():

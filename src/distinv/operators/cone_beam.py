@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from deepinv.physics import LinearPhysics
 
-from distinv.operators.astra import import_astra
+from distinv.operators.astra import import_astra, use_gpu_of
 from distinv.operators.parallel_beam import MatchedPair, padded_width
 
 # source and detector about as far from the sample as each other: a magnification of 2, as in laboratory micro-CT
@@ -94,6 +94,7 @@ class ConeBeam(LinearPhysics):
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, D, W, W)`` to ``(B, C, rows, columns, angles)``, unscaled, no graph."""
         out = []
+        use_gpu_of(self.astra, x.device if x.is_cuda else torch.device("cuda", torch.cuda.current_device()))
         for volume in x.detach().reshape(-1, *x.shape[2:]).to("cpu", torch.float32).numpy():
             data, projections = self.astra.create_sino3d_gpu(
                 np.ascontiguousarray(volume), self.projection_geometry, self.volume_geometry
@@ -105,6 +106,7 @@ class ConeBeam(LinearPhysics):
     def back_project(self, y: torch.Tensor) -> torch.Tensor:
         """The transpose of :meth:`project`: ``(B, C, rows, columns, angles)`` to ``(B, C, D, W, W)``."""
         out = []
+        use_gpu_of(self.astra, y.device if y.is_cuda else torch.device("cuda", torch.cuda.current_device()))
         for projections in y.detach().reshape(-1, *y.shape[2:]).to("cpu", torch.float32).numpy():
             data, volume = self.astra.create_backprojection3d_gpu(
                 np.ascontiguousarray(projections.transpose(0, 2, 1)), self.projection_geometry, self.volume_geometry

@@ -41,6 +41,8 @@ PROFILE_OVERSAMPLING = 2
 # once (one vectorised call per phase instead of a Python loop over rows, 4x faster at 128² and 15 angles);
 # larger ones one row at a time
 ROWS_TOGETHER_BELOW = 2**21
+# on a GPU, the rows' windows one call may hold (two taps of float32: 128 MiB), whatever the image's size
+GPU_VALUES_PER_CALL = 2**24
 # values a block holds per (plane, angle) pair, in units of the image width (estimated from the arrays it makes:
 # the oversampled profile and its stacked phases, the rows' windows, the adjoint's padded profile, the detector
 # gathers)
@@ -107,6 +109,7 @@ class ParallelBeam(LinearPhysics):
         if workspace_bytes < 1:
             raise ValueError(f"workspace_bytes={workspace_bytes}: give a positive budget.")
         self.register_buffer("angles", angles.to(device), persistent=False)
+        self._host_degrees = angles.double()  # the plans' sizes are read here: no device round trip per call
         self.img_width, self.scale, self.workspace_bytes = int(img_width), float(scale), int(workspace_bytes)
         self.detectors = padded_width(self.img_width)
         if backend not in ("torch", "astra"):
@@ -159,7 +162,7 @@ class ParallelBeam(LinearPhysics):
     def _blocks(self, planes: int, itemsize: int) -> list[tuple[slice, torch.Tensor, bool]]:
         """``(planes, angle indexes, transposed)`` blocks that each fit the workspace: the angles closer to the
         columns (run on the image), then those closer to the rows (run on the transposed image)."""
-        theta = self.angles.detach().double().cpu() * (math.pi / 180)
+        theta = self._host_degrees * (math.pi / 180)
         closer_to_columns = theta.cos().abs() >= theta.sin().abs()
         pairs = max(1, self.workspace_bytes // (VALUES_PER_PAIR_PER_WIDTH * self.img_width * itemsize))
         blocks = []
@@ -176,24 +179,34 @@ class ParallelBeam(LinearPhysics):
 
     def _shear(self, angle_indexes: torch.Tensor, transposed: bool, like: torch.Tensor) -> _Shear:
         """The chunk's plan, in float64 for the positions (``tan * Y`` reaches thousands of pixels)."""
-        theta = self.angles.detach().double().cpu()[angle_indexes] * (math.pi / 180)
-        cos, sin = (theta.sin(), theta.cos()) if transposed else (theta.cos(), theta.sin())
+        device = like.device
         w, n = self.img_width, self.detectors
         before = self.detectors // 2 - w // 2  # deepinv's padding before the image
         centre = (n - 1) / 2
-        rows = torch.arange(w, dtype=torch.float64) + before - centre  # Y of each image row, centred
         # the profile's coordinate g is the column index where the ray crosses the row Y = 0 (so that at 0 and 90
-        # degrees both interpolations fall on the grid): row Y is crossed at column g + tan * Y
+        # degrees both interpolations fall on the grid): row Y is crossed at column g + tan * Y. The profile's
+        # extent comes from the host's angles (tan * Y is extreme at the extreme tan and Y), the plan's arrays are
+        # made on the device: no copy back to the host, no synchronisation, per call.
+        host = self._host_degrees[angle_indexes] * (math.pi / 180)
+        host_tan = host.cos() / host.sin() if transposed else host.sin() / host.cos()
+        corners = [
+            t * y
+            for t in (host_tan.min().item(), host_tan.max().item())
+            for y in (before - centre, w - 1 + before - centre)
+        ]
+        lowest = math.floor(-max(corners)) - 1
+        length = math.ceil(w - 1 - min(corners)) + 1 - lowest + 1
+        theta = self.angles.detach().to(device, torch.float64)[angle_indexes.to(device)] * (math.pi / 180)
+        cos, sin = (theta.sin(), theta.cos()) if transposed else (theta.cos(), theta.sin())
+        rows = torch.arange(w, dtype=torch.float64, device=device) + before - centre  # Y of each image row, centred
         entry = (sin / cos)[:, None] * rows[None, :]  # column index at g = 0, per (angle, row)
-        lowest = math.floor(-entry.max().item()) - 1
-        length = math.ceil(w - 1 - entry.min().item()) + 1 - lowest + 1
         fine = PROFILE_OVERSAMPLING
         phases = []
         for k in range(fine):  # phase k: g = lowest + k / fine + i
             start = lowest + k / fine + entry  # column index of the phase's entry 0, per (angle, row)
             shift = start.floor()
             phases.append((shift.long().to(like.device), (start - shift).to(device=like.device, dtype=like.dtype)))
-        detector = torch.arange(n, dtype=torch.float64) - centre
+        detector = torch.arange(n, dtype=torch.float64, device=device) - centre
         # the interleaved profile's index each detector reads
         position = (detector[None, :] / cos[:, None] + (centre - before) - lowest) * fine
         index0 = position.floor()
@@ -257,11 +270,18 @@ def _phase_row_sums(image: torch.Tensor, shift: torch.Tensor, fraction: torch.Te
     (linear interpolation by its fraction) and summed; all angles at once, the rows too for small images."""
     planes, width = image.shape[0], image.shape[1]
     pad = length + 2
-    if width * planes * len(shift) * (length + 1) < ROWS_TOGETHER_BELOW:  # small: Python's loop would dominate
-        rows = torch.arange(width, device=image.device)[:, None]
-        windows = F.pad(image, (pad, pad)).unfold(-1, length + 1, 1)[:, rows, (shift + pad).T]  # (P, W, A, L + 1)
-        weights = torch.stack([1 - fraction, fraction], -1)  # (angles, W, 2)
-        return torch.einsum("prali,ari->pal", torch.stack([windows[..., :-1], windows[..., 1:]], -1), weights)
+    together = rows_per_call(image.device, width, planes * len(shift) * (length + 1))
+    if together > 1:
+        profile = None
+        for first in range(0, width, together):  # rows first:last at once (all of them for small images)
+            last = min(width, first + together)
+            rows = torch.arange(last - first, device=image.device)[:, None]
+            windows = F.pad(image[:, first:last], (pad, pad)).unfold(-1, length + 1, 1)
+            windows = windows[:, rows, (shift[:, first:last] + pad).T]  # (P, rows, A, L + 1)
+            weights = torch.stack([1 - fraction[:, first:last], fraction[:, first:last]], -1)  # (angles, rows, 2)
+            part = torch.einsum("prali,ari->pal", torch.stack([windows[..., :-1], windows[..., 1:]], -1), weights)
+            profile = part if profile is None else profile.add_(part)
+        return profile
     profile = image.new_zeros((planes, len(shift), length))
     keep = 1 - fraction
     for r in range(width):
@@ -269,6 +289,17 @@ def _phase_row_sums(image: torch.Tensor, shift: torch.Tensor, fraction: torch.Te
         windows = padded.unfold(-1, length + 1, 1)[:, shift[:, r] + pad]  # (P, angles, length + 1)
         profile.addcmul_(windows[..., :-1], keep[:, r, None]).addcmul_(windows[..., 1:], fraction[:, r, None])
     return profile
+
+
+def rows_per_call(device: torch.device, width: int, values_per_row: int) -> int:
+    """How many image rows one vectorised call of the row sums (or their transpose) takes, each row's windows
+    holding ``values_per_row`` values. On the CPU all rows of a small image (below ``ROWS_TOGETHER_BELOW`` values;
+    a Python loop would dominate), else one at a time (cache-sized, in place); on a GPU as many rows as
+    ``GPU_VALUES_PER_CALL`` values allow, so that a large image takes a few large kernels, not thousands of small
+    ones."""
+    if device.type == "cpu":
+        return width if width * values_per_row < ROWS_TOGETHER_BELOW else 1
+    return max(2, min(width, GPU_VALUES_PER_CALL // max(1, values_per_row)))
 
 
 def _add_sheared_rows_adjoint(profile: torch.Tensor, plan: _Shear, total: torch.Tensor) -> None:
@@ -285,10 +316,14 @@ def _add_phase_adjoint(profile: torch.Tensor, shift: torch.Tensor, fraction: tor
     margin = width + 2
     windows = F.pad(profile, (margin, margin)).unfold(-1, width + 1, 1)  # [..., s, m] = profile[s + m - margin]
     angles = torch.arange(len(shift), device=profile.device)
-    if width * profile.shape[0] * len(shift) * (width + 1) < ROWS_TOGETHER_BELOW:  # small: all rows at once
-        read = windows[:, angles[:, None], margin - shift - 1]  # (P, angles, W, W + 1): profile[m - shift - 1]
-        taps = torch.stack([read[..., 1:], read[..., :-1]], -1)  # (P, angles, W, W, 2)
-        total += torch.einsum("parmi,ari->prm", taps, torch.stack([1 - fraction, fraction], -1))
+    together = rows_per_call(profile.device, width, profile.shape[0] * len(shift) * (width + 1))
+    if together > 1:
+        for first in range(0, width, together):  # rows first:last at once (all of them for small images)
+            last = min(width, first + together)
+            read = windows[:, angles[:, None], margin - shift[:, first:last] - 1]  # (P, A, rows, W + 1)
+            taps = torch.stack([read[..., 1:], read[..., :-1]], -1)  # (P, angles, rows, W, 2)
+            weights = torch.stack([1 - fraction[:, first:last], fraction[:, first:last]], -1)
+            total[:, first:last] += torch.einsum("parmi,ari->prm", taps, weights)
         return
     weights = torch.stack([1 - fraction, fraction], 1)  # (angles, 2, W)
     for r in range(width):

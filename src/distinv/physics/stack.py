@@ -86,7 +86,7 @@ class DistributedStackedPhysics(Physics):
         self.owners = tuple(owner_of[i] for i in range(num_operators))
         self.local_indexes: list[int] = self.assignment[ctx.rank]
         if broadcast_shared and factory_kwargs is not None and ctx.is_distributed:
-            factory_kwargs = ctx.broadcast_object_list([factory_kwargs], src=0)[0]
+            factory_kwargs = ctx.broadcast_shared(factory_kwargs, src=0)
         self.factory_kwargs = factory_kwargs
 
         def build() -> tuple[list[Physics], list[int]]:
@@ -211,7 +211,9 @@ class DistributedStackedPhysics(Physics):
         grad_mode, anchor = torch.is_grad_enabled(), None
         if grad_mode:  # agree before building the graph: every rank builds the same collectives into it
             wanted = self._agree_on_inputs(step, error, signature, wants)
-            if any(wanted):
+            # without a process group nothing is communicated: autograd follows the operators alone, and each
+            # output keeps a graph of its own (a backward pass from each output in turn, as deepinv's allows)
+            if any(wanted) and self.ctx.is_distributed:
                 x, y, replicated_local, anchor = replicate_inputs(self.ctx, x, y, self.local_indexes, wanted)
                 y_local = y_local if replicated_local is None else replicated_local
         if error is None:

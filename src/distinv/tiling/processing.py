@@ -183,13 +183,19 @@ class DistributedProcessing(torch.nn.Module):
         layout = self.layout_for(x.shape, self._prober(sigma, args, kwargs))
         params = self._trainable_parameters()
         if torch.is_grad_enabled() and (x.requires_grad or params):
+            network = self.processor if isinstance(self.processor, torch.nn.Module) else None
             if self._keeps_activations(layout):
-                network = self.processor if isinstance(self.processor, torch.nn.Module) else None
                 return tiled_with_activations(self.ctx, layout, call, x, network)
-            return TiledApply.apply(self.ctx, layout, call, x, *params)
+            return TiledApply.apply(self.ctx, layout, call, network, x, *params)
         with torch.no_grad():
             pieces, dtype = run_agreed(self.ctx, layout, cut_from(x, layout), call, x.dtype)
             return assemble(self.ctx, layout, pieces, dtype)
+
+    @property
+    def max_batch_size(self) -> int | str | None:
+        """The most windows per network call (deepinv's attribute): a number, ``None`` (all of a rank's windows
+        at once) or ``"auto"`` (measured at the first call)."""
+        return self.knobs.max_batch_size
 
     def _keeps_activations(self, layout: TiledLayout) -> bool:
         """Whether the backward pass uses kept activations (``checkpoint_batches``; ``"auto"``: when every rank
