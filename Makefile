@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test test-deepinv lint demo bench browser gpu-check gpu-wheels clean
+.PHONY: setup test test-deepinv test-slurm lint demo bench browser gpu-check gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,12 @@ test: lint browser
 # distinv.deepinv_alias; the cases it leaves out are in the README's migration notes. About 6 minutes on 2 cores.
 test-deepinv: setup
 	$(PY) tests/deepinv_suite/run.py
+
+# A real one-node SLURM cluster on this machine (slurm-wlm and munge installed where missing, as root or through
+# sudo): a small config through `distinv run --slurm --wait` and `--srun` inside salloc; the daemons it started are
+# stopped after. About 1 minute.
+test-slurm: setup
+	bash .ci/slurm_check.sh
 
 # The report's browser test needs Chromium and ChromeDriver: installed from Debian's packages where missing
 # (as root, or through sudo); elsewhere install them yourself, or the test is skipped.

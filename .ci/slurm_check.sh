@@ -28,13 +28,14 @@ stop() {
 trap stop EXIT
 
 # munge: the key Debian's package made (or a new one), a daemon of our own unless one already runs
-if ! pgrep -x munged >/dev/null; then
+if ! munge -n >/dev/null 2>&1; then  # no munged answering yet
   [ -f /etc/munge/munge.key ] || $SUDO mungekey --create
   $SUDO mkdir -p /run/munge && $SUDO chown munge:munge /run/munge
-  $SUDO runuser -u munge -- /usr/sbin/munged --pid-file="$WORK/munged.pid" 2>/dev/null \
-    || $SUDO /usr/sbin/munged --force --pid-file="$WORK/munged.pid"
-  STARTED+=("$WORK/munged.pid")
+  MUNGE_PID=/run/munge/distinv-ci.pid  # written by munged, which runs as the munge user
+  $SUDO runuser -u munge -- /usr/sbin/munged --pid-file="$MUNGE_PID"
+  STARTED+=("$MUNGE_PID")
 fi
+for _ in $(seq 20); do [ -S /run/munge/munge.socket.2 ] && break; sleep 0.5; done
 munge -n | unmunge >/dev/null
 
 HOST=$(hostname -s)

@@ -267,3 +267,12 @@ def test_ctrl_c_during_a_run_says_how_to_resume_without_a_traceback_and_exits_13
     while _live_processes(runner.pid) and time.time() < deadline:  # none of its ranks is left behind
         time.sleep(0.2)
     assert not _live_processes(runner.pid)
+
+
+def test_wait_without_slurm_is_one_line_naming_the_flag_it_goes_with(tmp_path):
+    config = tmp_path / "config.yml"
+    config.write_text(yaml.safe_dump(_config(tmp_path / "results")))
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(config), "--wait"])
+    assert "--wait waits for SLURM jobs: give it with --slurm" in str(exit_.value.code)
+    assert not (tmp_path / "results").exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -262,6 +263,8 @@ def _wait_for_jobs(submitted: list, config: Config, out: Callable[[str], None], 
     failed with SLURM's or the job's own error. Returns the number of failed runs."""
     failures = 0
     deadline = time.monotonic() + 60 * (config.raw["slurm"]["time_min"] + 5) * max(1, len(submitted))
+    # without SLURM accounting sacct fails, and submitit warns at each poll; a job's end is its result file
+    logging.getLogger("submitit").setLevel(logging.ERROR)
     for spec, job in submitted:
         started, error = time.perf_counter(), None
         while not job.done() and time.monotonic() < deadline:
