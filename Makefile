@@ -55,7 +55,7 @@ bench: setup
 # and the wheels `make gpu-wheels` gathers here.
 GPU_PYTHON ?= python3
 gpu-check:
-	$(GPU_PYTHON) benchmarks/gpu_check.py
+	$(GPU_PYTHON) -m torch.distributed.run --standalone --nproc-per-node 1 benchmarks/gpu_check.py
 
 # Wheels for a GPU machine without a package index: distinv and what the check needs besides PyTorch, for its
 # Python (GPU_PY_VERSION) and platform, and GPU_EXTRA_WHEELS (e.g. astra-toolbox); `pip install --no-index --no-deps

@@ -1,24 +1,38 @@
-"""GPU figures in one command: prepared on CPU, run whenever a GPU is at hand (issue 22).
+"""GPU figures in one command: prepared on CPU, run whenever a GPU is at hand (issues 22 and 32).
 
-One device, world size 1, six parts, each time-boxed (a part that runs out of time records the settings it
-skipped; a part that fails records its error; either way the next part starts):
+One GPU, under ``torchrun --nproc-per-node 1`` (``make gpu-check``): the script joins torchrun's process group
+(NCCL on a GPU), so every collective of the engine, the halo exchanges' point-to-point calls included, goes through
+NCCL. Eleven parts, each time-boxed, and all of them within ``--limit-s`` (default 480 s: a part gets what is left
+when its own budget is more; a part that runs out of time records the settings it skipped; a part that fails
+records its error; either way the next part starts, and the JSON is written after each part):
 
-1. ``environment``: the device and its memory, torch / CUDA / cuDNN, deepinv and distinv versions;
+1. ``environment``: the device and its memory, torch / CUDA / cuDNN / NCCL, deepinv and distinv versions, the
+   process group's backend and world size;
 2. ``correctness``: on the device, the distributed stacked physics against deepinv's single-process stack, the
    tiled DnCNN against the untiled one, the tiled DRUNet's error against its halo, and the plan automatic tiling
    picks;
 3. ``tiling``: untiled, distinv's tiled denoiser and deepinv's module (its defaults 256/64, and 512/32) on colour
    images, for the shipped small DRUNet and deepinv's full-size DRUNet (random weights): median seconds per call
    after a warm-up (CUDA events), peak memory the call adds (CUDA peak allocated);
-4. ``insights``: the two insight studies cut to fit (DRUNet; shape against memory at one height, batch against
+4. ``tf32``: untiled against tiled DRUNet with TF32 off and on (cuDNN convolutions and matmuls): seconds and the
+   tiled output's distance to the untiled one under each;
+5. ``insights``: the two insight studies cut to fit (DRUNet; shape against memory at one height, batch against
    throughput on one image), with the memory spikes and the saturating batch they find;
-5. ``pnp``: highres_blur (K blurs, HQS), untiled (engine ``none``) and distinv at world size 1: seconds per
+6. ``pnp``: highres_blur (K blurs, HQS) untiled (engine ``none``), distinv and distinv-sharded (row bands: the
+   sharded blur and denoiser, halo exchanges), and tomography_3d (cone of slabs: ``SlabStack``) sharded: seconds per
    iteration by component (the first iteration left out) and PSNR;
-6. ``knobs``: speed options against the plain tiled denoiser: channels-last, bfloat16 autocast of the denoiser
-   (the data steps stay float32; the PnP's PSNR cost reported), ``torch.compile`` of the network.
+7. ``radio``: the radio problem with its NUFFT on the device, PnP through distinv;
+8. ``training``: steps of an unrolled PGD (the shipped DRUNet, trainable) on highres_blur through distinv, with
+   forward, backward and optimiser seconds;
+9. ``parallel_beam``: ``ParallelBeam`` A and A^T at 256² to 2048² (180 angles): seconds per call and the dot
+   test's error;
+10. ``knobs``: speed options against the plain tiled denoiser: channels-last, bfloat16 autocast of the denoiser
+    (the data steps stay float32; the PnP's PSNR cost reported), ``torch.compile`` of the network.
 
-    python benchmarks/gpu_check.py                          # one GPU: the published sizes, about 8 minutes
-    python benchmarks/gpu_check.py --device cpu --tiny      # every part at toy sizes, about a minute
+    make gpu-check                                          # one GPU, the published sizes, under 8 minutes
+    python -m torch.distributed.run --standalone --nproc-per-node 1 benchmarks/gpu_check.py   # the same
+    python benchmarks/gpu_check.py --device cpu --tiny      # every part at toy sizes, one process (the CPU test
+                                                            # also runs it under torchrun, on gloo)
 
 Writes ``<out>/gpu_check.json`` (every row) and ``<out>/gpu_check.md`` (the tables, also printed). How to run it
 on a GPU machine that has PyTorch but no package index: benchmarks/README.md, "GPU check".
@@ -49,7 +63,8 @@ class Sizes:
 
     budgets_s: dict = field(
         default_factory=lambda: {
-            "environment": 10, "correctness": 45, "tiling": 150, "insights": 120, "pnp": 90, "knobs": 75,
+            "environment": 10, "correctness": 40, "tiling": 90, "tf32": 30, "insights": 50, "pnp": 80,
+            "radio": 30, "training": 40, "parallel_beam": 40, "knobs": 50,
         }
     )  # fmt: skip
     check_size: int = 512  # correctness images (pixels per side)
@@ -68,11 +83,30 @@ class Sizes:
     pnp_iterations: int = 5
     knob_size: int = 2048
     compile: bool = True
+    tf32_size: int = 2048
+    volume_size: int = 128  # tomography_3d's volume side (sharded slabs)
+    volume_angles: int = 60
+    radio_size: int = 512
+    training_size: int = 512
+    training_steps: int = 3
+    beam_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
+    beam_angles: int = 180
 
 
 FULL = Sizes()
 TINY = Sizes(
-    budgets_s={"environment": 10, "correctness": 60, "tiling": 60, "insights": 60, "pnp": 60, "knobs": 60},
+    budgets_s={
+        "environment": 10,
+        "correctness": 60,
+        "tiling": 60,
+        "tf32": 30,
+        "insights": 60,
+        "pnp": 90,
+        "radio": 40,
+        "training": 40,
+        "parallel_beam": 30,
+        "knobs": 60,
+    },  # fmt: skip
     check_size=64,
     halos=(4, 16),
     tiling_sizes=(64, 96),
@@ -89,6 +123,14 @@ TINY = Sizes(
     pnp_iterations=2,
     knob_size=64,
     compile=False,  # inductor builds C++ on CPU: minutes, not a toy
+    tf32_size=64,
+    volume_size=16,
+    volume_angles=12,
+    radio_size=32,
+    training_size=32,
+    training_steps=2,
+    beam_sizes=(32, 48),
+    beam_angles=12,
 )
 
 
@@ -166,7 +208,12 @@ def environment(ctx, sizes: Sizes, box: TimeBox) -> list[dict]:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "deepinv": deepinv.__version__,
         "distinv": distinv.__version__,
+        "process_group": ctx.is_distributed,
+        "backend": torch.distributed.get_backend() if ctx.is_distributed else None,
+        "world_size": ctx.world_size,
     }
+    if device.type == "cuda" and torch.distributed.is_nccl_available():
+        row["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         row |= {
@@ -289,15 +336,27 @@ def insights(ctx, sizes: Sizes, box: TimeBox) -> list[dict]:
     return rows
 
 
-def pnp_run(ctx, sizes: Sizes, denoiser_wrapper: Callable | None = None, engine: str = "distinv") -> dict:
-    """One PnP of highres_blur; returns its row (seconds per iteration by component, PSNR)."""
+def pnp_run(
+    ctx,
+    sizes: Sizes,
+    denoiser_wrapper: Callable | None = None,
+    engine: str = "distinv",
+    problem_name: str = "highres_blur",
+    params: dict | None = None,
+    step: float | None = 1.0,
+) -> dict:
+    """One PnP (HQS) of ``problem_name`` with the problem's shipped denoiser; returns its row (seconds per iteration
+    by component, PSNR)."""
     from distinv.bench.engines import build_engine
     from distinv.bench.problems import build
     from distinv.bench.spec import TilingSpec
+    from distinv.bench.worker import model_from_source
     from distinv.pnp import pnp, sigma_schedule
 
-    problem = build("highres_blur", size=sizes.pnp_size, num_operators=sizes.pnp_operators)
-    model = network("drunet-small", ctx.device, sizes)
+    params = params or {"size": sizes.pnp_size, "num_operators": sizes.pnp_operators}
+    problem = build(problem_name, **params)
+    truth = problem.ground_truth
+    model = model_from_source("auto", problem_name, truth.shape[1], truth.ndim == 5).to(ctx.device).eval()
     built = build_engine(engine, ctx, problem, model, TilingSpec())  # distinv plans its windows, default overlap
     denoiser = denoiser_wrapper(built.denoiser) if denoiser_wrapper else built.denoiser
     with torch.no_grad():
@@ -305,14 +364,15 @@ def pnp_run(ctx, sizes: Sizes, denoiser_wrapper: Callable | None = None, engine:
         x0 = built.initial(problem, y)
         _, records = pnp(
             "hqs", built.physics, denoiser, y, x0, sigma_schedule(0.1, 0.02, sizes.pnp_iterations),
-            iterations=sizes.pnp_iterations, step=1.0, cg_iterations=5, ctx=ctx,
+            iterations=sizes.pnp_iterations, step=step, cg_iterations=5, ctx=ctx,
             ground_truth=built.ground_truth(problem),
         )  # fmt: skip
     timed_records = records[1:] or records
     return {
+        "problem": problem_name,
         "engine": engine,
-        "size": sizes.pnp_size,
-        "operators": sizes.pnp_operators,
+        "size": params["size"],
+        "operators": params.get("num_operators"),
         "iterations": len(records),
         **{
             f"{k}_s": statistics.median(getattr(r, f"{k}_s") for r in timed_records)
@@ -324,7 +384,119 @@ def pnp_run(ctx, sizes: Sizes, denoiser_wrapper: Callable | None = None, engine:
 
 
 def pnp_part(ctx, sizes: Sizes, box: TimeBox) -> list[dict]:
-    return [pnp_run(ctx, sizes, engine=engine) for engine in ("none", "distinv") if box.open(f"pnp {engine}")]
+    rows = [
+        pnp_run(ctx, sizes, engine=engine)
+        for engine in ("none", "distinv", "distinv-sharded")
+        if box.open(f"pnp highres_blur {engine}")
+    ]
+    if box.open("pnp tomography_3d distinv-sharded"):
+        volume = {"size": sizes.volume_size, "num_angles": sizes.volume_angles, "num_operators": 4}
+        rows.append(pnp_run(ctx, sizes, engine="distinv-sharded", problem_name="tomography_3d", params=volume))
+    return rows
+
+
+def radio_part(ctx, sizes: Sizes, box: TimeBox) -> list[dict]:
+    if not box.open("radio distinv"):
+        return []
+    params = {"size": sizes.radio_size}
+    row = pnp_run(ctx, sizes, engine="distinv", problem_name="radio", params=params, step=None)
+    from distinv.bench.problems import build
+
+    return [{**row, "nufft_backend": build("radio", **params).shared.get("backend")}]
+
+
+def training_part(ctx, sizes: Sizes, box: TimeBox) -> list[dict]:
+    """Steps of an unrolled PGD through distinv: forward, backward and optimiser seconds (the first step left out of
+    the median), and the loss."""
+    from distinv.bench.problems import build
+    from distinv.bench.spec import TilingSpec, TrainingSpec
+    from distinv.bench.training import build_trainee
+    from distinv.bench.worker import model_from_source
+
+    if not box.open("training distinv"):
+        return []
+    problem = build("highres_blur", size=sizes.training_size, num_operators=4)
+    network = model_from_source("auto", "highres_blur", 3, False).to(ctx.device)
+    trainee = build_trainee("distinv", ctx, problem, network, TrainingSpec(iterations=2), TilingSpec())
+    optimiser = torch.optim.Adam(trainee.model.parameters(), lr=1e-4)
+    x = problem.ground_truth.to(ctx.device)
+    steps = []
+    for step in range(sizes.training_steps):
+        y = trainee.measure(x, step)
+        marks = [time.perf_counter()]
+        loss = torch.nn.functional.mse_loss(trainee.model(y, trainee.physics), x)
+        _synchronise(ctx.device)
+        marks.append(time.perf_counter())
+        optimiser.zero_grad()
+        loss.backward()
+        _synchronise(ctx.device)
+        marks.append(time.perf_counter())
+        optimiser.step()
+        _synchronise(ctx.device)
+        marks.append(time.perf_counter())
+        steps.append((float(loss), *(b - a for a, b in zip(marks, marks[1:], strict=False))))
+    timed_steps = steps[1:] or steps
+    forward, backward, optimiser_s = (statistics.median(s[i] for s in timed_steps) for i in (1, 2, 3))
+    return [{
+        "problem": "highres_blur", "size": sizes.training_size, "steps": len(steps), "forward_s": forward,
+        "backward_s": backward, "optimizer_s": optimiser_s, "first_loss": steps[0][0], "last_loss": steps[-1][0],
+    }]  # fmt: skip
+
+
+def tf32_part(ctx, sizes: Sizes, box: TimeBox) -> list[dict]:
+    """Untiled and tiled DRUNet with TF32 off, then on (convolutions and matmuls), restored after."""
+    from distinv import distribute
+
+    model = network("drunet-small", ctx.device, sizes)
+    x = colour_image(sizes.tf32_size, ctx.device)
+    tiled = distribute(model, ctx, type_object="denoiser")
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    rows = []
+    try:
+        for tf32 in (False, True):
+            if not box.open(f"tf32 {tf32}"):
+                continue
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+            with torch.no_grad():
+                whole, ours = model(x, SIGMA), tiled(x, SIGMA)
+                untiled_row = timed(lambda: model(x, SIGMA), ctx.device, sizes.repetitions)
+                tiled_row = timed(lambda: tiled(x, SIGMA), ctx.device, sizes.repetitions)
+            rows.append({
+                "tf32": tf32, "size": sizes.tf32_size, "untiled_s": untiled_row["seconds"],
+                "tiled_s": tiled_row["seconds"], "tiled_vs_untiled": relative(ours, whole),
+            })  # fmt: skip
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+    return rows
+
+
+def parallel_beam_part(ctx, sizes: Sizes, box: TimeBox) -> list[dict]:
+    """``ParallelBeam``'s pair at each size: median seconds of A and of A^T, and the dot test's error."""
+    from distinv.operators.parallel_beam import ParallelBeam
+
+    rows = []
+    angles = torch.linspace(0, 180, sizes.beam_angles + 1)[:-1]
+    for size in sizes.beam_sizes:
+        if not box.open(f"ParallelBeam {size}"):
+            continue
+        beam = ParallelBeam(angles, size, device=ctx.device)
+        generator = torch.Generator().manual_seed(size)
+        x = torch.rand(1, 1, size, size, generator=generator).to(ctx.device)
+        y = torch.rand(1, 1, beam.detectors, len(angles), generator=generator).to(ctx.device)
+        with torch.no_grad():
+            forward = timed(lambda beam=beam, x=x: beam.A(x), ctx.device, sizes.repetitions)
+            adjoint = timed(lambda beam=beam, y=y: beam.A_adjoint(y), ctx.device, sizes.repetitions)
+            lhs, rhs = (beam.A(x) * y).double().sum(), (x * beam.A_adjoint(y)).double().sum()
+        rows.append({
+            "size": size, "angles": len(angles), "A_s": forward["seconds"], "A_adjoint_s": adjoint["seconds"],
+            "A_peak_mib": forward["peak_mib"], "dot_test": float((lhs - rhs).abs() / rhs.abs()),
+        })  # fmt: skip
+    return rows
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def knobs(ctx, sizes: Sizes, box: TimeBox) -> list[dict]:
@@ -378,19 +550,26 @@ def knobs(ctx, sizes: Sizes, box: TimeBox) -> list[dict]:
     return rows
 
 
-PARTS = ("environment", "correctness", "tiling", "insights", "pnp", "knobs")
+PARTS = (
+    "environment", "correctness", "tiling", "tf32", "insights", "pnp", "radio", "training", "parallel_beam", "knobs",
+)  # fmt: skip
 
 
-def run_part(name: str, ctx, sizes: Sizes) -> dict:
-    """One part within its time box: ``{"rows", "skipped", "seconds", "error"}``."""
-    box = TimeBox(sizes.budgets_s[name])
+def run_part(name: str, ctx, sizes: Sizes, left_s: float = math.inf) -> dict:
+    """One part within its time box (its budget, or ``left_s`` of the whole check when less):
+    ``{"rows", "skipped", "seconds", "error"}``."""
+    box = TimeBox(min(sizes.budgets_s[name], left_s))
     start = time.monotonic()
     functions = {
         "environment": environment,
         "correctness": correctness,
         "tiling": tiling,
+        "tf32": tf32_part,
         "insights": insights,
         "pnp": pnp_part,
+        "radio": radio_part,
+        "training": training_part,
+        "parallel_beam": parallel_beam_part,
         "knobs": knobs,
     }
     try:
@@ -441,6 +620,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="every part at toy sizes (the CPU test)")
     parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS, help="parts to run (default all)")
     parser.add_argument("--out", default="results/gpu_check", help="folder for gpu_check.json and gpu_check.md")
+    parser.add_argument("--limit-s", type=float, default=480.0, help="the whole check's time (default 480 s)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no GPU is visible here; run on a GPU machine, or --device cpu --tiny")
@@ -458,10 +638,12 @@ def main(argv: list[str] | None = None) -> dict:
         "parts": {},
     }
     device_mode = "gpu" if args.device == "cuda" else "cpu"
-    with DistributedContext(env={}, device_mode=device_mode, num_threads=None if args.device == "cuda" else 1) as ctx:
+    deadline = time.monotonic() + args.limit_s
+    # the launcher's group when run under torchrun (NCCL on a GPU), else one process without a group
+    with DistributedContext(device_mode=device_mode, num_threads=None if args.device == "cuda" else 1) as ctx:
         for name in args.parts:
             print(f"[{name}] ...", flush=True)
-            results["parts"][name] = run_part(name, ctx, sizes)
+            results["parts"][name] = run_part(name, ctx, sizes, max(0.0, deadline - time.monotonic()))
             _write_atomically(out / "gpu_check.json", json.dumps(results, indent=1, default=str))
     table = markdown(results)
     _write_atomically(out / "gpu_check.md", table)

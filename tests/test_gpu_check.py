@@ -23,15 +23,22 @@ def load_script():
     return module
 
 
-def test_every_part_runs_at_toy_sizes_on_cpu_and_writes_json_and_markdown(tmp_path):
+def test_every_part_runs_at_toy_sizes_on_cpu_under_torchrun_and_writes_json_and_markdown(tmp_path):
+    # under torchrun with one process, as make gpu-check runs it: every collective goes through the group (gloo here)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1"]
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        [*launcher, str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text())
     parts = results["parts"]
-    assert list(parts) == ["environment", "correctness", "tiling", "insights", "pnp", "knobs"]
+    assert list(parts) == [
+        "environment", "correctness", "tiling", "tf32", "insights", "pnp", "radio", "training", "parallel_beam",
+        "knobs",
+    ]  # fmt: skip
+    (environment,) = parts["environment"]["rows"]
+    assert environment["process_group"] and environment["backend"] == "gloo" and environment["world_size"] == 1
     assert all(part["error"] is None and part["rows"] for part in parts.values()), {
         name: part["error"] for name, part in parts.items()
     }
@@ -41,7 +48,14 @@ def test_every_part_runs_at_toy_sizes_on_cpu_and_writes_json_and_markdown(tmp_pa
     assert checks["tiled DnCNN = untiled (reach 20 < halo 32)"]["error"] < 1e-5
     settings = {(r["model"], r["size"], r["setting"]) for r in parts["tiling"]["rows"] if r["status"] == "ok"}
     assert len(settings) == 2 * 2 * 4 and all(r["seconds"] > 0 for r in parts["tiling"]["rows"])
-    assert {r["engine"] for r in parts["pnp"]["rows"]} == {"none", "distinv"}
+    assert {(r["problem"], r["engine"]) for r in parts["pnp"]["rows"]} == {
+        ("highres_blur", "none"), ("highres_blur", "distinv"), ("highres_blur", "distinv-sharded"),
+        ("tomography_3d", "distinv-sharded"),
+    }  # fmt: skip
+    assert all(r["psnr"] > 10 for r in parts["pnp"]["rows"] + parts["radio"]["rows"])
+    assert [r["tf32"] for r in parts["tf32"]["rows"]] == [False, True]
+    assert parts["training"]["rows"][0]["steps"] == 2 and parts["training"]["rows"][0]["backward_s"] > 0
+    assert all(r["dot_test"] < 1e-5 for r in parts["parallel_beam"]["rows"])
     assert {r["study"] for r in parts["insights"]["rows"]} == {"shape-memory", "batch-throughput"}
     assert any("torch.compile" in s for s in parts["knobs"]["skipped"])  # said, not silently left out
     table = (tmp_path / "gpu_check.md").read_text()
