@@ -640,7 +640,8 @@ def main(argv: list[str] | None = None) -> dict:
     device_mode = "gpu" if args.device == "cuda" else "cpu"
     deadline = time.monotonic() + args.limit_s
     # the launcher's group when run under torchrun (NCCL on a GPU), else one process without a group
-    with DistributedContext(device_mode=device_mode, num_threads=None if args.device == "cuda" else 1) as ctx:
+    threads = None if args.device == "cuda" else 1
+    with DistributedContext(device_mode=device_mode, num_threads=threads, time_collectives=True) as ctx:
         for name in args.parts:
             print(f"[{name}] ...", flush=True)
             results["parts"][name] = run_part(name, ctx, sizes, max(0.0, deadline - time.monotonic()))

@@ -226,3 +226,23 @@ def test_time_in_collectives_is_counted_waiting_included(ranks):
     with DistributedContext(env={}) as ctx:
         ctx.all_reduce(torch.ones(4))
         assert ctx.comm_seconds == 0.0  # one process: no communication
+
+
+def check_untimed_collectives(ctx):
+    asked = ctx._time_collectives
+    ctx._time_collectives = False  # as DistributedContext(time_collectives=False) makes it
+    try:
+        before, sent = ctx.comm_seconds, ctx.bytes_sent
+        ctx.all_reduce(torch.ones(1000))
+        return ctx.comm_seconds - before, ctx.bytes_sent - sent
+    finally:
+        ctx._time_collectives = asked
+
+
+def test_untimed_collectives_count_their_bytes_but_no_seconds_and_gpu_contexts_default_to_untimed(ranks):
+    assert ranks(2).run(check_untimed_collectives) == [(0.0, 4000), (0.0, 4000)]
+    ctx = DistributedContext(env={})
+    assert ctx.time_collectives  # on CPU: timed, it costs no synchronisation
+    ctx.device = torch.device("cuda")
+    assert not ctx.time_collectives  # on GPU only when asked: two synchronisations per collective
+    assert DistributedContext(env={}, time_collectives=True).time_collectives

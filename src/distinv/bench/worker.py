@@ -172,6 +172,7 @@ def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
         device_mode="gpu" if spec.device == "cuda" else "cpu",
         num_threads=spec.threads_per_rank,
         timeout=spec.timeout_s,
+        time_collectives=True,  # the table's communication seconds, on GPU too
     ) as ctx:
         if ctx.world_size != spec.world_size:
             raise RuntimeError(f"run {spec.key} wants {spec.world_size} ranks, the launch gave {ctx.world_size}.")

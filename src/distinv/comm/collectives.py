@@ -61,11 +61,15 @@ class Collectives:
     @contextmanager
     def communicating(self, sent: int = 0, received: int = 0) -> Iterator[None]:
         """Adds the block's wall time to :attr:`comm_seconds` (after the device finished its work, so that
-        queued GPU kernels are not counted as communication) and ``sent`` / ``received`` bytes to
-        :attr:`bytes_sent` / :attr:`bytes_received`. Every collective of the engine runs in one."""
-        timer = DeviceTimer(self.device)
+        queued GPU kernels are not counted as communication; only where ``time_collectives``) and ``sent`` /
+        ``received`` bytes to :attr:`bytes_sent` / :attr:`bytes_received`. Every collective of the engine runs in
+        one."""
         self.bytes_sent += int(sent)
         self.bytes_received += int(received)
+        if not getattr(self, "time_collectives", True):  # no synchronisation (a GPU context by default)
+            yield
+            return
+        timer = DeviceTimer(self.device)
         try:
             with timer:
                 yield

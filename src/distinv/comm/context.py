@@ -51,6 +51,10 @@ class DistributedContext(Collectives):
         on GPU too (the ranks of a node share its cores for their host work).
     :param timeout: seconds a collective may wait before it fails (instead of hanging forever).
     :param env: the environment to read the launch from (default ``os.environ``).
+    :param time_collectives: count each collective's wall time in ``comm_seconds``, the device synchronised before
+        and after it so that queued kernels are not counted as communication. ``None`` (default): on CPU (where
+        it costs nothing), not on GPU, where two synchronisations per collective stall the queue (``comm_seconds``
+        then stays 0; bytes are counted either way). The benchmark's runs ask for it.
     :param debug: check every collective's kind, shape and order across ranks with PyTorch's own checker
         (``TORCH_DISTRIBUTED_DEBUG=DETAIL``); a desynchronised script then fails at the first mismatch instead of
         hanging or summing the wrong tensors. Only for a process group this context creates.
@@ -68,6 +72,7 @@ class DistributedContext(Collectives):
         timeout: float = 600.0,
         env: Mapping[str, str] | None = None,
         debug: bool = False,
+        time_collectives: bool | None = None,
     ):
         if backend not in (None, "gloo", "nccl"):
             raise ValueError(f"backend={backend!r}: use 'gloo', 'nccl' or None (automatic).")
@@ -90,6 +95,7 @@ class DistributedContext(Collectives):
         self.timeout = timeout
         self._env = env
         self.debug = debug
+        self._time_collectives = time_collectives
 
         self.launch = Launch(source="single")
         self.rank = 0
@@ -224,6 +230,13 @@ class DistributedContext(Collectives):
     def is_distributed(self) -> bool:
         """True when there is a process group to talk to (even of size 1)."""
         return dist.is_available() and dist.is_initialized()
+
+    @property
+    def time_collectives(self) -> bool:
+        """Whether collectives are timed (device-synchronised) into ``comm_seconds``: as asked, else on CPU only."""
+        if self._time_collectives is not None:
+            return self._time_collectives
+        return self.device.type != "cuda"
 
     @property
     def use_dist(self) -> bool:
