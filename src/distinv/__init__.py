@@ -13,6 +13,7 @@ from distinv import pnp  # the solvers module: distinv.pnp.pnp(...)
 from distinv.comm.context import DistributedContext, PeerRankError
 from distinv.comm.replicated import DistributedReplicatedParameters
 from distinv.distribute import distribute
+from distinv.operators.cone_beam import ConeBeam
 from distinv.physics.fidelity import DistributedDataFidelity
 from distinv.physics.linear import DistributedStackedLinearPhysics
 from distinv.physics.stack import DistributedStackedPhysics
@@ -24,6 +25,7 @@ from distinv.tiling.processing import DistributedProcessing
 from distinv.tiling.strategies import DistributedSignalStrategy
 
 __all__ = [
+    "ConeBeam",
     "DistributedContext",
     "DistributedDataFidelity",
     "DistributedProcessing",

@@ -1,4 +1,5 @@
-"""ASTRA Toolbox's parallel-beam projector pair in ``ParallelBeam``'s geometry (an optional backend).
+"""ASTRA Toolbox's projector pairs as optional backends: parallel beam in ``ParallelBeam``'s geometry, and cone
+beam (``AstraConeBeam``, CUDA only) in ``ConeBeam``'s per-view vectors.
 
 ASTRA's 2D projectors run on the CPU (``"linear"``: Joseph's ray-driven interpolation) or on a GPU (``"cuda"``);
 forward and back-projection of one projector are each other's transposes. Its volume is placed where deepinv's
@@ -100,3 +101,44 @@ class AstraParallelBeam:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown: ASTRA may be gone already
             pass
+
+
+class AstraConeBeam:
+    """ASTRA's CUDA cone-beam pair for ``(P, D, H, W)`` volumes and ``(P, rows, columns, views)`` projections, in
+    the geometry of ``vectors`` (ASTRA's ``cone_vec``, as :mod:`distinv.operators.cone_geometry` states it), one
+    volume at a time as float32 arrays, on the GPU of the data (or the current one for CPU tensors).
+
+    :raises ImportError: astra-toolbox is not installed; ``RuntimeError``: ASTRA has no CUDA or sees no GPU.
+    """
+
+    def __init__(self, vectors: torch.Tensor, volume_shape: tuple[int, int, int], detector_shape: tuple[int, int]):
+        self.astra = import_astra("cuda")
+        depth, height, width = volume_shape
+        rows, columns = detector_shape
+        self.volume_geometry = self.astra.create_vol_geom(height, width, depth)
+        self.projection_geometry = self.astra.create_proj_geom("cone_vec", rows, columns, vectors.numpy())
+
+    def _gpu(self, t: torch.Tensor) -> None:
+        use_gpu_of(self.astra, t.device if t.is_cuda else torch.device("cuda", torch.cuda.current_device()))
+
+    def project(self, volumes: torch.Tensor) -> torch.Tensor:
+        self._gpu(volumes)
+        out = []
+        for volume in volumes.detach().to("cpu", torch.float32).numpy():
+            data, projections = self.astra.create_sino3d_gpu(
+                np.ascontiguousarray(volume), self.projection_geometry, self.volume_geometry
+            )
+            self.astra.data3d.delete(data)
+            out.append(torch.from_numpy(np.ascontiguousarray(projections.transpose(0, 2, 1))))  # rows, columns, views
+        return torch.stack(out).to(device=volumes.device, dtype=volumes.dtype)
+
+    def back_project(self, projections: torch.Tensor) -> torch.Tensor:
+        self._gpu(projections)
+        out = []
+        for views in projections.detach().to("cpu", torch.float32).numpy():
+            data, volume = self.astra.create_backprojection3d_gpu(
+                np.ascontiguousarray(views.transpose(0, 2, 1)), self.projection_geometry, self.volume_geometry
+            )
+            self.astra.data3d.delete(data)
+            out.append(torch.from_numpy(volume))
+        return torch.stack(out).to(device=projections.device, dtype=projections.dtype)
