@@ -2,11 +2,11 @@
 view, the geometry given per view as ASTRA's ``cone_vec`` vectors (:mod:`distinv.operators.cone_geometry`, where
 the volume's voxel coordinates are stated) or built for a circular orbit about z.
 
-Two backends compute the same geometry: ``"torch"`` (default; :mod:`distinv.operators.cone_rays`, CPU and CUDA, the
-exact transpose as adjoint) and ``"astra"`` (ASTRA's CUDA projectors, where astra-toolbox is built with CUDA and
-sees a GPU; its forward and back-projection are each other's transposes; data cross to it as float32 arrays, one
-volume at a time). Either way each direction is the other's autograd backward, so the operator differentiates to
-any order.
+Two backends compute the same geometry: ``"torch"`` (default; :mod:`distinv.operators.cone_rays`, Joseph's
+method, CPU and CUDA, the exact transpose as adjoint) and ``"astra"`` (ASTRA's CUDA projectors, where astra-toolbox
+is built with CUDA and sees a GPU; its forward and back-projection are each other's transposes; data cross to it as
+float32 arrays, one volume at a time). Either way each direction is the other's autograd backward, so the operator
+differentiates to any order.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from deepinv.physics import LinearPhysics
 
 from distinv.operators.cone_geometry import check_vectors, circular_vectors
-from distinv.operators.cone_rays import WORKSPACE_BYTES, ConeRays
+from distinv.operators.cone_rays import ConeRays
 from distinv.operators.parallel_beam import MatchedPair, padded_width
 
 # source and detector about as far from the sample as each other: a magnification of 2, as in laboratory micro-CT
@@ -41,8 +41,8 @@ class ConeBeam(LinearPhysics):
     :param detector_distance: rotation axis to detector, in voxels; default ``4 W``.
     :param scale: a factor on ``A`` (and so on ``A^T``), e.g. ``1 / ||A||``.
     :param backend: ``"torch"`` (default, any device) or ``"astra"`` (ASTRA's CUDA projectors).
-    :param ray_step: for ``"torch"``: samples every ``ray_step`` voxels along each ray (default 0.5).
-    :param workspace_bytes: for ``"torch"``: the most one block of rays may hold (default 256 MiB).
+    :param workspace_bytes: for ``"torch"``: the most one block of rays may hold (default: 8 MiB on a CPU, 256 MiB
+        on a GPU).
     :raises ValueError: bad sizes, distances or backend; for ``"astra"``, ``ImportError`` without astra-toolbox and
         ``RuntimeError`` without its CUDA or a GPU.
     """
@@ -56,8 +56,7 @@ class ConeBeam(LinearPhysics):
         detector_distance: float | None = None,
         scale: float = 1.0,
         backend: str = "torch",
-        ray_step: float = 0.5,
-        workspace_bytes: int = WORKSPACE_BYTES,
+        workspace_bytes: int | None = None,
     ):
         super().__init__()
         if depth < 2 or width < 2:
@@ -75,7 +74,7 @@ class ConeBeam(LinearPhysics):
         columns = math.ceil(padded_width(width) * source / nearest)
         vectors = circular_vectors(angles, source, detector, (rows, columns), magnification)
         self.magnification = magnification
-        self._setup(vectors, (depth, width, width), (rows, columns), scale, backend, ray_step, workspace_bytes)
+        self._setup(vectors, (depth, width, width), (rows, columns), scale, backend, workspace_bytes)
 
     @classmethod
     def from_vectors(
@@ -85,8 +84,7 @@ class ConeBeam(LinearPhysics):
         detector_shape: tuple[int, int],
         scale: float = 1.0,
         backend: str = "torch",
-        ray_step: float = 0.5,
-        workspace_bytes: int = WORKSPACE_BYTES,
+        workspace_bytes: int | None = None,
     ) -> ConeBeam:
         """The operator of a measured (or any) geometry.
 
@@ -99,10 +97,10 @@ class ConeBeam(LinearPhysics):
         operator = cls.__new__(cls)
         LinearPhysics.__init__(operator)
         operator.magnification = None
-        operator._setup(vectors, volume_shape, detector_shape, scale, backend, ray_step, workspace_bytes)
+        operator._setup(vectors, volume_shape, detector_shape, scale, backend, workspace_bytes)
         return operator
 
-    def _setup(self, vectors, volume_shape, detector_shape, scale, backend, ray_step, workspace_bytes) -> None:
+    def _setup(self, vectors, volume_shape, detector_shape, scale, backend, workspace_bytes) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r}: give 'torch' (default, any device) or 'astra' (ASTRA's CUDA).")
         if len(volume_shape) != 3 or min(int(n) for n in volume_shape) < 2:
@@ -111,9 +109,7 @@ class ConeBeam(LinearPhysics):
             raise ValueError(f"detector_shape={tuple(detector_shape)}: give (rows, columns), each at least 1.")
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale={scale!r}: give a finite factor > 0 (e.g. 1 / ||A|| for a unit-norm operator).")
-        if not (math.isfinite(ray_step) and ray_step > 0):
-            raise ValueError(f"ray_step={ray_step!r}: give the sample spacing along a ray, > 0 voxels (e.g. 0.5).")
-        if workspace_bytes < 1:
+        if workspace_bytes is not None and workspace_bytes < 1:
             raise ValueError(f"workspace_bytes={workspace_bytes}: give a positive budget.")
         self.vectors = check_vectors(vectors)
         self.volume_shape = tuple(int(n) for n in volume_shape)
@@ -124,7 +120,7 @@ class ConeBeam(LinearPhysics):
 
             self._pair = AstraConeBeam(self.vectors, self.volume_shape, (self.rows, self.columns))
         else:
-            self._pair = ConeRays(self.vectors, self.volume_shape, (self.rows, self.columns), ray_step, workspace_bytes)
+            self._pair = ConeRays(self.vectors, self.volume_shape, (self.rows, self.columns), workspace_bytes)
 
     @property
     def views(self) -> int:

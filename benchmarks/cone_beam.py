@@ -1,0 +1,66 @@
+"""The PyTorch cone-beam pair's speed and memory on one core (issue 29's target: a 128³ volume, 180 views, a 192²
+detector, forward plus adjoint under 30 s and 300 MB), and how both scale with the volume's side.
+
+    python benchmarks/cone_beam.py                    # 128³ (the target), then 64³ and 96³ for the scaling
+    python benchmarks/cone_beam.py --sizes 128 256    # any sides; views and detector scale as 180 * n / 128, 1.5 n
+
+Per size, in one process, one thread, float32: seconds of ``A`` and of ``A^T`` (the second of two calls, the first
+a warm-up), and the memory each call adds above the process's level before it (Linux's peak resident set). The
+geometry: a circular orbit, source and detector 4 widths from the axis (magnification 2), a full turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from distinv import ConeBeam
+from distinv.runtime.memory import PeakMemory
+
+
+def measure(size: int, views: int, detector: int, workspace_bytes: int | None = None) -> dict:
+    angles = torch.arange(views) * (360.0 / views)
+    vectors_from = ConeBeam(angles, size, size)  # the circular orbit's geometry, its detector resized below
+    from distinv.operators.cone_geometry import circular_vectors
+
+    source, detector_distance = 4.0 * size, 4.0 * size
+    pitch = vectors_from.magnification * (vectors_from.columns / detector)
+    vectors = circular_vectors(angles, source, detector_distance, (detector, detector), pitch)
+    options = {} if workspace_bytes is None else {"workspace_bytes": workspace_bytes}
+    op = ConeBeam.from_vectors(vectors, (size, size, size), (detector, detector), **options)
+    x = torch.rand(1, 1, size, size, size, generator=torch.Generator().manual_seed(0))
+    row = {"size": size, "views": views, "detector": detector}
+    with torch.no_grad():
+        y = op.A(x)
+        for name, call in (("A", lambda: op.A(x)), ("A_adjoint", lambda: op.A_adjoint(y))):
+            with PeakMemory("cpu") as memory:
+                start = time.perf_counter()
+                call()
+                seconds = time.perf_counter() - start
+            row[f"{name}_s"], row[f"{name}_mib"] = seconds, memory.peak_bytes / 2**20
+    row["total_s"] = row["A_s"] + row["A_adjoint_s"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 64, 96])
+    parser.add_argument("--workspace-mib", type=float, default=None, help="the pair's workspace (default its own)")
+    parser.add_argument("-o", "--output", default=None, help="a JSON file for the rows")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    rows = []
+    for size in args.sizes:
+        workspace = None if args.workspace_mib is None else int(args.workspace_mib * 2**20)
+        rows.append(measure(size, round(180 * size / 128), round(1.5 * size), workspace))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
