@@ -18,17 +18,15 @@ import time
 import torch
 
 from distinv import ConeBeam
+from distinv.operators.cone_geometry import circular_vectors
 from distinv.runtime.memory import PeakMemory
 
 
 def measure(size: int, views: int, detector: int, workspace_bytes: int | None = None) -> dict:
     angles = torch.arange(views) * (360.0 / views)
-    vectors_from = ConeBeam(angles, size, size)  # the circular orbit's geometry, its detector resized below
-    from distinv.operators.cone_geometry import circular_vectors
-
-    source, detector_distance = 4.0 * size, 4.0 * size
-    pitch = vectors_from.magnification * (vectors_from.columns / detector)
-    vectors = circular_vectors(angles, source, detector_distance, (detector, detector), pitch)
+    orbit = ConeBeam(angles, size, size)  # the default circular orbit; its detector's width over `detector` pixels
+    pitch = orbit.magnification * orbit.columns / detector
+    vectors = circular_vectors(angles, 4.0 * size, 4.0 * size, (detector, detector), pitch)
     options = {} if workspace_bytes is None else {"workspace_bytes": workspace_bytes}
     op = ConeBeam.from_vectors(vectors, (size, size, size), (detector, detector), **options)
     x = torch.rand(1, 1, size, size, size, generator=torch.Generator().manual_seed(0))

@@ -23,6 +23,7 @@ A training run (:func:`~distinv.bench.training.build_trainee`) builds its engine
 from __future__ import annotations
 
 import functools
+import os
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -230,8 +231,6 @@ def deepinv_context(device: torch.device, local_rank: int) -> Any:
     sets no ``LOCAL_RANK`` (submitit, srun) would put every rank on GPU 0. ``LOCAL_RANK`` is this rank's local
     rank while it enters, and its device is ours after, whatever it picked.
     """
-    import os
-
     import deepinv.distributed as theirs
 
     their_ctx = theirs.DistributedContext(device_mode="gpu" if device.type == "cuda" else "cpu")

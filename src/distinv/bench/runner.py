@@ -261,32 +261,40 @@ def _wait_for_jobs(submitted: list, config: Config, out: Callable[[str], None], 
     """Wait for each submitted ``(spec, job)``: a job that ends without its run's rows in the table (it raised, was
     killed, or ran past the config's ``slurm.time_min`` plus 5 minutes of queueing, then cancelled) is recorded as
     failed with SLURM's or the job's own error. Returns the number of failed runs."""
-    failures = 0
     deadline = time.monotonic() + 60 * (config.raw["slurm"]["time_min"] + 5) * max(1, len(submitted))
     # without SLURM accounting sacct fails, and submitit warns at each poll; a job's end is its result file
-    logging.getLogger("submitit").setLevel(logging.ERROR)
-    for spec, job in submitted:
-        started, error = time.perf_counter(), None
-        while not job.done() and time.monotonic() < deadline:
-            time.sleep(poll_s)
-        if not job.done():
-            job.cancel(check=False)
-            error = f"SLURM job {job.job_id} had not ended by the deadline: cancelled"
-        else:
-            try:
-                job.results()
-            except Exception as exc:  # the job's own error (submitit keeps its traceback), or SLURM's state
-                error = f"SLURM job {job.job_id}: {type(exc).__name__}: {exc}"
-        seconds = time.perf_counter() - started
-        if error is None and spec.key in finished_runs(config.output):
-            out(f"  {spec.key}: done (SLURM job {job.job_id})")
-            continue
-        failures += 1
-        error = error or f"SLURM job {job.job_id} ended but wrote no finished rows for its run"
-        outcome = RunOutcome(spec.key, False, seconds, config.output / "slurm", None, error)
-        record_failure(config.output, spec, outcome, config.hash, out)
-        out(f"  {spec.key}: FAILED: {last_line(error, 'no message')} (logs: {config.output / 'slurm'})")
-    return failures
+    submitit_log = logging.getLogger("submitit")
+    level, submitit_log.level = submitit_log.level, logging.ERROR
+    try:
+        return sum(_wait_for_job(spec, job, config, out, deadline, poll_s) for spec, job in submitted)
+    finally:
+        submitit_log.level = level
+
+
+def _wait_for_job(
+    spec: RunSpec, job, config: Config, out: Callable[[str], None], deadline: float, poll_s: float
+) -> int:
+    """Wait for one job until ``deadline`` (``time.monotonic()``); returns 1 if its run failed (recorded), else 0."""
+    started, error = time.perf_counter(), None
+    while not job.done() and time.monotonic() < deadline:
+        time.sleep(poll_s)
+    if not job.done():
+        job.cancel(check=False)
+        error = f"SLURM job {job.job_id} had not ended by the deadline: cancelled"
+    else:
+        try:
+            job.results()
+        except Exception as exc:  # the job's own error (submitit keeps its traceback), or SLURM's state
+            error = f"SLURM job {job.job_id}: {type(exc).__name__}: {exc}"
+    seconds = time.perf_counter() - started
+    if error is None and spec.key in finished_runs(config.output):
+        out(f"  {spec.key}: done (SLURM job {job.job_id})")
+        return 0
+    error = error or f"SLURM job {job.job_id} ended but wrote no finished rows for its run"
+    outcome = RunOutcome(spec.key, False, seconds, config.output / "slurm", None, error)
+    record_failure(config.output, spec, outcome, config.hash, out)
+    out(f"  {spec.key}: FAILED: {last_line(error, 'no message')} (logs: {config.output / 'slurm'})")
+    return 1
 
 
 def record_failure(
