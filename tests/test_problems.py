@@ -119,6 +119,10 @@ def test_user_image_is_cropped_and_resized(tmp_path):
         ("tomography_2d", {"size": 4}, "size=4"),
         ("tomography_3d", {"size": 24, "num_angles": 2, "num_operators": 3}, "num_operators=3"),
         ("tomography_2d", {"size": 32, "projector": "radon"}, "projector='radon': give 'distinv'"),
+        ("tomography_3d", {"size": 32, "geometry": "fan"}, "geometry='fan': give 'cone'"),
+        ("tomography_3d", {"size": 32, "cone_angle": 75.0}, "cone_angle=75.0"),
+        ("tomography_3d", {"size": 32, "magnification": 0.5}, "magnification=0.5"),
+        ("tomography_3d", {"size": 32, "projector": "deepinv"}, "projector='deepinv' has no cone beam"),
         ("radon", {}, "problem='radon'"),
         ("radio", {"num_times": 4, "num_operators": 5}, "num_operators=5"),
         ("radio", {"split": "channel", "num_channels": 2, "num_operators": 3}, "num_channels=2"),
@@ -154,6 +158,8 @@ def test_tomography_runs_on_the_lean_projector_and_keeps_deepinvs_selectable(nam
     from distinv.operators.parallel_beam import ParallelBeam
 
     params = {"size": 24, "num_angles": 12, "num_operators": 3}
+    if name == "tomography_3d":
+        params["geometry"] = "parallel"  # deepinv has no cone beam
     lean, theirs = build(name, **params), build(name, **params, projector="deepinv")
     a, b = lean.factory(1, "cpu", lean.shared), theirs.factory(1, "cpu", theirs.shared)
     assert isinstance(a, ParallelBeam) and isinstance(b, SlicewiseRadon if name == "tomography_3d" else Tomography)

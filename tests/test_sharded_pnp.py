@@ -1,6 +1,7 @@
 """Sharded iterates: PnP on RowBands (spatially distributed physics, the denoiser's row bands of windows, metrics
 from the shards) gives the replicated engine's iterates and PSNR at world sizes 1-4, on highres_blur (circular
-blurs band by band) and tomography_3d (slabs of z-slices), and moves no image-sized collective per iteration."""
+blurs band by band) and tomography_3d (slabs of z-slices, parallel and cone beam), and moves no image-sized
+collective per iteration."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from distinv.sharded.denoiser import ShardedDenoiser, band_bounds_of, halo_rows
 from test_results_are_right import SmallNet
 
 BLUR = {"size": (64, 40), "num_operators": 3, "sigma_major": 1.5, "sigma_minor": 0.5, "noise_sigma": 0.02}
-TOMO3D = {"size": 32, "num_angles": 12, "num_operators": 3, "noise_sigma": 0.02}
+TOMO3D = {"size": 32, "num_angles": 12, "num_operators": 3, "noise_sigma": 0.02, "geometry": "parallel"}
+CONE = {**TOMO3D, "geometry": "cone", "cone_angle": 30.0}
 TOMO2D = {"size": 48, "num_angles": 18, "num_operators": 3, "noise_sigma": 0.02}
 # windows of 16 rows (8 for the volume) and a halo of 2 pixels, narrower than the network's reach of 3: the output
 # depends on where the windows fall, so equal outputs mean equal windows
@@ -92,6 +94,13 @@ def test_sharded_pnp_on_tomography_3d_gives_the_replicated_iterates_without_movi
     _, sharded = _compare(ranks, world_size, "tomography_3d", TOMO3D, TILING_3D, "pgd", 0.5)
     halo = (2 + 2) * TOMO3D["size"] ** 2 * 4  # the denoiser's 2 slices above and below; the physics needs none
     assert all(max(r["received"]) <= halo + 256 for r in sharded)  # and a few numbers (norms)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4])
+def test_sharded_pnp_on_cone_beam_slabs_gives_the_replicated_iterates_moving_only_detector_rows(ranks, world_size):
+    replicated, sharded = _compare(ranks, world_size, "tomography_3d", CONE, TILING_3D, "pgd", 0.5)
+    if world_size > 1:  # overlapping detector rows and the denoiser's halo, well under the volume's all-reduce
+        assert max(max(r["received"]) for r in sharded) < 0.5 * min(min(r["received"]) for r in replicated)
 
 
 @pytest.mark.parametrize("world_size", [2, 3])

@@ -11,7 +11,7 @@ from distinv.bench.problems import build
 from distinv.placements.row_bands import band_bounds, shard_rows
 from distinv.testing import dot_test
 
-PARAMS = {"size": 24, "num_angles": 9, "num_operators": 3}
+PARAMS = {"size": 24, "num_angles": 9, "num_operators": 3, "geometry": "parallel"}
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -16,6 +16,7 @@ import math
 import torch
 from deepinv.physics import LinearPhysics
 
+from distinv.operators.cone_fdk import fdk
 from distinv.operators.cone_geometry import check_vectors, circular_vectors
 from distinv.operators.cone_rays import ConeRays
 from distinv.operators.parallel_beam import MatchedPair, padded_width
@@ -136,6 +137,25 @@ class ConeBeam(LinearPhysics):
         """The exact transpose of :meth:`A`: volumes ``(B, C, D, H, W)``."""
         self._check(y, "y", (self.rows, self.columns, self.views))
         return MatchedPair.apply(y, self, True) * self.scale
+
+    def fdk(self, y: torch.Tensor, workspace_bytes: int | None = None) -> torch.Tensor:
+        """The FDK reconstruction ``(B, C, D, H, W)`` of measurements ``y = A x`` (``(B, C, rows, columns,
+        views)``, this operator's ``scale`` included): cosine weights, a ramp filter along the detector rows and
+        the distance-weighted back-projection (:mod:`distinv.operators.cone_fdk`; a full turn assumed).
+
+        :param workspace_bytes: the most one block of voxels holds (default 32 MiB on a CPU, 512 MiB on a GPU).
+        """
+        self._check(y, "y", (self.rows, self.columns, self.views))
+        planes = y.detach().reshape(-1, self.rows, self.columns, self.views) / self.scale
+        volume = fdk(planes, self.vectors, self.volume_shape, workspace_bytes)
+        return volume.reshape(*y.shape[:2], *self.volume_shape)
+
+    def A_dagger(self, y: torch.Tensor, fbp: bool = False, **kwargs) -> torch.Tensor:  # noqa: N802
+        """With ``fbp=True`` cone beam's filtered back-projection, FDK (:meth:`fdk`); else deepinv's least
+        squares."""
+        if fbp:
+            return self.fdk(y)
+        return super().A_dagger(y, **kwargs)
 
     def _check(self, t: torch.Tensor, name: str, last: tuple[int, int, int]) -> None:
         if not isinstance(t, torch.Tensor) or t.ndim != 5 or tuple(t.shape[2:]) != tuple(last):

@@ -80,3 +80,52 @@ def check_vectors(vectors: torch.Tensor) -> torch.Tensor:
     if (((source - centre) * normal).sum(dim=1).abs() < 1e-9).any():
         raise ValueError("vectors: a view's source lies in its detector's plane: no ray reaches the detector.")
     return vectors
+
+
+def detector_coordinates(vectors: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Where the rays from each view's source through ``points`` ``(N, 3)`` (x, y, z) meet its detector:
+    ``(V, N, 2)`` fractional ``(row, column)`` pixel indices (0 at the first pixel's centre)."""
+    source, centre, u, v = vectors[:, None, 0:3], vectors[:, None, 3:6], vectors[:, None, 6:9], vectors[:, None, 9:12]
+    normal = torch.linalg.cross(u, v)
+    ray = points[None] - source
+    hit = source + ray * ((centre - source) * normal).sum(-1, keepdim=True) / (ray * normal).sum(-1, keepdim=True)
+    w = hit - centre
+    # (a, b) with w = a u + b v: the Gram system of the detector's two steps
+    uu, uv, vv = (u * u).sum(-1), (u * v).sum(-1), (v * v).sum(-1)
+    wu, wv = (w * u).sum(-1), (w * v).sum(-1)
+    det = uu * vv - uv * uv
+    a, b = (vv * wu - uv * wv) / det, (uu * wv - uv * wu) / det
+    return torch.stack([b, a], dim=-1)
+
+
+def rows_reached(
+    vectors: torch.Tensor, volume_shape: tuple[int, int, int], rows: int, slices: tuple[int, int]
+) -> tuple[int, int]:
+    """The detector rows ``(first, stop)`` that any view's rays through slices ``slices = (first, stop)`` of a
+    ``(D, H, W)`` volume can reach, over all views: the detector image of the slab's box widened by one voxel
+    (bilinear reading reaches a voxel from up to one voxel away), which bounds the image of every point inside it
+    (a box is convex and each view's perspective map keeps it so); one row of margin either side, clipped to the
+    detector."""
+    depth, height, width = volume_shape
+    z0, z1 = slices[0] - 1 - (depth - 1) / 2, slices[1] - (depth - 1) / 2
+    x, y = (width - 1) / 2 + 1, (height - 1) / 2 + 1
+    corners = torch.tensor(
+        [[sx * x, sy * y, z] for sx in (-1, 1) for sy in (-1, 1) for z in (z0, z1)], dtype=torch.float64
+    )
+    row = detector_coordinates(vectors, corners)[..., 0] + (rows - 1) / 2
+    return max(0, math.floor(row.min().item()) - 1), min(rows, math.ceil(row.max().item()) + 2)
+
+
+def restricted(
+    vectors: torch.Tensor, volume_shape: tuple[int, int, int], rows: int, slices: tuple[int, int], band: tuple[int, int]
+) -> torch.Tensor:
+    """The vectors of the same views for slices ``slices`` of the volume alone, seen by detector rows ``band``
+    alone: the geometry moved so the slab's centre is the origin (source and detector shifted along z) and the
+    detector's centre moved to the band's centre, so that a voxel and a detector pixel keep their place."""
+    depth = volume_shape[0]
+    shift = (slices[0] + slices[1] - 1) / 2 - (depth - 1) / 2
+    out = vectors.clone()
+    out[:, 2] -= shift
+    out[:, 5] -= shift
+    out[:, 3:6] += ((band[0] + band[1] - 1) / 2 - (rows - 1) / 2) * vectors[:, 9:12]
+    return out

@@ -1,8 +1,9 @@
-"""The cone-beam pair in PyTorch, CPU and CUDA alike, by Joseph's method: for each view, the volume is cut into
-slices across the axis its central ray runs along most (x, y or z); every detector pixel's ray crosses each slice
-once, the slice is read there by bilinear interpolation (``grid_sample``, zero outside), and the readings are summed
-times the ray's length between two slices (a line integral in voxel units). The adjoint is the exact transpose of
-that sum: the interpolation weights scattered back (``grid_sample``'s own backward, without its forward).
+"""The cone-beam pair in PyTorch, CPU and CUDA alike, by Joseph's method: for each view, the volume is cut into slices
+across the axis its detector's normal (its central ray) runs along most (x, y or z); every detector pixel's ray
+crosses each slice once, the slice is read there by bilinear interpolation (``grid_sample``, zero outside), and the
+readings are summed times the ray's length between two slices (a line integral in voxel units). The adjoint is the
+exact transpose of that sum: the interpolation weights scattered back (``grid_sample``'s own backward, without its
+forward).
 
 Nothing is stored but the geometry (the vectors, :mod:`distinv.operators.cone_geometry`): each call makes the ray
 crossings of one view with a run of its slices, sized to fit ``workspace_bytes``, and frees them before the next.
@@ -48,9 +49,10 @@ class ConeRays:
         self.workspace_bytes = workspace_bytes
         depth, height, width = self.volume_shape
         self._sizes = (width, height, depth)  # voxels along x, y, z
-        # the axis each view is sliced across: the one its central ray runs along most
-        central = vectors[:, 3:6] - vectors[:, 0:3]
-        self._axis = central.abs().argmax(dim=1).tolist()
+        # the axis each view is sliced across: the one its detector's normal runs along most (the central ray's,
+        # for a detector facing the source; from the detector's steps alone, so the same for any part of it)
+        normal = torch.linalg.cross(vectors[:, 6:9], vectors[:, 9:12])
+        self._axis = normal.abs().argmax(dim=1).tolist()
 
     def project(self, volumes: torch.Tensor) -> torch.Tensor:
         """``(P, D, H, W)`` to ``(P, rows, columns, views)``, no graph."""

@@ -81,11 +81,10 @@ class Problem:
     def measure_sharded(self, physics: Any, x: RowBands) -> list[RowBands]:
         """The K measurements in ``x``'s bands, from spatially distributed physics (``self.sharded``): each equal
         to the band of the replicated measurement (the same per-operator noise, generated whole and cut)."""
-        first, last = x.rows
         measurements = physics.A(x)
         for i, y in enumerate(measurements):  # noise added in place: K bands held, not 2K
             g = torch.Generator(device="cpu").manual_seed(operator_seed(self.seed, i))
-            noise = randn_rows(y.shape, g, first, last, y.dtype)
+            noise = randn_rows(y.shape, g, *y.rows, y.dtype)  # the measurement's rows (cone beam: detector rows)
             y.local.add_(noise.to(y.device), alpha=self.noise_sigma)
         return measurements
 

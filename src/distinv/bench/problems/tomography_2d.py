@@ -23,7 +23,6 @@ from distinv.bench.problems.base import (
 )
 from distinv.images import shepp_logan_2d
 from distinv.operators.parallel_beam import ParallelBeam
-from distinv.sharded.slabs import SlabStack
 
 MIN_SIZE = 16
 PROJECTORS = ("distinv", "deepinv", "astra")
@@ -74,9 +73,10 @@ def _radon(index: int, device: torch.device, shared: dict) -> ParallelBeam | Tom
 
 
 def fbp_start(problem: Problem, physics, y_local) -> torch.Tensor:
-    """Filtered back-projection of all angles: each block's FBP weighted by its share of the angles (its cost)."""
+    """Filtered back-projection of all angles (FDK for cone beam): each block's weighted by its share of the
+    angles (its cost)."""
     n = problem.shared["num_angles"]
-    if isinstance(physics, SlabStack):  # sharded in slabs: every rank holds all K blocks of its own slices
+    if getattr(physics, "image_placement", None) == "row bands":  # slabs: every rank holds all K blocks
         weights = [cost / n for cost in problem.operator_costs]
         return physics.weighted_sum("A_dagger", y_local, weights, fbp=True)
     terms = [
