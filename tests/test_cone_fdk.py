@@ -9,6 +9,7 @@ import torch
 
 from distinv import ConeBeam
 from distinv.operators.cone_fdk import view_angle_weights
+from distinv.operators.cone_geometry import circular_vectors
 from test_cone_beam import blob, blob_line_integrals
 
 
@@ -35,3 +36,15 @@ def test_views_are_weighted_by_their_share_of_the_turn_so_interleaved_blocks_sum
     blocks = [ConeBeam(angles[k::4], 16, 16, scale=0.1 * (k + 1)) for k in range(4)]
     summed = sum(b.A_dagger(b.A(x), fbp=True) / 4 for b in blocks)
     assert torch.allclose(summed, whole.fdk(whole.A(x)), atol=1e-5)
+
+
+def test_the_norm_estimated_on_a_small_copy_of_the_scene_is_the_operators_within_two_percent():
+    from distinv.bench.problems.tomography_3d import estimated_sqnorm
+    from distinv.numerics.linalg import power_iteration
+
+    vectors = circular_vectors(torch.arange(24) * 15.0, 50.0, 40.0, (36, 44), 1.5)
+    jitter = torch.randn(vectors[:, 0:6].shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    vectors[:, 0:6] += jitter
+    op = ConeBeam.from_vectors(vectors, (20, 28, 28), (36, 44))
+    exact, _ = power_iteration(op.A_adjoint_A, torch.zeros(1, 1, 20, 28, 28, dtype=torch.float64), 200, 1e-5)
+    assert abs(estimated_sqnorm(vectors, (20, 28, 28), (36, 44)) / float(exact) - 1) < 0.02

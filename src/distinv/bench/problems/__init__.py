@@ -5,10 +5,16 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from distinv.bench.problems import highres_blur, radio, tomography_2d, tomography_3d
+from distinv.bench.problems import ct_scan, highres_blur, radio, tomography_2d, tomography_3d
 from distinv.bench.problems.base import Problem
 
-MODULES = {"highres_blur": highres_blur, "tomography_2d": tomography_2d, "tomography_3d": tomography_3d, "radio": radio}
+MODULES = {
+    "highres_blur": highres_blur,
+    "tomography_2d": tomography_2d,
+    "tomography_3d": tomography_3d,
+    "radio": radio,
+    "ct_scan": ct_scan,
+}
 BUILDERS = {name: module.build for name, module in MODULES.items()}
 
 
