@@ -56,6 +56,7 @@ class IterationRecord:
     data_solver: str = "gradient"  # how the data step ran: "gradient" (PGD), "fft" (closed form) or "cg"
     data_iterations: int = 0  # CG iterations of the data prox (0: a gradient step, or the closed form)
     data_residual: float = 0.0  # the prox's relative residual (NaN: it met a NaN or an infinity)
+    measurement_residual: float | None = None  # ||A x - y|| / ||y|| after the iteration, when asked (pnp(residual=))
 
 
 def sigma_schedule(sigma_start: float, sigma_end: float, iterations: int) -> list[float]:
@@ -168,6 +169,7 @@ def pnp(
     ctx: DistributedContext | None = None,
     measure_memory: bool = False,
     differentiable: bool = False,
+    residual: bool = False,
 ) -> tuple[torch.Tensor, list[IterationRecord]]:
     """Run a plug-and-play algorithm; returns the last iterate and one record per iteration.
 
@@ -195,16 +197,20 @@ def pnp(
         GPU) in ``data_peak_bytes`` and ``denoiser_peak_bytes``.
     :param differentiable: build an autograd graph through the iterations (for training an unrolled scheme).
         Default ``False``: inference, no graph, each iterate freed as the next is made.
+    :param residual: record the data residual ``||A x - y|| / ||y||`` after each iteration
+        (``measurement_residual``: the score of a run without a ground truth; one ``A`` and an all-reduce of two
+        numbers per iteration, outside the timed part). ``y`` is then kept for the whole run.
     """
     with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
         sigmas, steps = _check(algorithm, iterations, relaxation, sigma, step, tol, cg_iterations)  # before collectives
         check_placement(x0, getattr(physics, "image_placement", None), "x0")  # deepinv's physics: not declared
         aty = physics.A_adjoint(y)
         check_placed_alike(x0, aty, "x0", "A^T y (the physics' placement)")
+        kept = y if residual else None
         del y  # every data step reads A^T y only: measurements handed over without a reference kept are freed here
         return _pnp(
             algorithm, physics, denoiser, aty, x0, sigmas, iterations, steps, relaxation, tol, cg_iterations,
-            ground_truth, data_range, callback, ctx, measure_memory,
+            ground_truth, data_range, callback, ctx, measure_memory, kept,
         )  # fmt: skip
 
 
@@ -249,7 +255,7 @@ def _check(
 
 def _pnp(
     algorithm, physics, denoiser, aty, x0, sigmas, iterations, steps, relaxation, tol, cg_iterations, ground_truth,
-    data_range, callback, ctx, measure_memory,
+    data_range, callback, ctx, measure_memory, measured=None,
 ) -> tuple[torch.Tensor, list[IterationRecord]]:  # fmt: skip
     ctx = ctx if ctx is not None else getattr(physics, "ctx", None)
     comm_seconds = (lambda: ctx.comm_seconds) if hasattr(ctx, "comm_seconds") else (lambda: 0.0)
@@ -304,6 +310,7 @@ def _pnp(
             data_solver=solve.method,
             data_iterations=solve.iterations,
             data_residual=solve.relative_residual,
+            measurement_residual=measurement_residual(physics, x, measured) if measured is not None else None,
         )
         records.append(record)
         if callback is not None:
@@ -311,3 +318,28 @@ def _pnp(
         if tol is not None and change < tol:
             break
     return x, records
+
+
+def measurement_residual(physics: Any, x: Vector, y: Sequence[Any]) -> float:
+    """``||A x - y|| / ||y||`` over every operator's measurement, a replicated float: ``y`` as ``pnp`` takes it
+    (this rank's operators' measurements, the K as row bands, or all K replicated); this rank's sums of squares,
+    then one all-reduce of two numbers where the measurements are spread over ranks."""
+    from distinv.placements.measurements import LocalMeasurements
+    from distinv.placements.row_bands import RowBands
+
+    if isinstance(y, LocalMeasurements):
+        forward = physics.A(x, gather=False)
+    else:
+        forward = physics.A(x)
+    pairs = list(zip(forward, y, strict=True))
+    spread = isinstance(y, LocalMeasurements) or any(isinstance(b, RowBands) for _, b in pairs)
+    local = [(a.local, b.local) if isinstance(b, RowBands) else (a, b) for a, b in pairs]
+    device = x.local.device if isinstance(x, RowBands) else x.device
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    for a, b in local:
+        sums[0] += (a - b).abs().pow(2).sum(dtype=torch.float64)
+        sums[1] += b.abs().pow(2).sum(dtype=torch.float64)
+    if spread:
+        ctx = getattr(physics, "ctx", None) or x.ctx
+        sums = ctx.all_reduce(sums)
+    return float(sums[0].sqrt() / sums[1].sqrt().clamp_min(1e-300))

@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from distinv.bench.palette import colour
-from distinv.bench.results import last_line, read_rows, run_memory, summarise
+from distinv.bench.results import last_line, quality_text, read_rows, run_memory, summarise
 from distinv.bench.training_report import summarise_training, training_figures, training_section
 
 ENGINE_NAMES = {
@@ -100,6 +100,12 @@ def observations(problem: str, summary: list[dict]) -> list[str]:
                 f"{size}, {ENGINE_NAMES.get(engine, engine)} at {n} device{'s' * (n > 1)}: peak memory a rank adds "
                 f"{e['peak_bytes'] / MIB:.0f} MiB, {e['peak_bytes'] / untiled['peak_bytes']:.2f}x the untiled run's "
                 f"{untiled['peak_bytes'] / MIB:.0f} MiB."
+            )
+        residuals = [e["residual"] for e in at_size.values() if e.get("psnr") is None and e.get("residual") is not None]
+        if residuals:  # runs without a ground truth (a measured scan without a reference)
+            lines.append(
+                f"{size}: no ground truth; data residual ||Ax - y|| / ||y|| {min(residuals):.2e} to "
+                f"{max(residuals):.2e} after {next(iter(at_size.values()))['iterations']} iterations."
             )
         finals = [e["psnr"] for e in at_size.values() if e.get("psnr") is not None]
         if finals:
@@ -228,14 +234,20 @@ def breakdown_figure(problem: str, summary: list[dict]):
 
 
 def quality_figure(problem: str, rows: list[dict]):
-    """PSNR against iteration and against elapsed time, one line per run (iteration 0: the start)."""
+    """PSNR against iteration and against elapsed time, one line per run (iteration 0: the start); for a problem
+    whose runs have no ground truth (a measured scan without a reference), the data residual ``||A x - y|| /
+    ||y||`` instead, on a log axis, from iteration 1."""
     from plotly.subplots import make_subplots
 
     by_run: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         if r["problem"] == problem and r.get("status") == "ok":
             by_run[r["run_key"]].append(r)
-    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=["PSNR vs iteration", "PSNR vs time"])
+    mine = [r for run in by_run.values() for r in run]
+    metric = "psnr" if any(r.get("psnr") is not None for r in mine) else "measurement_residual"
+    label = "PSNR" if metric == "psnr" else "data residual"
+    titles = [f"{label} vs iteration", f"{label} vs time"]
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=titles)
     ordered = sorted(
         by_run.items(),
         key=lambda kv: (_size_order(size_label(kv[1][0]["size"])), ENGINE_ORDER.get(kv[1][0]["engine"], 9),
@@ -244,12 +256,13 @@ def quality_figure(problem: str, rows: list[dict]):
     for index, (_key, run) in enumerate(ordered):
         first = run[0]
         iterations = sorted({r["iteration"] for r in run})
-        psnr = {r["iteration"]: r["psnr"] for r in run if r.get("psnr") is not None}
+        score = {r["iteration"]: r[metric] for r in run if r.get(metric) is not None}
         slowest = [max(r["total_s"] for r in run if r["iteration"] == i) for i in iterations]
         elapsed = [sum(slowest[: i + 1]) for i in range(len(slowest))]
-        its = [0] + [i for i in iterations if i in psnr]
-        times = [0.0] + [t for i, t in zip(iterations, elapsed, strict=True) if i in psnr]
-        values = [first.get("init_psnr")] + [psnr[i] for i in its[1:]]
+        start = [0] if metric == "psnr" else []  # the start's PSNR is known; its residual is not measured
+        its = start + [i for i in iterations if i in score]
+        times = [0.0] * len(start) + [t for i, t in zip(iterations, elapsed, strict=True) if i in score]
+        values = [first.get("init_psnr")] * len(start) + [score[i] for i in its[len(start) :]]
         name = (
             f"{ENGINE_NAMES.get(first['engine'], first['engine'])} ×{first['world_size']}, "
             f"{size_label(first['size'])}" + (f" (rep {first['repetition']})" if first.get("repetition") else "")
@@ -262,7 +275,11 @@ def quality_figure(problem: str, rows: list[dict]):
         )  # fmt: skip
     fig.update_xaxes(title_text="iteration (0: the start)", row=1, col=1)
     fig.update_xaxes(title_text="elapsed seconds (slowest rank)", row=1, col=2)
-    fig.update_yaxes(title_text="PSNR (dB)", row=1, col=1)
+    if metric == "psnr":
+        fig.update_yaxes(title_text="PSNR (dB)", row=1, col=1)
+    else:
+        fig.update_yaxes(title_text="||A x - y|| / ||y||", type="log", row=1, col=1)
+        fig.update_yaxes(type="log", row=1, col=2)
     fig.update_layout(title=f"{problem}: reconstruction quality")
     _legend_below(fig, 500)
     return fig
@@ -350,8 +367,10 @@ def previews_html(problem: str, summary: list[dict], directory: Path) -> str:
         at_size = [e for e in ok if size_label(e["size"]) == size]
         tags = []
         group = folder / at_size[0]["group"]
+        init = at_size[0].get("init_psnr")
+        start = "start" + (f", {init:.2f} dB" if init is not None else "")
         for name, caption in (("ground_truth", "ground truth"), ("measurement", "one measurement"),
-                              ("initial", f"start, {at_size[0].get('init_psnr') or float('nan'):.2f} dB")):  # fmt: skip
+                              ("initial", start)):  # fmt: skip
             if (group / f"{name}.png").exists():
                 tags.append(_image_tag(group / f"{name}.png", caption))
         for engine in sorted({e["engine"] for e in at_size}, key=lambda e: ENGINE_ORDER.get(e, 9)):
@@ -359,6 +378,8 @@ def previews_html(problem: str, summary: list[dict], directory: Path) -> str:
             path = folder / f"{e['run_key']}.png"
             if path.exists():
                 psnr = f", {e['psnr']:.2f} dB" if e.get("psnr") is not None else ""
+                if e.get("psnr") is None and e.get("residual") is not None:
+                    psnr = f", residual {e['residual']:.2e}"
                 tags.append(_image_tag(path, f"{ENGINE_NAMES.get(engine, engine)} ×{e['world_size']}{psnr}"))
         if tags:
             blocks.append(f'<h3>size {html.escape(size)}</h3><div class="previews">{"".join(tags)}</div>')
@@ -366,7 +387,10 @@ def previews_html(problem: str, summary: list[dict], directory: Path) -> str:
 
 
 def runs_table_html(summary: list[dict]) -> str:
-    head = "<tr><th>run</th><th>status</th><th>ranks</th><th>PSNR (dB)</th><th>s / iteration</th><th>speedup</th></tr>"
+    head = (
+        "<tr><th>run</th><th>status</th><th>ranks</th><th>PSNR (dB) or residual</th><th>s / iteration</th>"
+        "<th>speedup</th></tr>"
+    )
     body = []
     for e in sorted(summary, key=lambda e: (e["problem"], e["run_key"])):
         if e["status"] != "ok":
@@ -375,7 +399,7 @@ def runs_table_html(summary: list[dict]) -> str:
                 f'<td colspan="3">{html.escape(last_line(e.get("error")))}</td></tr>'
             )
             continue
-        psnr = f"{e['psnr']:.2f}" if e.get("psnr") is not None else "n/a"
+        psnr = quality_text(e)
         speedup = f"{e['speedup_total']:.2f}x" if e.get("speedup_total") else "no baseline"
         body.append(
             f"<tr><td>{html.escape(e['run_key'])}</td><td>ok</td><td>{e['world_size']}</td><td>{psnr}</td>"

@@ -174,6 +174,15 @@ def finished_runs(directory: str | Path) -> set[str]:
     return {r[RUN_KEY] for r in read_rows(directory) if r.get("status") == "ok"}
 
 
+def quality_text(entry: dict, width: int = 0) -> str:
+    """A run's score for a table: its PSNR in dB, else (no ground truth) its data residual ``r=...``, else n/a."""
+    if entry.get("psnr") is not None:
+        return f"{entry['psnr']:{width}.2f}"
+    if entry.get("residual") is not None:
+        return f"r={entry['residual']:.1e}".rjust(width)
+    return "n/a".rjust(width)
+
+
 def summarise(directory: str | Path) -> list[dict]:
     """Per PnP run (training runs: :func:`~distinv.bench.training_report.summarise_training`): world size, final
     PSNR, median seconds per iteration by component (the first iteration, a
@@ -202,6 +211,8 @@ def summarise(directory: str | Path) -> list[dict]:
             entry[component] = statistics.median(per_iteration)
         last = [r for r in rows if r["iteration"] == iterations[-1] and r.get("psnr") is not None]
         entry["psnr"] = last[0]["psnr"] if last else None
+        scored = [r for r in rows if r["iteration"] == iterations[-1] and r.get("measurement_residual") is not None]
+        entry["residual"] = scored[0]["measurement_residual"] if scored else None  # runs without a ground truth
         entry["init_psnr"] = first.get("init_psnr")
         entry["iterations"] = len(iterations)
         entry["peak_bytes"] = max(run_memory(r) for r in rows) if rows else None
@@ -272,7 +283,7 @@ def format_summary(summary: list[dict]) -> str:
                 + last_line(e.get("error"))
             )
             continue
-        psnr = f"{e['psnr']:6.2f}" if e.get("psnr") is not None else "   n/a"
+        psnr = quality_text(e, 6)
 
         eff = f"{e['efficiency_total']:.0%}" if e.get("efficiency_total") else "n/a"
         lines.append(

@@ -25,7 +25,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from distinv.bench.spec import RunSpec, SolverSpec
 
 # what a run measures per row that must be a finite number for the run to count as finished
-CHECKED_METRICS = {"pnp": ("psnr",), "training": ("loss", "val_psnr")}
+CHECKED_METRICS = {"pnp": ("psnr", "measurement_residual"), "training": ("loss", "val_psnr")}
 AUTO_MODELS = {"radio": "shipped:drunet-small-radio"}  # problems whose images are unlike dead leaves
 PREVIEW_SIDE = 2048  # largest side of a sharded run's previews (gathered subsampled)
 
@@ -216,10 +216,11 @@ def _reconstruct(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict,
 
     with torch.no_grad():
         truth = engine.ground_truth(problem)  # placed as the iterates are (sharded for distinv-sharded)
+        scored = problem.has_reference  # else the truth gives the shape only: the data residual scores the run
         engine.release(problem)
         y = engine.measure(problem)
         x0 = engine.initial(problem, y)
-        init_psnr = psnr(x0, truth, problem.data_range)
+        init_psnr = psnr(x0, truth, problem.data_range) if scored else None
         solver = spec.solver
         levels = sigma_levels(solver)
         measurement = y[0] if y else None  # for the preview: the loop keeps none of the K once it has A^T y
@@ -237,18 +238,24 @@ def _reconstruct(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict,
             relaxation=solver.relaxation,
             tol=solver.tol,
             cg_iterations=solver.cg_iterations,
-            ground_truth=truth,  # every rank: metrics cost the same everywhere, none waits
+            ground_truth=truth if scored else None,  # every rank: metrics cost the same everywhere, none waits
             data_range=problem.data_range,
             ctx=ctx,
             measure_memory=True,
+            residual=not scored,
             callback=progress if ctx.rank == 0 else None,
         )
+        if getattr(problem, "scan", None) is not None:  # a measured scan: the volume to disk, each rank its slab
+            from distinv.bench.volume_files import write_slices
+
+            folder = Path(output) / "reconstructions" / spec.key
+            ctx.run_agreed("writing the reconstruction", lambda: write_slices(folder, x, ctx))  # a full disk: all fail
         # previews want whole images: gathered on every rank (collectives), after the timed iterations; sharded
         # ones subsampled to PREVIEW_SIDE pixels per side (the sizes they are for do not fit a rank gathered whole)
         x, x0, truth = (engine.replicated(t, PREVIEW_SIDE) for t in (x, x0, truth))
         first = engine.replicated(measurement, PREVIEW_SIDE) if measurement is not None else None
     if ctx.rank == 0:
-        save_previews(Path(output) / "previews", spec, problem, engine.view, first, x0, x, truth)
+        save_previews(Path(output) / "previews", spec, problem, engine.view, first, x0, x, truth if scored else None)
     return {"init": problem.init_name, "init_psnr": init_psnr}, [asdict(r) for r in records]
 
 
@@ -274,12 +281,15 @@ def save_previews(
     folder: Path, spec: RunSpec, problem, view, y, x0: torch.Tensor, x: torch.Tensor, truth: torch.Tensor
 ) -> None:
     """``previews/<run key>.png`` (the reconstruction) and, once per comparison group, the group's ground truth,
-    one measurement ``y`` (rank 0's first; ``None`` when it has none) and start in ``previews/<group>/``."""
+    one measurement ``y`` (rank 0's first; ``None`` when it has none) and start in ``previews/<group>/`` (no ground
+    truth picture when ``truth`` is ``None``)."""
     from distinv.bench.preview import image_picture, measurement_picture, save_pictures
 
     group = folder / spec.group
     if not (group / "initial.png").exists():
-        pictures = {"ground_truth": image_picture(problem, truth), "initial": image_picture(problem, x0)}
+        pictures = {"initial": image_picture(problem, x0)}
+        if truth is not None:  # None: a measured scan without a reference
+            pictures["ground_truth"] = image_picture(problem, truth)
         if y is not None:
             operator = view.local_physics[0] if view.local_physics else None
             pictures["measurement"] = measurement_picture(problem, operator, y)

@@ -49,6 +49,9 @@ class Problem:
     data_range: float = 1.0
     info: dict = field(default_factory=dict)
     sharded: ShardedPhysics | None = None  # None: the operators do not decompose in space
+    # False: ground_truth only gives the shape (a measured scan without a reference): runs are scored by the data
+    # residual ||A x - y|| / ||y||, not PSNR
+    has_reference: bool = True
 
     def distribute(self, ctx: DistributedContext, **kwargs: Any) -> DistributedStackedLinearPhysics:
         return distribute(

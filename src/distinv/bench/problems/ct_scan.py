@@ -6,8 +6,9 @@ The views are dealt in K interleaved blocks, each a :class:`~distinv.operators.c
 per-view vectors, scaled to about unit norm (:func:`~distinv.bench.problems.tomography_3d.estimated_sqnorm`). Nothing is
 synthesised and no rank reads the whole scan: with the operator split, a rank reads its blocks' views; with slabs
 (``distinv-sharded``), each rank reads the detector rows it owns of every view. The start is FDK. The reference
-reconstruction, when the file has one, is the volume scored against (PSNR and SSIM with its own data range); the
-volume's shape is the reference's, else ``size`` (its width and height) and ``depth``.
+reconstruction, when the file has one, is the volume scored against (PSNR and SSIM with its own data range); without
+one (the TIFF layout has none) runs are scored by the data residual ``||A x - y|| / ||y||``. The volume's shape is the
+reference's, else ``size`` (its width and height) and ``depth``.
 """
 
 from __future__ import annotations
@@ -64,19 +65,23 @@ class ScanProblem(Problem):
         """This rank's operators' measurements: their blocks' views, read from the file (all rows)."""
         from distinv.placements.measurements import LocalMeasurements
 
-        out = [self._read(i, op.scale, None).to(physics.ctx.device) for i, op in self._local(physics)]
+        def read() -> list[torch.Tensor]:
+            return [self._read(i, op.scale, None).to(physics.ctx.device) for i, op in self._local(physics)]
+
+        out = physics.ctx.run_agreed("reading the scan", read)  # a bad file on one rank fails every rank
         return LocalMeasurements(out, physics.local_indexes, self.num_operators)
 
     def measure_sharded(self, physics: ConeSlabs, x: RowBands) -> list[RowBands]:
         """Every block's measurement in the detector rows this rank owns, read from the file."""
         plan = physics.plan(x.bounds)
         rows = (plan.owned[x.ctx.rank], plan.owned[x.ctx.rank + 1])
-        out = []
-        for i, op in enumerate(physics.operators):
-            local = self._read(i, op.scale, rows).to(x.device)
-            shape = (1, 1, op.rows, op.columns, op.views)
-            out.append(RowBands(x.ctx, shape, plan.owned, local))
-        return out
+
+        def read() -> list[torch.Tensor]:
+            return [self._read(i, op.scale, rows).to(x.device) for i, op in enumerate(physics.operators)]
+
+        parts = x.ctx.run_agreed("reading the scan", read)
+        shapes = [(1, 1, op.rows, op.columns, op.views) for op in physics.operators]
+        return [RowBands(x.ctx, shape, plan.owned, local) for shape, local in zip(shapes, parts, strict=True)]
 
     def _local(self, physics) -> list[tuple[int, ConeBeam]]:
         return list(zip(physics.local_indexes, physics.local_physics, strict=True))
@@ -159,11 +164,6 @@ def build(
         return None
     volume_shape = _volume_shape(scan, size, depth)
     reference = read_reference(scan)
-    if reference is None:
-        raise ValueError(
-            f"path={path!r}: the scan has no reference volume; runs without one (scored by the data residual) are not "
-            "supported yet: add 'reference' (D, H, W) to the file."
-        )
     sqnorm = estimated_sqnorm(scan.vectors, volume_shape, scan.detector_shape) / len(scan.views)
     counts = [float(len(block_views(i, len(scan.views), num_operators))) for i in range(num_operators)]
     shared = {
@@ -175,10 +175,10 @@ def build(
         "sqnorm_per_view": sqnorm,
         "geometry": "cone",
     }
-    data_range = float(reference.max() - reference.min()) or 1.0
+    data_range = float(reference.max() - reference.min()) or 1.0 if reference is not None else 1.0
     return ScanProblem(
         name="ct_scan",
-        ground_truth=reference,
+        ground_truth=reference if reference is not None else torch.zeros((1, 1, *volume_shape)),
         num_operators=num_operators,
         factory=_operator,
         shared=shared,
@@ -190,5 +190,6 @@ def build(
         data_range=data_range,
         info={"views": len(scan.views), "detector": list(scan.detector_shape), "layout": scan.layout},
         sharded=_slabs,
+        has_reference=reference is not None,
         scan=scan,
     )
