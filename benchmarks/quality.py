@@ -60,9 +60,19 @@ SETTINGS = {
         problem="tomography_3d",
     ),  # fmt: skip
     # the cone-beam case at 128^3: 90 views of a turn, noise 0.01, a 14-degree cone, magnification 2 (defaults)
+    # (the volume denoised whole: windows of the CPU's default size would recompute their 3D halos many times)
     "tomography_3d_cone_128": Setting(
-        {"size": 128}, "hqs", None, 0.19, 0.01, 6, cg_iterations=3, coupling=0.23, problem="tomography_3d"
-    ),
+        {"size": 128},
+        "hqs",
+        None,
+        0.19,
+        0.01,
+        6,
+        cg_iterations=3,
+        coupling=0.23,
+        problem="tomography_3d",
+        denoiser_kwargs={"max_window_pixels": None},
+    ),  # fmt: skip
     "radio": Setting({"size": 256}, "hqs", None, 0.03, 0.001, 8, cg_iterations=20, coupling=0.23),
     "radio_noisy": Setting(
         {"size": 256, "noise_sigma": 0.01}, "hqs", None, 0.19, 0.01, 8, cg_iterations=20, coupling=0.23, problem="radio"

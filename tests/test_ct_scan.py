@@ -57,10 +57,10 @@ def test_scans_the_reader_cannot_take_are_clear_errors(tmp_path, scan_files):
         open_scan(scan_files["npz"], rows=(0, 99))
     with pytest.raises(ValueError, match="binning=0"):
         open_scan(scan_files["npz"], binning=0)
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(ValueError, match="no such file"):
         open_scan(tmp_path / "missing.h5")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="scan_NNNNNN.tif"):
+    with pytest.raises(ValueError, match="scan_NNNNNN.tif"):
         open_scan(tmp_path / "empty")
 
 

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("comm",),
     ("placements",),
     ("numerics", "operators"),
-    ("tiling", "physics"),
+    ("tiling", "physics", "domain"),
     ("sharded",),
     ("",),
     ("denoisers",),

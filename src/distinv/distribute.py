@@ -44,6 +44,7 @@ def distribute(
     size_multiple: int | None = None,
     max_window_pixels: int | Literal["auto"] | None = "auto",
     memory_budget: int | str | None = None,
+    parallel: Literal["windows", "domain"] = "windows",
     **kwargs: Any,
 ) -> DistributedStackedPhysics | DistributedDataFidelity | DistributedProcessing:
     """Distribute a deepinv object over the ranks of ``ctx``.
@@ -78,6 +79,10 @@ def distribute(
         pixels on CPU, no limit on GPU).
     :param memory_budget: for a denoiser with ``"auto"`` knobs: bytes (or ``"2GB"``) per rank (default: half
         the free GPU memory, or the host's available memory shared by its ranks).
+    :param parallel: for a denoiser: ``"windows"`` (default, deepinv's way: overlapping windows, the knobs above)
+        or ``"domain"``: the network run as one domain, each rank its band of rows, the rows each convolution reads
+        exchanged with the neighbours, exact for any receptive field (:mod:`distinv.domain.denoiser`; deepinv's
+        DRUNet, UNet and DnCNN; the window knobs do not apply).
     :param kwargs: passed to the distributed class (e.g. ``broadcast_shared=False``).
     :return: a :class:`DistributedStackedLinearPhysics` / :class:`DistributedStackedPhysics` (usable where a
         deepinv ``StackedLinearPhysics`` is), a :class:`DistributedDataFidelity`, or a
@@ -111,6 +116,12 @@ def distribute(
         options |= dict(max_window_pixels=max_window_pixels, memory_budget=memory_budget)
         return distribute_unrolled(object, ctx, **options, **kwargs)
 
+    if type_object == "denoiser" and parallel == "domain":
+        from distinv.domain.denoiser import DomainParallelDenoiser
+
+        return DomainParallelDenoiser(ctx, object)
+    if type_object == "denoiser" and parallel != "windows":
+        raise ValueError(f"parallel={parallel!r}: use 'windows' (overlapping windows) or 'domain'.")
     if type_object == "denoiser":
         return DistributedProcessing(
             ctx,

@@ -116,7 +116,7 @@ def _box(coords: torch.Tensor, low: float, high: float) -> slice | None:
 
 # 3D modified Shepp-Logan (Kak & Slaney): intensity, semi-axes (a, b, c), centre (x0, y0, z0), rotation
 # about z (degrees).
-_SHEPP_LOGAN_3D = [
+SHEPP_LOGAN_3D = [
     (1.0, 0.69, 0.92, 0.81, 0.0, 0.0, 0.0, 0),
     (-0.8, 0.6624, 0.874, 0.78, 0.0, -0.0184, 0.0, 0),
     (-0.2, 0.11, 0.31, 0.22, 0.22, 0.0, 0.0, -18),
@@ -140,7 +140,7 @@ def shepp_logan_3d(size: int) -> torch.Tensor:
     for k in range(size):
         z = coords[k].item()
         slab = volume[k]
-        for value, a, b, c, x0, y0, z0, degrees in _SHEPP_LOGAN_3D:
+        for value, a, b, c, x0, y0, z0, degrees in SHEPP_LOGAN_3D:
             dz = ((z - z0) / c) ** 2
             if dz > 1:
                 continue

@@ -73,13 +73,13 @@ def open_scan(
     :param view_step: keep every ``view_step``-th view (>= 1).
     :param rows: ``(first, stop)`` rows of the binned detector to keep; default all.
     :param voxel_size: the scan's length unit per voxel of the reconstruction (e.g. mm per voxel), > 0.
-    :raises FileNotFoundError: for a path that does not exist, or a folder without scan TIFFs or a geometry file.
-    :raises ValueError: naming the argument, for a selection the scan cannot give, a file of another kind, missing
-        or misshapen arrays.
+    :raises ValueError: naming the argument, for a path that does not exist, a folder without scan TIFFs, flat
+        fields or a geometry file, a selection the scan cannot give, a file of another kind, missing or misshapen
+        arrays.
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"path={str(path)!r}: no such file or folder; give a folder of TIFFs or a scan file.")
+        raise ValueError(f"path={str(path)!r}: no such file or folder; give a folder of TIFFs or a scan file.")
     if not (isinstance(binning, int) and binning >= 1):
         raise ValueError(f"binning={binning!r}: give a whole number >= 1 of detector pixels per binned pixel.")
     if not (isinstance(view_step, int) and view_step >= 1):
@@ -198,13 +198,13 @@ def _tiff_layout(folder: Path) -> tuple[list[Path], list[Path], list[Path], Path
     """The folder's projection files in view order, its dark and flat fields and its geometry file."""
     numbered = sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := SCAN_FILE.match(p.name)))
     if not numbered:
-        raise FileNotFoundError(f"{folder}: no scan_NNNNNN.tif projections; give a folder in the 42-walnuts layout.")
+        raise ValueError(f"{folder}: no scan_NNNNNN.tif projections; give a folder in the 42-walnuts layout.")
     flats = sorted(p for p in folder.glob("io*.tif*"))
     if not flats:
-        raise FileNotFoundError(f"{folder}: no flat-field io*.tif images: the line integrals need one.")
+        raise ValueError(f"{folder}: no flat-field io*.tif images: the line integrals need one.")
     geometry = sorted(folder.glob("*.geom")) or sorted(p for p in folder.glob("*.txt") if "geom" in p.name)
     if not geometry:
-        raise FileNotFoundError(f"{folder}: no geometry file (*.geom): give 12 numbers per view (ASTRA's cone_vec).")
+        raise ValueError(f"{folder}: no geometry file (*.geom): give 12 numbers per view (ASTRA's cone_vec).")
     return [p for _, p in numbered], sorted(folder.glob("di*.tif*")), flats, geometry[0]
 
 

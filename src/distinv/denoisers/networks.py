@@ -35,6 +35,15 @@ class ResidualDenoiser(Denoiser):
         if last.bias is not None:
             torch.nn.init.zeros_(last.bias)
 
+    def band_program(self):
+        """How the domain-parallel denoiser runs it on a band: its network's program, the difference taken."""
+        import dataclasses
+
+        from distinv.domain.networks import program_for
+
+        inner = program_for(self.network)
+        return dataclasses.replace(inner, residual=not inner.residual)
+
     def forward(self, x: torch.Tensor, sigma: float | torch.Tensor, **kwargs) -> torch.Tensor:
         return x - self.network(x, sigma, **kwargs)
 

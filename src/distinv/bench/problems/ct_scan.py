@@ -157,7 +157,7 @@ def build(
     ``binning``, ``view_step``, the row range ``row_first``/``row_stop`` and ``voxel_size``); ``noise_sigma`` is the
     noise level coupled (DPIR) steps assume, not added to anything; ``seed`` is accepted for the table's sake.
 
-    :raises ValueError: naming the parameter; ``FileNotFoundError`` for a missing scan.
+    :raises ValueError: naming the parameter (a missing scan among them).
     """
     scan = _params(size, path, binning, view_step, row_first, row_stop, voxel_size, depth, num_operators, noise_sigma)
     if check_only:

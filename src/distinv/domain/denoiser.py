@@ -1,0 +1,190 @@
+"""DomainParallelDenoiser: a whole-image network run as one domain over the ranks, each rank its band of rows.
+
+``distribute(denoiser, ctx, parallel="domain")(x, sigma)`` reads top to bottom:
+
+1. **plan**: the bands (:meth:`DomainParallelDenoiser.bounds_for`): contiguous rows (slices of a volume), their
+   first rows at multiples of the network's alignment (its size multiple and the product of its strides), as
+   equal as that allows; each at least as tall as the deepest layer's halo needs;
+2. **shard**: each rank cuts its band out of the replicated image (a view; no communication), or is given it
+   (:class:`~distinv.placements.row_bands.RowBands`, the sharded engine's iterate); the last rank pads its band's
+   bottom and every rank its columns as the network pads the image (replicate, to the size multiple);
+3. **run**: the network's layers on the band (:func:`~distinv.domain.layers.band_network`): before every
+   convolution the rows it reads beyond the band come from the neighbouring ranks (point to point), so the output
+   equals the whole-image network's to float rounding, whatever its receptive field: there is no halo to choose;
+4. **gather** (replicated input only): one all-gather of the bands gives the image on every rank; a RowBands input
+   stays sharded (its bands out, no gather).
+
+Work: each rank computes its own rows and nothing else (its pixels are the ones it owns; windows recompute their
+halos). Memory: the band's activations. Communication: per convolution, ``halo`` rows of its input to each
+neighbour (one row of a 3x3 layer's channels), counted in the context's bytes.
+
+Autograd: the exchanges send gradients back (:mod:`distinv.domain.exchange`), the parameters' gradients are summed
+over ranks in the backward pass (one all-reduce of all of them) and a replicated input's gradient too, so every
+rank's gradients equal the single process's. The output of the gather passes each rank its own rows' gradient.
+
+Ranks in step: the plan and every layer's check depend only on the shapes and the network, the same on every rank,
+so a refusal is raised by every rank before any exchange; a failure in the middle of the network on one rank (out
+of memory) leaves its neighbours waiting in their next exchange until the context's timeout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distinv.comm.autograd import ReplicatedInputs
+from distinv.comm.context import DistributedContext
+from distinv.comm.gather import broadcast_module_state
+from distinv.domain.exchange import ROWS
+from distinv.domain.layers import band_network, band_rows_needed, row_strides
+from distinv.domain.networks import BandProgram, program_for
+from distinv.placements.row_bands import RowBands, shard_rows
+
+
+def band_bounds(height: int, world: int, alignment: int, rows_needed: int = 1) -> tuple[int, ...]:
+    """Bounds of ``world`` contiguous bands of ``height`` rows whose first rows are multiples of ``alignment``:
+    the ``ceil(height / alignment)`` blocks of ``alignment`` rows dealt as evenly as they go (the last band may
+    end in a partial block).
+
+    :raises ValueError: when some band would be shorter than ``rows_needed`` (or empty).
+    """
+    blocks = math.ceil(height / alignment)
+    bounds = [min(height, alignment * (r * blocks // world)) for r in range(world)] + [height]
+    heights = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+    if min(heights) < rows_needed:
+        raise ValueError(
+            f"{height} rows cannot be cut into {world} bands starting at multiples of {alignment} rows, each at "
+            f"least {rows_needed} rows tall (the network's deepest halo; bands {heights}): use fewer ranks, a "
+            "larger image, or parallel='windows'."
+        )
+    return tuple(bounds)
+
+
+class GatherBands(torch.autograd.Function):
+    """The whole signal on every rank from each rank's band (one all-gather, bands padded to the tallest);
+    backward: this rank's rows of the gradient (every rank back-propagates the same replicated gradient)."""
+
+    @staticmethod
+    def forward(fctx, ctx: DistributedContext, bounds: tuple[int, ...], band: torch.Tensor):
+        fctx.rows = (bounds[ctx.rank], bounds[ctx.rank + 1])
+        heights = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+        tallest = max(heights)
+        pad = [0, 0] * (band.ndim - ROWS - 1) + [0, tallest - band.shape[ROWS]]
+        everything = ctx.all_gather(F.pad(band, pad).contiguous())
+        return torch.cat([everything[r].narrow(ROWS, 0, h) for r, h in enumerate(heights)], dim=ROWS)
+
+    @staticmethod
+    def backward(fctx, grad: torch.Tensor):
+        first, last = fctx.rows
+        return None, None, grad.narrow(ROWS, first, last - first).contiguous()
+
+
+class _Body(nn.Module):
+    """The rewritten network with the program's body as its forward (for ``functional_call``)."""
+
+    def __init__(self, network: nn.Module, program: BandProgram):
+        super().__init__()
+        self.network, self.program = network, program
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.program.body(self.network, inputs)
+
+
+class DomainParallelDenoiser(nn.Module):
+    """Run ``denoiser(x, sigma)`` as one domain over the ranks of ``ctx`` (see the module's docstring).
+
+    :param ctx: the entered context.
+    :param denoiser: a network :func:`~distinv.domain.networks.program_for` knows (deepinv's DRUNet, UNet, DnCNN,
+        or one with a ``band_program()``); its parameters and buffers are made rank 0's on every rank.
+    :raises ValueError: for a network it does not know; :class:`~distinv.domain.layers.UnsplittableLayer` (a
+        ``ValueError``) for a layer that cannot run on bands, naming it.
+    """
+
+    def __init__(self, ctx: DistributedContext, denoiser: nn.Module):
+        super().__init__()
+        self.ctx, self.denoiser = ctx, denoiser
+        self.program = program_for(denoiser)
+        band_network(self.program.network, ctx)  # refuse unsplittable layers now, on every rank alike
+        broadcast_module_state(ctx, denoiser)
+
+    @property
+    def alignment(self) -> int:
+        """The multiple every band starts at: the network's size multiple and its strides' product."""
+        return math.lcm(self.program.multiple, row_strides(self.program.network))
+
+    def bounds_for(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The bands of a signal of ``shape`` (``(B, C, H, ...)``): rows ``bounds[r]:bounds[r + 1]`` on rank ``r``.
+
+        :raises ValueError: when ``H`` rows do not give every rank a band of the rows the network needs.
+        """
+        network = band_network(self.program.network, self.ctx)
+        needed = band_rows_needed(network, self.alignment)
+        return band_bounds(int(shape[ROWS]), self.ctx.world_size, self.alignment, needed)
+
+    def shard(self, x: torch.Tensor) -> RowBands:
+        """This rank's band of a replicated ``x``, cut at :meth:`bounds_for` (a view; no communication)."""
+        return shard_rows(self.ctx, x, self.bounds_for(x.shape))
+
+    def forward(self, x: torch.Tensor | RowBands, sigma: Any = None) -> torch.Tensor | RowBands:
+        """Denoise ``x``: a replicated ``(B, C, H, W)`` image or ``(B, C, D, H, W)`` volume (the output replicated,
+        the input's shape), or :class:`RowBands` cut at :meth:`bounds_for` (the output the same bands).
+
+        :param sigma: the noise level: a number, one per sample ``(B,)``, or (replicated ``x`` only) a map of
+            ``x``'s shape with one channel.
+        :raises TypeError: for an ``x`` that is neither; ``ValueError`` for bands cut elsewhere, or too few rows.
+        """
+        if isinstance(x, RowBands):
+            bounds = self.bounds_for(x.shape)
+            if x.bounds != bounds:
+                raise ValueError(
+                    f"x's bands {x.bounds} are not this denoiser's {bounds}: cut them with denoiser.shard(x) or "
+                    "shard_rows(ctx, x, denoiser.bounds_for(x.shape))."
+                )
+            if isinstance(sigma, torch.Tensor) and sigma.ndim > 1:
+                raise ValueError("sigma: a noise map is taken with a replicated x only; give a number or (B,).")
+            return x.like(self._run(x.local, sigma, x.shape, last=self.ctx.rank == self.ctx.world_size - 1))
+        if not isinstance(x, torch.Tensor) or x.ndim not in (4, 5):
+            raise TypeError(
+                f"x must be a (B, C, H, W) or (B, C, D, H, W) tensor or RowBands, got {type(x).__name__}"
+                + (f" of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else "")
+                + "."
+            )
+        bounds = self.bounds_for(x.shape)
+        first, last = bounds[self.ctx.rank], bounds[self.ctx.rank + 1]
+        wants_grad = torch.is_grad_enabled() and x.requires_grad and self.ctx.is_distributed
+        source = ReplicatedInputs.apply(self.ctx, x)[0] if wants_grad else x
+        if isinstance(sigma, torch.Tensor) and sigma.ndim == x.ndim:
+            sigma = sigma.narrow(ROWS, first, last - first)
+        band = source.narrow(ROWS, first, last - first)
+        out = self._run(band, sigma, x.shape, last=self.ctx.rank == self.ctx.world_size - 1)
+        return GatherBands.apply(self.ctx, bounds, out) if self.ctx.is_distributed else out
+
+    def _run(self, band: torch.Tensor, sigma: Any, shape: Sequence[int], last: bool) -> torch.Tensor:
+        """The network on this rank's band of a signal of ``shape``: padded as the network pads the signal (the
+        bottom on the last rank, the other dims on all), run, cropped back to the band."""
+        multiple, program = self.program.multiple, self.program
+        height = band.shape[ROWS]
+        pads = [(0, (-s) % multiple) for s in shape[ROWS + 1 :]]
+        bottom = (-int(shape[ROWS])) % multiple if last else 0
+        flat = [p for pair in reversed(pads) for p in pair] + [0, bottom]
+        padded = F.pad(band, flat, mode="replicate") if any(flat) else band
+        if isinstance(sigma, torch.Tensor) and sigma.ndim == band.ndim and any(flat):
+            sigma = F.pad(sigma, flat, mode="replicate")
+        body = _Body(band_network(program.network, self.ctx), program)
+        inputs = program.inputs(padded, sigma)
+        parameters = dict(body.named_parameters())
+        if torch.is_grad_enabled() and self.ctx.is_distributed and any(p.requires_grad for p in parameters.values()):
+            names = [n for n, p in parameters.items() if p.requires_grad]
+            summed = ReplicatedInputs.apply(self.ctx, *[parameters[n] for n in names])
+            out = torch.func.functional_call(body, dict(zip(names, summed, strict=True)), (inputs,))
+        else:
+            out = body(inputs)
+        out = out.narrow(ROWS, 0, height)
+        for dim, s in enumerate(band.shape[ROWS + 1 :], start=ROWS + 1):
+            out = out.narrow(dim, 0, s)
+        return band - out if program.residual else out
