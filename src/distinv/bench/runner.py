@@ -373,7 +373,7 @@ def _with_progress(
                     out(line)
                 shown = line
     except KeyboardInterrupt:
-        _stop_ranks()
+        _stop_ranks(launcher=thread)
         raise
     finally:
         if live and shown:
@@ -383,9 +383,13 @@ def _with_progress(
     return result[0]
 
 
-def _stop_ranks(grace_s: float = 5.0) -> None:
+def _stop_ranks(grace_s: float = 5.0, launcher: threading.Thread | None = None, unwind_s: float = 30.0) -> None:
     """End the ranks of the launch under way (its processes are this process's children): Ctrl-C in a terminal
-    reaches them too, an interrupt sent to the runner alone does not. A second Ctrl-C meanwhile is ignored."""
+    reaches them too, an interrupt sent to the runner alone does not. A second Ctrl-C meanwhile is ignored.
+
+    ``launcher``, the thread running the launch, is then given ``unwind_s`` seconds to see its ranks gone and
+    return: it hosts the rendezvous store, whose C++ threads abort the interpreter (SIGABRT, "terminate called
+    without an active exception") when the process exits with the store still open."""
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
@@ -398,6 +402,8 @@ def _stop_ranks(grace_s: float = 5.0) -> None:
             if child.is_alive():
                 child.kill()
                 child.join(1.0)
+        if launcher is not None:
+            launcher.join(unwind_s)
     finally:
         if main:
             signal.signal(signal.SIGINT, previous)
