@@ -43,7 +43,7 @@ from distinv.comm.gather import broadcast_module_state
 from distinv.domain.exchange import ROWS
 from distinv.domain.layers import band_network, band_rows_needed, row_strides
 from distinv.domain.networks import BandProgram, program_for
-from distinv.placements.row_bands import RowBands, shard_rows
+from distinv.placements.row_bands import RowBands, gather_rows, shard_rows
 
 
 def band_bounds(height: int, world: int, alignment: int, rows_needed: int = 1) -> tuple[int, ...]:
@@ -72,11 +72,7 @@ class GatherBands(torch.autograd.Function):
     @staticmethod
     def forward(fctx, ctx: DistributedContext, bounds: tuple[int, ...], band: torch.Tensor):
         fctx.rows = (bounds[ctx.rank], bounds[ctx.rank + 1])
-        heights = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
-        tallest = max(heights)
-        pad = [0, 0] * (band.ndim - ROWS - 1) + [0, tallest - band.shape[ROWS]]
-        everything = ctx.all_gather(F.pad(band, pad).contiguous())
-        return torch.cat([everything[r].narrow(ROWS, 0, h) for r, h in enumerate(heights)], dim=ROWS)
+        return gather_rows(ctx, band, [b - a for a, b in zip(bounds, bounds[1:], strict=False)])
 
     @staticmethod
     def backward(fctx, grad: torch.Tensor):
@@ -122,7 +118,9 @@ class DomainParallelDenoiser(nn.Module):
 
         :raises ValueError: when ``H`` rows do not give every rank a band of the rows the network needs.
         """
-        network = band_network(self.program.network, self.ctx)
+        return self._bounds_for(shape, band_network(self.program.network, self.ctx))
+
+    def _bounds_for(self, shape: Sequence[int], network: nn.Module) -> tuple[int, ...]:
         needed = band_rows_needed(network, self.alignment)
         return band_bounds(int(shape[ROWS]), self.ctx.world_size, self.alignment, needed)
 
@@ -138,8 +136,9 @@ class DomainParallelDenoiser(nn.Module):
             ``x``'s shape with one channel.
         :raises TypeError: for an ``x`` that is neither; ``ValueError`` for bands cut elsewhere, or too few rows.
         """
+        network = band_network(self.program.network, self.ctx)  # parameters shared; rebuilt as they may change
         if isinstance(x, RowBands):
-            bounds = self.bounds_for(x.shape)
+            bounds = self._bounds_for(x.shape, network)
             if x.bounds != bounds:
                 raise ValueError(
                     f"x's bands {x.bounds} are not this denoiser's {bounds}: cut them with denoiser.shard(x) or "
@@ -147,26 +146,28 @@ class DomainParallelDenoiser(nn.Module):
                 )
             if isinstance(sigma, torch.Tensor) and sigma.ndim > 1:
                 raise ValueError("sigma: a noise map is taken with a replicated x only; give a number or (B,).")
-            return x.like(self._run(x.local, sigma, x.shape, last=self.ctx.rank == self.ctx.world_size - 1))
+            return x.like(self._run(network, x.local, sigma, x.shape, last=self.ctx.rank == self.ctx.world_size - 1))
         if not isinstance(x, torch.Tensor) or x.ndim not in (4, 5):
             raise TypeError(
                 f"x must be a (B, C, H, W) or (B, C, D, H, W) tensor or RowBands, got {type(x).__name__}"
                 + (f" of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else "")
                 + "."
             )
-        bounds = self.bounds_for(x.shape)
+        bounds = self._bounds_for(x.shape, network)
         first, last = bounds[self.ctx.rank], bounds[self.ctx.rank + 1]
         wants_grad = torch.is_grad_enabled() and x.requires_grad and self.ctx.is_distributed
         source = ReplicatedInputs.apply(self.ctx, x)[0] if wants_grad else x
         if isinstance(sigma, torch.Tensor) and sigma.ndim == x.ndim:
             sigma = sigma.narrow(ROWS, first, last - first)
         band = source.narrow(ROWS, first, last - first)
-        out = self._run(band, sigma, x.shape, last=self.ctx.rank == self.ctx.world_size - 1)
+        out = self._run(network, band, sigma, x.shape, last=self.ctx.rank == self.ctx.world_size - 1)
         return GatherBands.apply(self.ctx, bounds, out) if self.ctx.is_distributed else out
 
-    def _run(self, band: torch.Tensor, sigma: Any, shape: Sequence[int], last: bool) -> torch.Tensor:
-        """The network on this rank's band of a signal of ``shape``: padded as the network pads the signal (the
-        bottom on the last rank, the other dims on all), run, cropped back to the band."""
+    def _run(
+        self, network: nn.Module, band: torch.Tensor, sigma: Any, shape: Sequence[int], last: bool
+    ) -> torch.Tensor:
+        """``network`` (the band network) on this rank's band of a signal of ``shape``: padded as the network pads
+        the signal (the bottom on the last rank, the other dims on all), run, cropped back to the band."""
         multiple, program = self.program.multiple, self.program
         height = band.shape[ROWS]
         pads = [(0, (-s) % multiple) for s in shape[ROWS + 1 :]]
@@ -175,7 +176,7 @@ class DomainParallelDenoiser(nn.Module):
         padded = F.pad(band, flat, mode="replicate") if any(flat) else band
         if isinstance(sigma, torch.Tensor) and sigma.ndim == band.ndim and any(flat):
             sigma = F.pad(sigma, flat, mode="replicate")
-        body = _Body(band_network(program.network, self.ctx), program)
+        body = _Body(network, program)
         inputs = program.inputs(padded, sigma)
         parameters = dict(body.named_parameters())
         if torch.is_grad_enabled() and self.ctx.is_distributed and any(p.requires_grad for p in parameters.values()):

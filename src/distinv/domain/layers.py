@@ -127,23 +127,22 @@ class BandConv(nn.Module):
         return function(extended, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
 
 
-def _aligned_resampling(module: nn.Module) -> int:
-    """The stride along rows of a layer whose every output row reads only its own stride's input rows (or
-    whose output rows are copies of one input row), else 0."""
+def _aligned_resampling(module: nn.Module) -> bool:
+    """Whether every output row of a resampling layer reads only its own stride's input rows (or is a copy of one
+    input row), so that bands starting at multiples of its stride resample on their own."""
     if isinstance(module, (nn.ConvTranspose2d, nn.ConvTranspose3d)):
         plain = module.kernel_size == module.stride and not any(module.padding) and not any(module.output_padding)
-        return 1 if plain and module.dilation[0] == 1 else 0
+        return plain and module.dilation[0] == 1
     if isinstance(module, (nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool2d, nn.AvgPool3d)):
         kernel, stride = _first(module.kernel_size), _first(module.stride or module.kernel_size)
         padding, dilation = _first(module.padding), _first(getattr(module, "dilation", 1))
-        plain = kernel == stride and padding == 0 and dilation == 1 and not module.ceil_mode
-        return stride if plain else 0
+        return kernel == stride and padding == 0 and dilation == 1 and not module.ceil_mode
     if isinstance(module, nn.Upsample):
         factor = module.scale_factor
         factor = factor[0] if isinstance(factor, tuple) else factor
         whole = factor is not None and float(factor).is_integer() and module.size is None
-        return 1 if module.mode == "nearest" and whole else 0
-    return 0
+        return module.mode == "nearest" and whole
+    return False
 
 
 def _first(value) -> int:

@@ -25,6 +25,16 @@ from distinv.comm.halo import Transfer, exchange
 ROWS = 2  # the sharded dim: H of (B, C, H, W), D of (B, C, D, H, W)
 
 
+def gather_rows(ctx: DistributedContext, band: torch.Tensor, heights: Sequence[int]) -> torch.Tensor:
+    """The whole signal on every rank from each rank's ``band`` (rank ``r``'s ``heights[r]`` rows, in rank order):
+    one all-gather of the bands padded to the tallest (the same shape on every rank), the padding cut away."""
+    if not ctx.is_distributed:
+        return band
+    pad = [0, 0] * (band.ndim - ROWS - 1) + [0, max(heights) - band.shape[ROWS]]
+    everything = ctx.all_gather(F.pad(band, pad).contiguous())
+    return torch.cat([everything[r].narrow(ROWS, 0, h) for r, h in enumerate(heights)], dim=ROWS)
+
+
 @dataclass(frozen=True, eq=False)
 class RowBands:
     """A ``(B, C, N, ...)`` signal sharded along dim 2: this rank's ``local`` band ``(B, C, n, ...)`` holds rows
@@ -77,12 +87,7 @@ class RowBands:
         index[ROWS] = slice((-first) % step, None, step)  # the rows of the global grid 0, step, 2 step, ...
         local = self.local[tuple(index)]
         heights = [len(range(a + (-a) % step, b, step)) for a, b in zip(self.bounds, self.bounds[1:], strict=False)]
-        if not self.ctx.is_distributed:
-            return local
-        tallest = max(heights)
-        pad = [0, 0] * (local.ndim - ROWS - 1) + [0, tallest - local.shape[ROWS]]
-        everything = self.ctx.all_gather(F.pad(local, pad).contiguous())
-        return torch.cat([everything[r].narrow(ROWS, 0, h) for r, h in enumerate(heights)], dim=ROWS)
+        return gather_rows(self.ctx, local, heights)
 
     # ------------------------------------------------------------------ local arithmetic
     def _operand(self, other):
