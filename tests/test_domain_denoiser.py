@@ -103,6 +103,53 @@ def test_a_volume_in_slabs_equals_the_whole_volume(ranks):
         assert error < 1e-5
 
 
+def run_slicewise_volume(ctx):
+    from distinv.denoisers.slicewise import SlicewiseDenoiser3D
+
+    network = SlicewiseDenoiser3D(small_drunet(1), pixels_per_call=4096)  # several calls per pass
+    x = torch.rand((1, 1, 40, 32, 32), generator=torch.Generator().manual_seed(7))
+    domain = DomainParallelDenoiser(ctx, network)
+    bands = domain.shard(x)
+    with torch.no_grad():
+        replicated = relative(domain(x, 0.05), network(x, 0.05))
+        first, last = bands.rows
+        sharded = relative(domain(bands, 0.05).local, network(x, 0.05)[:, :, first:last])
+    return replicated, sharded
+
+
+def slicewise_drunet() -> torch.nn.Module:
+    from distinv.denoisers.slicewise import SlicewiseDenoiser3D
+
+    return SlicewiseDenoiser3D(small_drunet(1), pixels_per_call=4096)
+
+
+def test_a_2d_network_slice_by_slice_over_slabs_equals_the_whole_volume(ranks):
+    """The shipped volumes' denoiser: slices across z each rank's own, slices across y and x banded in z; the
+    gradients too (the parameters' summed over both kinds of pass and over ranks)."""
+    for errors in ranks(3).run(run_slicewise_volume):
+        assert max(errors) < 1e-5, errors
+    for errors, _ in ranks(2).run(run_domain, slicewise_drunet, (1, 1, 32, 32, 32), 0.05, True):
+        assert max(errors) < 1e-5, errors
+
+
+def run_counted(ctx):
+    torch.manual_seed(1)
+    network = DnCNN(1, 1, depth=4, nf=8, pretrained=None).eval()
+    domain = DomainParallelDenoiser(ctx, network)
+    bands = domain.shard(torch.rand((2, 1, 30, 17), generator=torch.Generator().manual_seed(8)))
+    before = ctx.bytes_received
+    with torch.no_grad():
+        domain(bands)
+    return ctx.bytes_received - before
+
+
+def test_a_call_moves_only_the_rows_each_convolution_reads(ranks):
+    """DnCNN of four 3x3 layers (1, 8, 8, 8 channels in) on 2 ranks: one row of each layer's input from the one
+    neighbour, 2 samples of 17 columns in float32."""
+    rows = (1 + 8 + 8 + 8) * 2 * 17 * 4
+    assert ranks(2).run(run_counted) == [rows, rows]
+
+
 def run_sharded(ctx):
     network = small_drunet(1)
     x = torch.rand((1, 1, 48, 32), generator=torch.Generator().manual_seed(6))  # DRUNet pads below 32

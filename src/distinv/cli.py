@@ -29,6 +29,8 @@ def plan_command(args: argparse.Namespace) -> int:
     channels, *spatial = args.shape
     if not spatial:
         raise SystemExit("--shape needs the channel count and at least one spatial size, e.g. --shape 3 4096 4096")
+    if args.parallel == "domain":
+        return _domain_plan(args, spatial)
     patch = None if args.patch is None or args.patch == "auto" else _positive_int("--patch", args.patch)
     auto = None
     try:
@@ -71,6 +73,31 @@ def plan_command(args: argparse.Namespace) -> int:
     print(f"pixels processed / image pixels: {summary['overhead']:.3f}")
     print(f"predicted load imbalance (max / mean processed): {summary['predicted_imbalance']:.3f}")
     print(f"bytes each rank receives in the output all-gather: {summary['bytes_received_per_rank']:,}")
+    return 0
+
+
+def _domain_plan(args: argparse.Namespace, spatial: list[int]) -> int:
+    """``distinv plan --shape ... --parallel domain``: the domain-parallel denoiser's bands and the pixels each
+    rank computes against those it owns (:func:`distinv.domain.denoiser.band_work`)."""
+    from distinv.domain.denoiser import band_work
+
+    try:
+        work = band_work(spatial, args.world, args.multiple)
+    except ValueError as exc:
+        raise SystemExit(f"distinv plan: {exc}") from None
+    processed, owned = work["pixels_processed_per_rank"], work["pixels_owned_per_rank"]
+    if args.json:
+        print(json.dumps(work | {"overhead": sum(processed) / sum(owned)}))
+        return 0
+    print(f"{args.world} bands of rows starting at multiples of {args.multiple}; no halo recomputed")
+    print(f"{'rank':>4} {'rows':>11} {'pixels processed':>17} {'pixels owned':>13} {'overhead':>8}")
+    bounds = work["bounds"]
+    for rank in range(args.world):
+        rows = f"{bounds[rank]}:{bounds[rank + 1]}"
+        print(f"{rank:>4} {rows:>11} {processed[rank]:>17,} {owned[rank]:>13,} {processed[rank] / owned[rank]:>8.3f}")
+    print(f"pixels processed / image pixels: {sum(processed) / sum(owned):.3f}")
+    print(f"largest processed / owned of a rank: {max(p / o for p, o in zip(processed, owned, strict=True)):.3f}")
+    print(f"predicted load imbalance (max / mean processed): {max(processed) / (sum(processed) / args.world):.3f}")
     return 0
 
 
@@ -446,6 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--overlap", type=whole_number(0), default=DEFAULT_OVERLAP, help="halo where windows meet (pixels)"
     )
     plan.add_argument("--multiple", type=whole_number(1), default=8, help="the network's size multiple (8 for DRUNet)")
+    plan.add_argument(
+        "--parallel",
+        default="windows",
+        choices=["windows", "domain"],
+        help="with --shape: the tiled denoiser's windows, or the domain-parallel denoiser's bands",
+    )
     plan.add_argument("--max-window-pixels", type=whole_number(1), default=None, help="largest window memory allows")
     plan.add_argument("--batch", type=whole_number(1), default=1, help="images per call (for the bytes gathered)")
     plan.add_argument("--bytes-per-value", type=whole_number(1), default=4, help="4 for float32")

@@ -113,7 +113,7 @@ def distribute(
 
         options = dict(tiling_strategy=tiling_strategy, patch_size=patch_size, overlap=overlap)
         options |= dict(tiling_dims=tiling_dims, max_batch_size=max_batch_size, size_multiple=size_multiple)
-        options |= dict(max_window_pixels=max_window_pixels, memory_budget=memory_budget)
+        options |= dict(max_window_pixels=max_window_pixels, memory_budget=memory_budget, parallel=parallel)
         return distribute_unrolled(object, ctx, **options, **kwargs)
 
     if type_object == "denoiser" and parallel == "domain":

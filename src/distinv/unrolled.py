@@ -22,6 +22,7 @@ from deepinv.optim.optimizers import BaseOptim
 
 from distinv.comm.context import DistributedContext
 from distinv.comm.replicated import DistributedReplicatedParameters
+from distinv.domain.denoiser import DomainParallelDenoiser
 from distinv.physics.fidelity import DistributedDataFidelity
 from distinv.tiling.processing import DistributedProcessing
 
@@ -32,6 +33,7 @@ def distribute_unrolled(
     *,
     average: bool = True,
     checkpoint_iterations: bool = False,
+    parallel: str = "windows",
     **denoiser_options: Any,
 ) -> BaseOptim:
     """Distribute ``model``'s parts in place and return it.
@@ -40,6 +42,9 @@ def distribute_unrolled(
     :param checkpoint_iterations: recompute each iteration in the backward pass (less memory, one more forward);
         the tiled denoiser then also recomputes its windows (``checkpoint_batches="always"``) unless
         ``checkpoint_batches`` is given, so that the backward pass holds one network call's activations at a time.
+    :param parallel: how every prior's denoiser is distributed: ``"windows"`` (default: the tiled denoiser, with
+        ``denoiser_options``) or ``"domain"`` (:class:`~distinv.domain.denoiser.DomainParallelDenoiser`: each rank
+        its band of rows, exact; ``denoiser_options`` unused).
     :param denoiser_options: for every prior's tiled denoiser (``patch_size``, ``overlap``, ``max_batch_size``,
         ``checkpoint_batches``, ...).
     :raises TypeError: for a model that is no ``BaseOptim``, or one not built with ``unfold=True``.
@@ -49,6 +54,8 @@ def distribute_unrolled(
             f"type_object='module' only supports deepinv BaseOptim models built with unfold=True, not a "
             f"{type(model).__name__}: for another network, use type_object='denoiser' (a network f(x, sigma))."
         )
+    if parallel not in ("windows", "domain"):
+        raise ValueError(f"parallel={parallel!r}: use 'windows' (overlapping windows) or 'domain'.")
     if not getattr(model, "unfold", False):
         raise TypeError(
             "distribute() received a BaseOptim built with unfold=False: build it with unfold=True (e.g. "
@@ -66,7 +73,9 @@ def distribute_unrolled(
         )
     for prior in model.prior or []:
         denoiser = getattr(prior, "denoiser", None)
-        if isinstance(denoiser, Denoiser) and not isinstance(denoiser, DistributedProcessing):
+        if isinstance(denoiser, Denoiser) and parallel == "domain":
+            prior.denoiser = DomainParallelDenoiser(ctx, denoiser)
+        elif isinstance(denoiser, Denoiser) and not isinstance(denoiser, DistributedProcessing):
             prior.denoiser = DistributedProcessing(ctx, denoiser, **denoiser_options)
     trainable = []
     if isinstance(getattr(model, "params_algo", None), torch.nn.ParameterDict):

@@ -42,6 +42,7 @@ SOLVER_DEFAULTS: dict[str, Any] = asdict(SolverSpec())
 TRAINING_DEFAULTS: dict[str, Any] = asdict(TrainingSpec())
 DENOISER_DEFAULTS: dict[str, Any] = asdict(DenoiserSpec())
 TILING_DEFAULTS: dict[str, Any] = asdict(TilingSpec())
+PARALLEL_MODES = ("windows", "domain")
 TRAINING_ALGORITHMS = ("pgd", "drs")
 SLURM_DEFAULTS: dict[str, Any] = {
     "nodes": 1,
@@ -367,6 +368,11 @@ def _check_tiling(given: dict, where: str, engines: Any, errors: list[str]) -> N
         whole=True,
         give="the halo in pixels, a whole number >= 0 (e.g. 32)",
     )
+    if tiling["parallel"] not in PARALLEL_MODES:
+        errors.append(
+            f"{where}.parallel={tiling['parallel']!r}: give 'windows' (overlapping windows, deepinv's way) or 'domain' "
+            "(the network run as one domain over the ranks' row bands, exact)."
+        )
     batch = tiling["max_batch_size"]
     if batch is not None and not (in_range(batch, 1, whole=True) or batch == "auto" and not deepinv):
         errors.append(
@@ -520,7 +526,10 @@ def _check_sharded_runs(c: dict, slurm: bool, errors: list[str]) -> None:
                 errors.append(f"{run}: {exc}")
                 continue
             for world in c["world_sizes"]:
-                problem = _sharded_layout_problem(shape, world, tiling, multiples[key], c["device"], halo)
+                if tiling.parallel == "domain":
+                    problem = _domain_layout_problem(shape, world, multiples[key], halo)
+                else:
+                    problem = _sharded_layout_problem(shape, world, tiling, multiples[key], c["device"], halo)
                 if problem:
                     errors.append(f"{run} at world size {world}: {problem}")
                     break
@@ -621,6 +630,27 @@ def _sharded_layout_problem(
             f"halo of {max(halo)} rows ({halo[0]} above and {halo[1]} below each band, for A^T A): use fewer ranks "
             "in world_sizes, a larger size, or operators of a shorter reach (highres_blur: smaller sigma_major "
             "and sigma_minor)."
+        )
+    return None
+
+
+def _domain_layout_problem(shape: tuple[int, ...], world: int, multiple: int, halo: tuple[int, int]) -> str | None:
+    """Why ``distinv-sharded`` with ``parallel: domain`` could not cut a signal of ``shape`` at world size ``world``,
+    or None: its bands start at multiples of the network's size multiple
+    (:func:`~distinv.domain.denoiser.band_bounds`; the network's own strides and halos are checked when it is
+    built), each at least the physics' ``halo`` tall."""
+    from distinv.domain.denoiser import band_bounds
+    from distinv.placements.row_bands import ROWS
+
+    try:
+        bounds = band_bounds(shape[ROWS], world, multiple, multiple)
+    except ValueError as exc:
+        return f"the domain-parallel denoiser's bands: {exc}"
+    heights = [b - a for a, b in zip(bounds, bounds[1:], strict=False)]
+    if min(heights) < max(halo):
+        return (
+            f"bands of {min(heights)} rows cannot supply the sharded physics its halo of {max(halo)} rows: use fewer "
+            "ranks in world_sizes or a larger size."
         )
     return None
 

@@ -3,7 +3,9 @@
 - ``distinv``: :func:`distinv.distribute` of the problem's operators (balanced by cost) and of the denoiser
   (replicated iterates).
 - ``distinv-sharded``: iterates sharded by rows (:class:`~distinv.placements.row_bands.RowBands`), cut where the
-  denoiser's row bands of windows fall (:class:`~distinv.sharded.denoiser.ShardedDenoiser`); the problem's spatially
+  denoiser's row bands fall: of windows (:class:`~distinv.sharded.denoiser.ShardedDenoiser`), or with ``tiling:
+  {parallel: domain}`` aligned to the network's strides (:class:`~distinv.domain.denoiser.DomainParallelDenoiser`:
+  no halo recomputed, exact); the problem's spatially
   distributed physics where its operators decompose in space (``Problem.sharded``: highres_blur's
   :class:`~distinv.sharded.blur.ShardedBlur`, tomography_3d's :class:`~distinv.sharded.slabs.SlabStack`), else the
   operator split with the iterate gathered for the physics step alone
@@ -144,12 +146,17 @@ def build_engine(
 
 
 def _sharded_engine(ctx: DistributedContext, problem: Problem, model: torch.nn.Module, knobs: dict) -> ShardedEngine:
-    """``distinv-sharded``: the denoiser dealt in row bands, beside the problem's spatially distributed physics where
-    it has one, else its operator split with the iterate gathered for the physics step."""
+    """``distinv-sharded``: the denoiser dealt in row bands (its windows, or with ``parallel: domain`` the network
+    run as one domain over the bands), beside the problem's spatially distributed physics where it has one, else its
+    operator split with the iterate gathered for the physics step."""
+    from distinv.domain.denoiser import DomainParallelDenoiser
     from distinv.sharded.denoiser import ShardedDenoiser
     from distinv.sharded.gathered import GatheredPhysics
 
-    denoiser = ShardedDenoiser(ctx, model, **knobs)
+    if knobs.get("parallel") == "domain":
+        denoiser = DomainParallelDenoiser(ctx, model)
+    else:
+        denoiser = ShardedDenoiser(ctx, model, **knobs)
     truth = problem.ground_truth
     if problem.sharded is not None:
         physics = problem.sharded(problem, ctx)
@@ -270,6 +277,8 @@ def tiling_knobs(engine: str, tiling: TilingSpec, spatial: Sequence[int]) -> dic
     """How engine ``engine`` reads ``tiling`` on images of ``spatial`` size: the tiling keyword arguments it
     distributes a network with, in PnP runs and training runs alike.
 
+    - ``distinv``, ``distinv-sharded`` with ``parallel: domain``: ``{"parallel": "domain"}`` alone (the
+      domain-parallel denoiser has no windows);
     - ``distinv``, ``distinv-sharded``: ``patch_size`` and ``overlap`` as given (``patch_size`` null: distinv plans
       its windows); ``max_batch_size`` only when given, whatever its value, else distinv's default for the device.
     - ``deepinv``: deepinv's default patch (256) where ours is null, fitted to the image (:func:`deepinv_patch`);
@@ -280,6 +289,8 @@ def tiling_knobs(engine: str, tiling: TilingSpec, spatial: Sequence[int]) -> dic
         or ``deepinv.distributed.distribute``.
     :raises ValueError: for an engine that is none of these.
     """
+    if engine in ("distinv", "distinv-sharded") and tiling.parallel == "domain":
+        return {"parallel": "domain"}  # no windows: no knobs
     if engine in ("distinv", "distinv-sharded"):
         knobs: dict[str, Any] = {"patch_size": tiling.patch_size, "overlap": tiling.overlap}
         if tiling.max_batch_size is not None:  # 0 too: distinv refuses it, with its own message

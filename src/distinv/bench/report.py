@@ -23,17 +23,22 @@ from collections import defaultdict
 from pathlib import Path
 
 from distinv.bench.palette import colour
-from distinv.bench.results import last_line, quality_text, read_rows, run_memory, summarise
+from distinv.bench.results import last_line, quality_text, read_rows, run_memory, series_of, summarise
 from distinv.bench.training_report import summarise_training, training_figures, training_section
 
-ENGINE_NAMES = {
+ENGINE_NAMES = {  # by the summary's engine names (distinv.bench.results.series_of)
     "distinv": "distinv",
+    "distinv/domain": "distinv, domain-parallel denoiser",
     "distinv-sharded": "distinv, sharded iterates",
+    "distinv-sharded/domain": "distinv, sharded iterates, domain-parallel denoiser",
     "deepinv": "deepinv's module",
     "none": "untiled, 1 device",
 }
-ENGINE_ORDER = {"none": 0, "distinv": 1, "distinv-sharded": 2, "deepinv": 3}
-LINE_DASH = {"distinv": "solid", "distinv-sharded": "dot"}  # others (deepinv's module, untiled): dashed
+ENGINE_ORDER = {
+    "none": 0, "distinv": 1, "distinv/domain": 2, "distinv-sharded": 3, "distinv-sharded/domain": 4, "deepinv": 5,
+}  # fmt: skip
+LINE_DASH = {"distinv": "solid", "distinv/domain": "solid", "distinv-sharded": "dot", "distinv-sharded/domain": "dot"}
+# others (deepinv's module, untiled): dashed
 COMPONENTS = {"total": "whole iteration", "data": "data-fidelity gradient", "denoiser": "denoiser"}
 MIB = 2**20
 
@@ -250,11 +255,11 @@ def quality_figure(problem: str, rows: list[dict]):
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.08, subplot_titles=titles)
     ordered = sorted(
         by_run.items(),
-        key=lambda kv: (_size_order(size_label(kv[1][0]["size"])), ENGINE_ORDER.get(kv[1][0]["engine"], 9),
+        key=lambda kv: (_size_order(size_label(kv[1][0]["size"])), ENGINE_ORDER.get(series_of(kv[1][0]), 9),
                         kv[1][0]["world_size"], kv[0]),
     )  # fmt: skip
     for index, (_key, run) in enumerate(ordered):
-        first = run[0]
+        first, series = run[0], series_of(run[0])
         iterations = sorted({r["iteration"] for r in run})
         score = {r["iteration"]: r[metric] for r in run if r.get(metric) is not None}
         slowest = [max(r["total_s"] for r in run if r["iteration"] == i) for i in iterations]
@@ -263,11 +268,10 @@ def quality_figure(problem: str, rows: list[dict]):
         its = start + [i for i in iterations if i in score]
         times = [0.0] * len(start) + [t for i, t in zip(iterations, elapsed, strict=True) if i in score]
         values = [first.get("init_psnr")] * len(start) + [score[i] for i in its[len(start) :]]
-        name = (
-            f"{ENGINE_NAMES.get(first['engine'], first['engine'])} ×{first['world_size']}, "
-            f"{size_label(first['size'])}" + (f" (rep {first['repetition']})" if first.get("repetition") else "")
+        name = f"{ENGINE_NAMES.get(series, series)} ×{first['world_size']}, {size_label(first['size'])}" + (
+            f" (rep {first['repetition']})" if first.get("repetition") else ""
         )
-        style = {"color": colour(index), "dash": LINE_DASH.get(first["engine"], "dash")}
+        style = {"color": colour(index), "dash": LINE_DASH.get(series, "dash")}
         fig.add_scatter(x=its, y=values, mode="lines+markers", name=name, line=style, legendgroup=name, row=1, col=1)
         fig.add_scatter(
             x=times, y=values, mode="lines+markers", name=name, line=style, legendgroup=name, showlegend=False,
@@ -317,7 +321,7 @@ def memory_figure(problem: str, rows: list[dict]):
     for r in rows:
         if r["problem"] != problem or r.get("status") != "ok":
             continue
-        key = (size_label(r["size"]), r["engine"], r["world_size"], r.get("repetition") or 0)
+        key = (size_label(r["size"]), series_of(r), r["world_size"], r.get("repetition") or 0)
         peaks[key][r["rank"]] = max(peaks[key].get(r["rank"], 0.0), run_memory(r) / MIB)
     keys = sorted(peaks, key=lambda k: (_size_order(k[0]), ENGINE_ORDER.get(k[1], 9), k[2], k[3]))
     label = lambda k: [f"size {k[0]}", f"{ENGINE_NAMES.get(k[1], k[1])} ×{k[2]}"]  # noqa: E731

@@ -183,8 +183,25 @@ def quality_text(entry: dict, width: int = 0) -> str:
     return "n/a".rjust(width)
 
 
+def series_of(row: dict) -> str:
+    """The engine as the summary and the report name it: ``distinv`` and ``distinv-sharded`` runs whose denoiser is
+    the domain-parallel one (``tiling.parallel: domain``) are ``distinv/domain`` and ``distinv-sharded/domain``."""
+    tiling = row.get("tiling")
+    if isinstance(tiling, str):
+        tiling = json.loads(tiling)
+    domain = isinstance(tiling, dict) and tiling.get("parallel") == "domain"
+    engine = row["engine"]
+    return f"{engine}/domain" if domain and engine in ("distinv", "distinv-sharded") else engine
+
+
+def engine_of(series: str) -> str:
+    """The engine behind a :func:`series_of` name."""
+    return series.partition("/")[0]
+
+
 def summarise(directory: str | Path) -> list[dict]:
-    """Per PnP run (training runs: :func:`~distinv.bench.training_report.summarise_training`): world size, final
+    """Per PnP run (training runs: :func:`~distinv.bench.training_report.summarise_training`): its engine as
+    :func:`series_of` names it, world size, final
     PSNR, median seconds per iteration by component (the first iteration, a
     warm-up, left out when there are more) and speedup and parallel efficiency against its baseline
     (:func:`baseline_of`; S = T_baseline / T_N, E = S N_baseline / N)."""
@@ -196,7 +213,8 @@ def summarise(directory: str | Path) -> list[dict]:
     for rows in runs.values():
         rows = _latest_attempt(rows)
         first = rows[0]
-        entry = {k: first.get(k) for k in ("run_key", "group", "problem", "size", "engine", "world_size", "repetition")}
+        entry = {k: first.get(k) for k in ("run_key", "group", "problem", "size", "world_size", "repetition")}
+        entry["engine"] = series_of(first)  # the denoiser's distribution shown with the engine
         entry["status"] = first.get("status")
         if first.get("status") != "ok":
             entry["error"] = first.get("error")
@@ -259,7 +277,7 @@ def baseline_of(entry: dict, summary: list[dict]) -> tuple[list[dict], str]:
     untiled = [e for e in group if e["engine"] == "none"]
     if untiled:
         return untiled, "untiled single device"
-    ours = [e for e in group if e["engine"] == "distinv"]
+    ours = [e for e in group if engine_of(e["engine"]) == "distinv"]
     if not ours:
         return [], ""
     smallest = min(e["world_size"] for e in ours)
@@ -269,15 +287,15 @@ def baseline_of(entry: dict, summary: list[dict]) -> tuple[list[dict], str]:
 def format_summary(summary: list[dict]) -> str:
     """A plain-text table, one line per run, grouped by problem and size."""
     head = (
-        f"{'problem':<14} {'size':>7} {'engine':<15} {'ranks':>5} {'PSNR':>6} {'it/s':>6} {'total':>7} {'grad':>7} "
+        f"{'problem':<14} {'size':>7} {'engine':<22} {'ranks':>5} {'PSNR':>6} {'it/s':>6} {'total':>7} {'grad':>7} "
         f"{'denoise':>7} {'comm':>6} {'speedup':>7} {'denoiser':>8} {'eff.':>5}"
     )
     lines = [head, "-" * len(head)]
-    order = {"none": 0, "distinv": 1, "distinv-sharded": 2, "deepinv": 3}
-    for e in sorted(summary, key=lambda e: (e["problem"], str(e["size"]), order.get(e["engine"], 3), e["world_size"])):
+    order = {"none": 0, "distinv": 1, "distinv/domain": 2, "distinv-sharded": 3, "distinv-sharded/domain": 4}
+    for e in sorted(summary, key=lambda e: (e["problem"], str(e["size"]), order.get(e["engine"], 5), e["world_size"])):
         if e["status"] != "ok":
             lines.append(
-                f"{e['problem']:<14} {size_text(e['size']):>7} {e['engine']:<15} {e['world_size']:>5} FAILED"
+                f"{e['problem']:<14} {size_text(e['size']):>7} {e['engine']:<22} {e['world_size']:>5} FAILED"
                 + (f" on rank {e['failed_rank']}" if e.get("failed_rank") is not None else "")
                 + ": "
                 + last_line(e.get("error"))
@@ -287,7 +305,7 @@ def format_summary(summary: list[dict]) -> str:
 
         eff = f"{e['efficiency_total']:.0%}" if e.get("efficiency_total") else "n/a"
         lines.append(
-            f"{e['problem']:<14} {size_text(e['size']):>7} {e['engine']:<15} {e['world_size']:>5} {psnr} "
+            f"{e['problem']:<14} {size_text(e['size']):>7} {e['engine']:<22} {e['world_size']:>5} {psnr} "
             f"{1 / e['total_s']:6.2f} {e['total_s']:6.2f}s {e['data_s']:6.2f}s {e['denoiser_s']:6.2f}s "
             f"{e['comm_s']:5.2f}s {_ratio(e, 'speedup_total'):>7} {_ratio(e, 'speedup_denoiser'):>8} {eff:>5}"
         )

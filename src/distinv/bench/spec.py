@@ -50,6 +50,9 @@ class TilingSpec:
     patch_size: int | Literal["auto"] | None = None  # None: distinv plans its windows
     overlap: int = DEFAULT_OVERLAP
     max_batch_size: int | Literal["auto"] | None = None  # None: the device's default
+    # how distinv's engines distribute the denoiser: "windows" (overlapping windows, the knobs above; deepinv's
+    # way) or "domain" (the network run as one domain over the ranks' row bands, exact; the knobs above unused)
+    parallel: Literal["windows", "domain"] = "windows"
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class RunSpec:
         fields = asdict(self)  # the sections as the dicts they were before they had types: the same hash
         if fields["training"] is None:  # PnP runs keep the keys they had before training runs existed
             del fields["training"]
+        if fields["tiling"]["parallel"] == "windows":  # and the keys they had before the domain denoiser
+            del fields["tiling"]["parallel"]
         return fields
 
     @property

@@ -33,6 +33,16 @@ class SlicewiseDenoiser3D(Denoiser):
 
         return size_multiple_of(self.denoiser)
 
+    def band_program(self):
+        """How the domain-parallel denoiser runs it on slabs: the 2D network's program, slice by slice across
+        ``axes`` (:class:`~distinv.domain.networks.BandProgram`'s ``slicewise``)."""
+        import dataclasses
+
+        from distinv.domain.networks import program_for
+
+        inner = program_for(self.denoiser)
+        return dataclasses.replace(inner, slicewise=self.axes, pixels_per_call=self.pixels_per_call)
+
     def forward(self, x: torch.Tensor, sigma=None, **kwargs) -> torch.Tensor:
         if x.ndim != 5:
             raise ValueError(f"x has shape {tuple(x.shape)}: SlicewiseDenoiser3D takes (B, C, D, H, W) volumes.")

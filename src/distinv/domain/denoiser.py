@@ -65,6 +65,26 @@ def band_bounds(height: int, world: int, alignment: int, rows_needed: int = 1) -
     return tuple(bounds)
 
 
+def band_work(spatial: Sequence[int], world: int, alignment: int, rows_needed: int = 1) -> dict[str, list[int]]:
+    """What each rank of the domain-parallel denoiser computes on a signal of ``spatial`` size (rows first): its
+    band (:func:`band_bounds`), padded as the network pads the signal (the last band's rows and every band's other
+    dims to multiples of ``alignment``); nothing else, as no halo is recomputed.
+
+    :return: ``{"bounds": ..., "pixels_owned_per_rank": ..., "pixels_processed_per_rank": ...}`` (pixels of one
+        channel at full resolution).
+    """
+    bounds = band_bounds(int(spatial[0]), world, alignment, rows_needed)
+    across = math.prod(int(s) for s in spatial[1:])
+    padded = math.prod(int(s) + (-int(s)) % alignment for s in spatial[1:])
+    owned, processed = [], []
+    for rank, (first, last) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        rows = last - first
+        owned.append(rows * across)
+        bottom = (-int(spatial[0])) % alignment if rank == world - 1 else 0
+        processed.append((rows + bottom) * padded)
+    return {"bounds": list(bounds), "pixels_owned_per_rank": owned, "pixels_processed_per_rank": processed}
+
+
 class GatherBands(torch.autograd.Function):
     """The whole signal on every rank from each rank's band (one all-gather, bands padded to the tallest);
     backward: this rank's rows of the gradient (every rank back-propagates the same replicated gradient)."""
@@ -81,14 +101,38 @@ class GatherBands(torch.autograd.Function):
 
 
 class _Body(nn.Module):
-    """The rewritten network with the program's body as its forward (for ``functional_call``)."""
+    """The network's program on a padded band of a signal of ``padded_shape`` (for ``functional_call``):
+    ``banded`` is the band network (convolutions exchange rows), ``whole`` the network itself (the same
+    parameters), which a slicewise program runs on slices across the banded dim: whole 2D images."""
 
-    def __init__(self, network: nn.Module, program: BandProgram):
+    def __init__(self, banded: nn.Module, whole: nn.Module, program: BandProgram, padded_shape: Sequence[int]):
         super().__init__()
-        self.network, self.program = network, program
+        self.banded, self.program, self.padded_shape = banded, program, tuple(padded_shape)
+        # not a submodule: its parameters are the band network's (the same modules), which functional_call swaps
+        # once; a second path to them would be swapped twice and restored wrongly
+        self._whole = (whole,)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.program.body(self.network, inputs)
+    @property
+    def whole(self) -> nn.Module:
+        return self._whole[0]
+
+    def forward(self, band: torch.Tensor, sigma: Any) -> torch.Tensor:
+        program = self.program
+        if program.slicewise is None:
+            return program.run(self.banded, band, sigma)
+        out = torch.zeros_like(band)
+        for axis in program.slicewise:
+            moved = band.movedim(axis, 1)  # (B, S, C, a, b): slices across `axis`, rows first
+            b, count = moved.shape[:2]
+            slices = moved.reshape(b * count, *moved.shape[2:])
+            # slices across the banded dim are this rank's own whole images; the others' rows are the banded dim,
+            # so every rank cuts them into the same number of calls (from the whole signal's slice size)
+            network = self.whole if axis == ROWS else self.banded
+            pixels = math.prod(self.padded_shape[d] for d in range(ROWS, len(self.padded_shape)) if d != axis)
+            per_call = max(1, program.pixels_per_call // pixels)
+            done = torch.cat([program.run(network, chunk, sigma) for chunk in slices.split(per_call)])
+            out = out + done.reshape(b, count, *done.shape[1:]).movedim(1, axis)
+        return out / len(program.slicewise)
 
 
 class DomainParallelDenoiser(nn.Module):
@@ -136,6 +180,10 @@ class DomainParallelDenoiser(nn.Module):
             ``x``'s shape with one channel.
         :raises TypeError: for an ``x`` that is neither; ``ValueError`` for bands cut elsewhere, or too few rows.
         """
+        if self.program.slicewise is not None and isinstance(sigma, torch.Tensor) and sigma.numel() > 1:
+            raise ValueError("sigma: a slice-by-slice denoiser takes one noise level (a number) per call.")
+        if self.program.slicewise is not None and len(getattr(x, "shape", ())) != 5:
+            raise ValueError("x: a slice-by-slice denoiser takes (B, C, D, H, W) volumes.")
         network = band_network(self.program.network, self.ctx)  # parameters shared; rebuilt as they may change
         if isinstance(x, RowBands):
             bounds = self._bounds_for(x.shape, network)
@@ -176,16 +224,18 @@ class DomainParallelDenoiser(nn.Module):
         padded = F.pad(band, flat, mode="replicate") if any(flat) else band
         if isinstance(sigma, torch.Tensor) and sigma.ndim == band.ndim and any(flat):
             sigma = F.pad(sigma, flat, mode="replicate")
-        body = _Body(network, program)
-        inputs = program.inputs(padded, sigma)
-        parameters = dict(body.named_parameters())
+        padded_shape = [*shape[:ROWS], int(shape[ROWS]) + (-int(shape[ROWS])) % multiple]
+        padded_shape += [s + (-s) % multiple for s in shape[ROWS + 1 :]]
+        body = _Body(network, program.network, program, padded_shape)
+        parameters = dict(body.named_parameters())  # shared ones once
         if torch.is_grad_enabled() and self.ctx.is_distributed and any(p.requires_grad for p in parameters.values()):
+            # once per call, whatever the network does inside: every rank's parameter gradients summed once
             names = [n for n, p in parameters.items() if p.requires_grad]
             summed = ReplicatedInputs.apply(self.ctx, *[parameters[n] for n in names])
-            out = torch.func.functional_call(body, dict(zip(names, summed, strict=True)), (inputs,))
+            out = torch.func.functional_call(body, dict(zip(names, summed, strict=True)), (padded, sigma))
         else:
-            out = body(inputs)
+            out = body(padded, sigma)
         out = out.narrow(ROWS, 0, height)
         for dim, s in enumerate(band.shape[ROWS + 1 :], start=ROWS + 1):
             out = out.narrow(dim, 0, s)
-        return band - out if program.residual else out
+        return out

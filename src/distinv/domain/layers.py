@@ -192,7 +192,7 @@ def band_network(network: nn.Module, ctx: DistributedContext, name: str = "netwo
                 "parallel='windows' (overlapping windows), or allow the fallback to windows."
             )
         return network
-    clone = copy.copy(network)
+    clone = copy.copy(network)  # its parameter dicts are the network's: swapping one swaps it in both trees
     clone._modules = {key: band_network(child, ctx, f"{name}.{key}") for key, child in children.items()}
     return clone
 

@@ -12,7 +12,9 @@ padded as the network pads it, and :func:`program_for` says how for each:
 - deepinv's ``UNet``: ``_forward``, multiple ``2 ** scales``, its replicate padding (``test_pad``) otherwise;
 - deepinv's ``DnCNN``: its ``forward`` (only convolutions and activations), multiple 1;
 - a denoiser with a ``band_program()`` method says so itself (distinv's ``ResidualDenoiser``: ``x - body(x)`` of
-  its network's program).
+  its network's program; its ``SlicewiseDenoiser3D``: its 2D network's program with ``slicewise`` axes: slices
+  across the banded dim are whole 2D images each rank runs on its own, slices across the others are 2D images
+  whose rows are the banded dim, run on bands).
 
 Anything else raises ``ValueError`` naming the class (use ``parallel="windows"``).
 """
@@ -36,6 +38,10 @@ class BandProgram:
     :param body: ``body(rewritten_network, inputs)``: the network's layers on the band.
     :param multiple: the size multiple the body needs along every spatial dim (the padding's).
     :param residual: the denoiser returns ``band - body`` (a noise-predicting wrapper).
+    :param slicewise: for a 2D ``network`` run over volumes ``(B, C, D, H, W)`` slice by slice: the axes sliced
+        across (among 2, 3, 4), the results averaged; ``None`` (default): the network takes the signal as it is.
+    :param pixels_per_call: with ``slicewise``, the most pixels (slices x h x w of the whole volume's slices) one
+        call of the network takes.
     """
 
     network: nn.Module
@@ -43,6 +49,13 @@ class BandProgram:
     body: Callable[[nn.Module, torch.Tensor], torch.Tensor]
     multiple: int
     residual: bool = False
+    slicewise: tuple[int, ...] | None = None
+    pixels_per_call: int = 2**20
+
+    def run(self, network: nn.Module, x: torch.Tensor, sigma: object) -> torch.Tensor:
+        """The denoiser's output for ``x`` (a padded 2D band or slice batch) through ``network``."""
+        out = self.body(network, self.inputs(x, sigma))
+        return x - out if self.residual else out
 
 
 def _noise_map(band: torch.Tensor, sigma: object) -> torch.Tensor:

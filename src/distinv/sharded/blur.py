@@ -7,7 +7,10 @@ image's top and bottom as the circular boundary wants. The measurements are shar
 ``A^T A`` never move an image: only the halo rows, whatever K. Exact against deepinv's ``BlurFFT``: the same circular
 convolution, by FFT of the band with its halo (rows that wrap around the extended band fall in the halo, which is
 dropped). ``A^T A`` is one FFT pair with the K normal spectra summed, cached at the band's size (a rank holds one
-band-sized spectrum, not K image-sized ones).
+band-sized spectrum, not K image-sized ones). ``(A^T A + shift I) x = b`` (HQS's and ADMM's data step) is solved
+exactly in the Fourier domain, as the replicated engine's closed form, on a 2D transform of the bands taken sharded
+(:mod:`distinv.sharded.fourier`: each band moved once each way; each rank its block of frequency columns of the
+normal spectrum).
 
 Convention (deepinv's): ``A_i x`` is the circular cross-correlation of ``x`` with the flipped kernel ``k_i``,
 anchored at ``((kh - 1) // 2, (kw - 1) // 2)``; ``A_i^T y`` the circular cross-correlation of ``y`` with ``k_i``,
@@ -19,10 +22,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 
 from distinv.comm.context import DistributedContext
+from distinv.numerics.linalg import SolveInfo
 from distinv.numerics.operator import NormalEquations
 from distinv.placements.row_bands import RowBands, check_bands, row_halos, with_row_halo
+from distinv.sharded.fourier import ColumnBlock, from_columns, to_columns
 
 
 class ShardedBlur(NormalEquations):
@@ -155,6 +161,66 @@ class ShardedBlur(NormalEquations):
             term = torch.fft.rfftn(extended, dim=dims) * self._spectrum(i, extended, True)
             total = term if total is None else total.add_(term)
         return ys[0].like(self._band(torch.fft.irfftn(total, s=size, dim=dims), margin, ys[0].local.dtype))
+
+    def _column_spectrum(self, index: int, height: int, width: int, columns: slice, like: torch.Tensor, adjoint: bool):
+        """:meth:`_spectrum` of kernel ``index`` on the whole ``height x width`` grid, frequency columns ``columns``
+        only, ``(c, height, n)``: from the kernel's ``kh`` rows (their transform along the columns, then along the
+        rows), never an image-sized tensor."""
+        kernel = self.kernels[index]
+        kh, kw = kernel.shape[1:]
+        top, left = (kh // 2, kw // 2) if adjoint else ((kh - 1) // 2, (kw - 1) // 2)
+        weight = (kernel if adjoint else kernel.flip(-1, -2)).to(like.real.dtype)
+        strip = torch.zeros((weight.shape[0], kh, width), dtype=weight.dtype, device=like.device)
+        strip[:, :, :kw] = weight
+        along = torch.fft.rfft(torch.roll(strip, shifts=-left, dims=-1), dim=-1)[..., columns]
+        placed = torch.zeros((weight.shape[0], height, along.shape[-1]), dtype=along.dtype, device=like.device)
+        placed[:, (torch.arange(kh, device=like.device) - top) % height] = along
+        return torch.fft.fft(placed, dim=-2).conj()
+
+    def solve_normal(
+        self,
+        rhs: RowBands,
+        shift: float | torch.Tensor = 0.0,
+        *,
+        x0: RowBands | None = None,
+        max_iter: int = 100,
+        tol: float | None = None,
+        warn: bool = True,
+    ) -> tuple[RowBands, SolveInfo]:
+        """``(A^T A + shift I) x = rhs`` exactly, as the replicated engine's closed form: ``A^T A`` is circulant,
+        so ``x = F^-1[F(rhs) / (sum_i |H_i|^2 + shift)]``, with the 2D transform of the bands taken sharded
+        (:mod:`distinv.sharded.fourier`: each band moved once each way, no image on any rank); ``x0``, ``max_iter``,
+        ``tol`` and ``warn`` are CG's and unused.
+
+        :param shift: a number or one per sample ``(B,)`` / ``(B, 1, 1, 1)``, at least 0 (with 0, frequencies no
+            blur passes divide by 0, as the closed form does).
+        :return: ``x`` sharded as ``rhs``, and ``SolveInfo("fft", 0, 0.0, True)``.
+        """
+        bands = check_bands(rhs, "rhs")
+        if bands.local.ndim != 4:
+            raise ValueError(f"rhs has shape {tuple(bands.shape)}: the blur's solve takes (B, C, H, W) images.")
+        block = to_columns(bands)
+        height, width = bands.shape[-2:]
+        key = ("columns", height, width, block.own_columns.start, block.own_columns.stop, block.local.dtype)
+        if key not in self._spectra:
+            own = block.own_columns
+            self._spectra[key] = sum(
+                (self._column_spectrum(i, height, width, own, block.local, False)
+                 * self._column_spectrum(i, height, width, own, block.local, True)).real
+                for i in range(self.num_operators)
+            )  # fmt: skip
+        spectrum = self._spectra[key]
+        if isinstance(shift, torch.Tensor) and shift.ndim > 0:
+            inverse = 1.0 / (spectrum + shift.reshape(-1, 1, 1, 1).to(spectrum))
+        elif float(shift) > 0:
+            inverse = 1.0 / (spectrum + float(shift))
+        else:  # the minimum-norm solution, as the replicated closed form (numerics.least_squares.solve_fft)
+            mine = spectrum.max() if spectrum.numel() else spectrum.new_zeros(())
+            largest = self.ctx.all_reduce(mine.reshape(1), op=dist.ReduceOp.MAX)[0]
+            keep = spectrum > (torch.finfo(spectrum.dtype).eps * max(height, width)) ** 2 * largest
+            inverse = torch.where(keep, 1.0 / spectrum.where(keep, torch.ones_like(spectrum)), 0.0)
+        solved = ColumnBlock(bands, block.columns, block.local * inverse)
+        return from_columns(solved), SolveInfo("fft", 0, 0.0, True)
 
     def A_adjoint_A(self, x: RowBands) -> RowBands:  # noqa: N802
         """``sum_i A_i^T A_i x``: one halo exchange (the forward's and the adjoint's reach together) and one FFT
