@@ -52,6 +52,7 @@ def run_pnp(ctx, engine_name, problem_name, params, tiling, algorithm):
         "domain": isinstance(engine.denoiser, DomainParallelDenoiser),
         "psnr": [r.psnr for r in records],
         "received": [r.bytes_received for r in records],
+        "sent": [r.bytes_sent for r in records],
     }
 
 

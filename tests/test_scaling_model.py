@@ -36,6 +36,33 @@ def test_the_models_bytes_are_what_a_pgd_iteration_sends(ranks, world_size, engi
     assert abs(predicted - busiest) <= 0.02 * busiest + 512, (predicted, busiest)
 
 
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_the_models_bytes_for_the_domain_denoiser_are_what_a_pgd_iteration_sends(ranks, world_size):
+    """One exchange per convolution (its channels, one row from each neighbour), the blurs' halo and two norms."""
+    import dataclasses
+
+    from distinv.bench.problems import build
+    from distinv.domain.denoiser import DomainParallelDenoiser, layer_exchanges
+    from test_domain_engine import BLUR as DOMAIN_BLUR
+    from test_domain_engine import network_for
+    from test_domain_engine import run_pnp as run_domain_pnp
+
+    counted = ranks(world_size).run(
+        run_domain_pnp, "distinv-sharded", "highres_blur", DOMAIN_BLUR, {"parallel": "domain"}, "pgd"
+    )
+    busiest = max(max(r["sent"][1:]) for r in counted)
+    network = network_for(build("highres_blur", **DOMAIN_BLUR))
+    work = dataclasses.replace(
+        blur_workload(),
+        domain_layers=layer_exchanges(network, 3),
+        alignment=DomainParallelDenoiser.alignment_of(network),
+    )
+    predicted = predict_iteration(Costs(FLAT, 0.0, 0.0, 1e9, 0.0), work, "distinv-sharded/domain", world_size)
+    assert abs(predicted.bytes_sent - busiest) <= 0.02 * busiest + 512, (predicted.bytes_sent, busiest)
+    windows = predict_iteration(Costs(FLAT, 0.0, 0.0, 1e9, 0.0), work, "distinv-sharded", world_size)
+    assert predicted.denoiser_s < windows.denoiser_s  # no halo recomputed
+
+
 def test_the_predicted_iteration_adds_up_and_shares_cores():
     work = blur_workload()
     alone = Costs(FLAT, 0.01, 1e-4, 1e8, 1e-4)

@@ -448,7 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--param", type=_parameter, action="append", default=[], help="with --problem: a problem parameter, key=value"
     )
     plan.add_argument(
-        "--engine", nargs="+", default=["distinv", "distinv-sharded"], choices=["distinv", "distinv-sharded"]
+        "--engine",
+        nargs="+",
+        default=["distinv", "distinv-sharded", "distinv-sharded/domain"],
+        choices=["distinv", "distinv-sharded", "distinv-sharded/domain"],
     )
     plan.add_argument(
         "--costs", default="measured", choices=["measured", "published-v100"], help="with --problem: whose costs"

@@ -9,7 +9,15 @@ world size and engine (:func:`predict_iteration`):
   timed by :func:`~distinv.tiling.autotune.predict`), the all-gather of owned regions and one agreement;
 - ``distinv-sharded``: the spatial physics on the largest band with its halo (or, for operators that do not
   decompose in space, the operator split with the iterate gathered), the halo rows; the denoiser's row-band plan,
-  its halo rows and one agreement; two all-reduced norms.
+  its halo rows and one agreement; two all-reduced norms;
+- ``distinv-sharded/domain``: the same physics and norms on the domain-parallel denoiser's bands
+  (:func:`~distinv.domain.denoiser.band_bounds`); the network on the largest band, nothing recomputed, and one
+  exchange per convolution that reads its neighbours (``Workload.domain_layers``: its channels and resolution
+  times its rows, to each of two neighbours), each ``latency + bytes / bandwidth``.
+
+The flat overhead (``Costs.overhead_seconds``) is counted whole by the replicated engine; the sharded engines divide
+its replicated-image part (``Costs.image_overhead_fraction``: updates of the iterate, norms, copies of the image)
+by the ranks and keep the rest.
 
 A collective costs ``latency + bytes / bandwidth`` (bytes as :mod:`distinv.comm.collectives` counts them: the ring
 algorithm's); ranks beyond ``cores`` share them (compute seconds scale by ``p / cores``). What the model leaves
@@ -22,13 +30,14 @@ import math
 from dataclasses import dataclass
 
 from distinv.comm.collectives import ring_all_gather_bytes, ring_all_reduce_bytes
+from distinv.domain.denoiser import band_bounds
 from distinv.sharded.denoiser import band_bounds_of, halo_rows, row_band_patch, row_band_plan
 from distinv.tiling.autotune import predict
 from distinv.tiling.geometry import TilePlan
 from distinv.tiling.planner import TilingKnobs
 from distinv.tiling.profiling import NetworkProfile
 
-ENGINES = ("distinv", "distinv-sharded")
+ENGINES = ("distinv", "distinv-sharded", "distinv-sharded/domain")
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,8 @@ class Costs:
     :ivar cores: compute slots the ranks share (``None``: one per rank).
     :ivar source: where the figures come from, for the printout.
     :ivar overhead_seconds: a flat per-iteration cost whatever the world size (Python, launches), when known.
+    :ivar image_overhead_fraction: the part of ``overhead_seconds`` that is work on the whole image (the iterate's
+        updates and norms), which sharded iterates divide by the ranks (0: all of it is fixed).
     """
 
     network: NetworkProfile
@@ -54,6 +65,7 @@ class Costs:
     cores: int | None = None
     source: str = "measured"
     overhead_seconds: float = 0.0
+    image_overhead_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,8 @@ class Workload:
     physics_halo: tuple[int, int] | None
     knobs: TilingKnobs
     itemsize: int = 4
+    domain_layers: tuple[tuple[int, int, int], ...] = ()  # per exchanging convolution: channels, divisor, rows
+    alignment: int = 8  # the domain-parallel denoiser's bands start at multiples of it
 
 
 @dataclass(frozen=True)
@@ -93,18 +107,30 @@ def predict_iteration(costs: Costs, work: Workload, engine: str, world_size: int
     share = max(1.0, p / costs.cores) if costs.cores else 1.0
     image = math.prod(work.shape) * work.itemsize
     row = image // work.shape[2]  # bytes of one row (an image row, or a volume's z-slice) over batch and channels
-    plan = _plan(work, p, sharded=engine == "distinv-sharded")
-    denoiser = max(predict(costs.network, plan, 1, work.shape[0], work.shape[1], work.itemsize)[0]) * share
     collectives: list[int] = []  # bytes this rank sends in each collective or exchange of the iteration
-    if p > 1:
-        collectives.append(ring_all_gather_bytes(8, p))  # the denoiser's agreement
+    if engine == "distinv-sharded/domain":
+        bounds = band_bounds(work.shape[2], p, work.alignment)
+        pixels = work.shape[0] * max(b - a for a, b in zip(bounds, bounds[1:], strict=False)) * _width(work)
+        denoiser = costs.network.seconds(pixels) * share
+        if p > 1:
+            neighbours = 2 if p > 2 else 1
+            row_bytes = work.shape[0] * work.itemsize * _width(work)  # one row of one channel, every sample
+            for channels, divisor, rows in work.domain_layers:
+                collectives.append(neighbours * rows * channels * row_bytes // divisor)
+    else:
+        plan = _plan(work, p, sharded=engine == "distinv-sharded")
+        denoiser = max(predict(costs.network, plan, 1, work.shape[0], work.shape[1], work.itemsize)[0]) * share
+        bounds = band_bounds_of(plan) if engine == "distinv-sharded" else ()
+        if p > 1:
+            collectives.append(ring_all_gather_bytes(8, p))  # the denoiser's agreement
+    overhead = costs.overhead_seconds
     if engine == "distinv":
         data = math.ceil(work.num_operators / p) * costs.operator_seconds * share
         if p > 1:
             owned = max(sum(w.owned_pixels for w in plan.windows_of(r)) for r in range(p))
             collectives += [ring_all_reduce_bytes(image, p), ring_all_gather_bytes(owned * row // _width(work), p)]
     else:
-        bounds = band_bounds_of(plan)
+        overhead *= 1 - costs.image_overhead_fraction * (1 - 1 / p)
         tallest = max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
         if work.physics_halo is not None:
             data = (tallest + sum(work.physics_halo)) * costs.band_seconds_per_row * share
@@ -114,12 +140,13 @@ def predict_iteration(costs: Costs, work: Workload, engine: str, world_size: int
             data = math.ceil(work.num_operators / p) * costs.operator_seconds * share
             if p > 1:
                 collectives += [ring_all_gather_bytes(tallest * row, p), ring_all_reduce_bytes(image, p)]
-        if p > 1:
+        if p > 1 and engine == "distinv-sharded":
             above, below = halo_rows(plan, bounds)
             collectives += [max(a + b for a, b in zip(above, below, strict=True)) * row]
+        if p > 1:
             collectives += [ring_all_reduce_bytes(8, p)] * 2  # the relative change's two norms
     comm = sum(costs.latency + sent / costs.bandwidth for sent in collectives)
-    total = data + denoiser + comm + costs.overhead_seconds
+    total = data + denoiser + comm + overhead
     return Prediction(engine, p, data, denoiser, comm, total, sum(collectives))
 
 
@@ -155,13 +182,13 @@ def format_predictions(costs: Costs, work: Workload, world_sizes: list[int], eng
         f"scaling model, {'x'.join(map(str, work.shape[1:]))}, K={work.num_operators}, costs: {costs.source}: "
         f"one operator's A^T A {costs.operator_seconds:.3g} s, sharded A^T A {costs.band_seconds_per_row:.3g} s/row"
         f"{link}",
-        f"{'engine':<16} {'ranks':>5} {'data s':>8} {'denoiser s':>10} {'comm s':>8} {'total s':>8} {'MiB sent':>9}",
+        f"{'engine':<23} {'ranks':>5} {'data s':>8} {'denoiser s':>10} {'comm s':>8} {'total s':>8} {'MiB sent':>9}",
     ]
     for p in world_sizes:
         for engine in engines:
             r = predict_iteration(costs, work, engine, p)
             lines.append(
-                f"{engine:<16} {p:>5} {r.data_s:>8.3f} {r.denoiser_s:>10.3f} {r.comm_s:>8.3f} {r.total_s:>8.3f} "
+                f"{engine:<23} {p:>5} {r.data_s:>8.3f} {r.denoiser_s:>10.3f} {r.comm_s:>8.3f} {r.total_s:>8.3f} "
                 f"{r.bytes_sent / 2**20:>9.2f}"
             )
     return "\n".join(lines)

@@ -85,6 +85,35 @@ def band_work(spatial: Sequence[int], world: int, alignment: int, rows_needed: i
     return {"bounds": list(bounds), "pixels_owned_per_rank": owned, "pixels_processed_per_rank": processed}
 
 
+def layer_exchanges(denoiser: nn.Module, channels: int) -> tuple[tuple[int, int, int], ...]:
+    """What the domain-parallel denoiser exchanges per call of a 2D ``denoiser`` on ``channels`` channels: per
+    convolution that reads its neighbours' rows, in call order, ``(input channels, resolution divisor, rows)``
+    (rows from each neighbour, at ``1 / divisor`` of the image's resolution), traced on a small image.
+
+    :raises ValueError: for a network :func:`~distinv.domain.networks.program_for` does not know.
+    """
+    from distinv.domain.layers import BandConv
+
+    program = program_for(denoiser)
+    side = 4 * math.lcm(program.multiple, row_strides(program.network))
+    found: list[tuple[int, int, int]] = []
+
+    def record(module: nn.Module, args: tuple) -> None:
+        rows = BandConv(module, None, "").halo  # the rows its band version reads (no context needed to count)
+        if rows:
+            found.append((int(args[0].shape[1]), side // int(args[0].shape[ROWS]), rows))
+
+    convs = [m for m in program.network.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    hooks = [m.register_forward_pre_hook(record) for m in convs]
+    try:
+        with torch.no_grad():
+            program.run(program.network, torch.zeros((1, channels, side, side)), 0.05)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return tuple(found)
+
+
 class GatherBands(torch.autograd.Function):
     """The whole signal on every rank from each rank's band (one all-gather, bands padded to the tallest);
     backward: this rank's rows of the gradient (every rank back-propagates the same replicated gradient)."""
@@ -155,7 +184,13 @@ class DomainParallelDenoiser(nn.Module):
     @property
     def alignment(self) -> int:
         """The multiple every band starts at: the network's size multiple and its strides' product."""
-        return math.lcm(self.program.multiple, row_strides(self.program.network))
+        return self.alignment_of(self.denoiser)
+
+    @staticmethod
+    def alignment_of(denoiser: nn.Module) -> int:
+        """:attr:`alignment` of ``denoiser`` without a context (:func:`program_for` refuses what it does not know)."""
+        program = program_for(denoiser)
+        return math.lcm(program.multiple, row_strides(program.network))
 
     def bounds_for(self, shape: Sequence[int]) -> tuple[int, ...]:
         """The bands of a signal of ``shape`` (``(B, C, H, ...)``): rows ``bounds[r]:bounds[r + 1]`` on rank ``r``.

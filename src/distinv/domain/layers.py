@@ -106,10 +106,19 @@ class BandConv(nn.Module):
         )
         return band.index_select(ROWS, index.to(band.device))
 
+    @property
+    def _same_zeros(self) -> bool:
+        """A stride-1 convolution whose zero padding keeps the rows ("same"): it runs on the band as it is, with its
+        own padding, and only its first and last rows are computed again from the neighbours' rows."""
+        conv, symmetric = self.conv, all(before == after for before, after in self.pads)
+        return self.mode == "zeros" and symmetric and conv.stride[0] == 1 and self.above == self.below == self.border
+
     def forward(self, band: torch.Tensor) -> torch.Tensor:
         ctx, world, rank = self.ctx, self.ctx.world_size, self.ctx.rank
         periodic = self.mode == "circular"
         top, bottom = neighbour_rows(ctx, band, self.above, self.below, periodic)
+        if self._same_zeros and band.shape[ROWS] >= 2 * self.halo:
+            return self._same_with_edges(band, top, bottom, first=rank == 0, last=rank == world - 1)
         if not periodic:
             if rank == 0:
                 top = self._pad_border(band, True)
@@ -125,6 +134,32 @@ class BandConv(nn.Module):
         conv = self.conv
         function = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(conv.kernel_size)]
         return function(extended, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+    def _same_with_edges(
+        self, band: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, first: bool, last: bool
+    ) -> torch.Tensor:
+        """The convolution of the band with its own zero padding (no copy of the band into a taller one), then its
+        first and last ``halo`` rows again from strips of the neighbours' rows and the band's edge rows (at the
+        signal's border the zero padding is already right)."""
+        conv, rows = self.conv, self.halo
+        function = {2: F.conv2d, 3: F.conv3d}[len(conv.kernel_size)]
+        others = tuple(before for before, _ in self.pads[1:])
+
+        def convolve(x: torch.Tensor, row_padding: int) -> torch.Tensor:
+            padding = (row_padding, *others)
+            return function(x, conv.weight, conv.bias, 1, padding, conv.dilation, conv.groups)
+
+        out = convolve(band, rows)
+        if rows == 0:
+            return out
+        height = band.shape[ROWS]
+        if not first:
+            strip = torch.cat([top, band.narrow(ROWS, 0, 2 * rows)], dim=ROWS)
+            out.narrow(ROWS, 0, rows).copy_(convolve(strip, 0))
+        if not last:
+            strip = torch.cat([band.narrow(ROWS, height - 2 * rows, 2 * rows), bottom], dim=ROWS)
+            out.narrow(ROWS, height - rows, rows).copy_(convolve(strip, 0))
+        return out
 
 
 def _aligned_resampling(module: nn.Module) -> bool:
