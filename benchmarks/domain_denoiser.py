@@ -86,6 +86,9 @@ def exactness_rank(args) -> None:
         seconds = time.perf_counter() - started
         reference = torch.load(args.reference)
         errors = {key: relative(mine[key], reference[key]) for key in mine}
+        errors |= {
+            f"{key} vs float64": relative(mine[key], reference[key + "64"]) for key in mine if key + "64" in reference
+        }
         rows = [None] * ctx.world_size
         dist.all_gather_object(rows, {"rank": ctx.rank, "seconds": seconds, **errors})
         if ctx.rank == 0:
@@ -94,10 +97,21 @@ def exactness_rank(args) -> None:
 
 
 def whole_image(args) -> dict:
-    """The whole network's output and gradients in this process (the reference)."""
+    """The whole network's output and gradients in this process (the reference); with ``--float64-reference``
+    also in float64 (``<key>64``, cast to float32), against which the float32 whole network's own rounding shows."""
     net = network(args.network)
     x, w = inputs(args.shape)
-    return gradients(net, lambda xi: net(xi, SIGMA), x, w, args.grad)
+    found = gradients(net, lambda xi: net(xi, SIGMA), x, w, args.grad)
+    if args.float64_reference:
+        net64 = net.double()
+        exact = gradients(net64, lambda xi: net64(xi, SIGMA), x.double(), w.double(), args.grad)
+        found |= {f"{key}64": value.float() for key, value in exact.items()}
+        print(
+            "whole network in float32 against float64: "
+            + ", ".join(f"{key} {relative(found[key], found[key + '64']):.1e}" for key in exact),
+            flush=True,
+        )
+    return found
 
 
 def exactness(args) -> list[dict]:
@@ -216,6 +230,7 @@ def main() -> None:
     exact.add_argument("--shape", type=int, nargs=3, default=[3, 1000, 600], help="C H W")
     exact.add_argument("--world-sizes", type=int, nargs="+", default=[2, 3, 4, 8])
     exact.add_argument("--no-grad", dest="grad", action="store_false", help="forward only")
+    exact.add_argument("--float64-reference", action="store_true", help="also against the network in float64")
     exact.add_argument("-o", "--output", default=None, help="a JSON file for the results")
     rank = sub.add_parser("exactness-rank")
     rank.add_argument("--network", required=True)

@@ -118,3 +118,30 @@ def test_window_runs_keep_the_keys_they_had_before_the_choice_existed(tmp_path):
 def test_an_unknown_parallel_mode_is_refused_naming_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"tiling\.parallel='tiles'.*'windows'.*'domain'"):
         load_config(_config(tmp_path, {"parallel": "tiles"}))
+
+
+def check_unrolled_with_the_domain_denoiser(ctx):
+    from deepinv.physics import StackedLinearPhysics
+
+    from distinv import distribute
+    from operators import make_operator, operator_list
+    from test_training_dropin import IMG, gradients_of, unrolled_pgd
+
+    factory = lambda i, device, shared: make_operator("blur", i, IMG).to(device)  # noqa: E731
+    physics = distribute(factory, ctx, num_operators=2)
+    reference = StackedLinearPhysics(operator_list("blur", 2, IMG))
+    torch.manual_seed(1)
+    y = reference.A(torch.rand(1, *IMG))
+    expected = gradients_of(unrolled_pgd(), reference, y)
+    model = distribute(unrolled_pgd(), ctx, parallel="domain")
+    kind = type(model.prior[0].denoiser).__name__
+    ours = {n.replace("denoiser.denoiser.", "denoiser."): g for n, g in gradients_of(model, physics, y).items()}
+    errors = {n: ((g - expected[n]).norm() / expected[n].norm().clamp_min(1e-12)).item() for n, g in ours.items()}
+    return kind, sorted(ours) == sorted(expected), errors
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_an_unrolled_pgd_trains_through_the_domain_denoiser_with_the_single_process_gradients(ranks, world_size):
+    for kind, same_parameters, errors in ranks(world_size).run(check_unrolled_with_the_domain_denoiser):
+        assert kind == "DomainParallelDenoiser" and same_parameters
+        assert max(errors.values()) < 1e-5, errors

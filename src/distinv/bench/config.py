@@ -565,7 +565,10 @@ def _size_multiple(model: str, problem: str, channels: int, slurm: bool, where: 
                     entry["arch"], entry["channels"], entry["arch_kwargs"], entry.get("residual", False)
                 )
         elif source.startswith(("download:", "untrained:")):
-            with torch.device("meta"):
+            try:
+                with torch.device("meta"):
+                    network = build_network(source.partition(":")[2], channels, {})
+            except NotImplementedError:  # a constructor that moves its weights (deepinv's DnCNN): built for real
                 network = build_network(source.partition(":")[2], channels, {})
         elif source.startswith("python:"):
             if slurm:
