@@ -112,3 +112,26 @@ def test_an_unrolled_drs_trains_with_recomputed_windows_and_its_bytes_counted(tm
     for step in (1, 2):
         assert len({r["loss"] for r in rows if r["step"] == step}) == 1
     assert all(r["bytes_sent"] > 0 and r["bytes_received"] > 0 for r in rows)
+
+
+def test_sharded_iterates_train_with_the_single_process_losses(tmp_path):
+    """distinv-sharded trains an unrolled PGD on row bands (the domain denoiser, the blurs' halo with autograd):
+    its losses are the untiled single process's at 1 and 2 ranks; what it cannot train is refused by name."""
+    blur = {**BLUR, "sizes": [64]}
+    raw = _config(tmp_path, engines=["none", "distinv-sharded"], problems=[blur], tiling={"parallel": "domain"})
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(raw))
+    config = load_config(path)
+    assert run_config(config, out=lambda _line: None) == 0
+    rows = [r for r in read_rows(config.output) if r["step"] > 0]
+    alone = {r["step"]: r["loss"] for r in rows if r["engine"] == "none"}
+    for world in (1, 2):
+        mine = [r for r in rows if r["engine"] == "distinv-sharded" and r["world_size"] == world]
+        assert {r["rank"] for r in mine} == set(range(world))
+        for step in (1, 2, 3):
+            losses = {r["loss"] for r in mine if r["step"] == step}
+            assert len(losses) == 1 and abs(losses.pop() - alone[step]) <= 1e-4 * abs(alone[step]), (world, step)
+    with pytest.raises(ConfigError) as refused:
+        validate(_config(tmp_path, engines=["distinv-sharded"], problems=[blur, {**BLUR, "name": "radio"}]))
+    assert "problems[0].tiling.parallel='windows'" in str(refused.value)
+    assert "problems[1] (radio): distinv-sharded trains on highres_blur" in str(refused.value)

@@ -43,6 +43,7 @@ TRAINING_DEFAULTS: dict[str, Any] = asdict(TrainingSpec())
 DENOISER_DEFAULTS: dict[str, Any] = asdict(DenoiserSpec())
 TILING_DEFAULTS: dict[str, Any] = asdict(TilingSpec())
 PARALLEL_MODES = ("windows", "domain")
+SHARDED_TRAINING_PROBLEMS = ("highres_blur",)  # whose sharded physics is differentiable on row bands
 TRAINING_ALGORITHMS = ("pgd", "drs")
 SLURM_DEFAULTS: dict[str, Any] = {
     "nodes": 1,
@@ -219,8 +220,8 @@ def validate(raw: dict, slurm: bool = False, name: str = "benchmark") -> Config:
     else:
         _check_solver(c["solver"], "solver", errors)
     _check_tiling(c["tiling"], "tiling", c["engines"], errors)
-    if isinstance(engines, list) and "distinv-sharded" in engines and c["training"] is not None:
-        errors.append("engines: distinv-sharded runs PnP; a training config trains with none, distinv or deepinv.")
+    if isinstance(engines, list) and "distinv-sharded" in engines and isinstance(c["training"], dict):
+        _check_sharded_training(c, errors)
     if "model" in c["denoiser"]:
         _check_model(c["denoiser"]["model"], "denoiser", slurm, errors)
     _check_problems(c, slurm, errors)
@@ -317,6 +318,28 @@ def _check_solver(given: dict, where: str, errors: list[str]) -> None:
         null=True,
         give="the relative change > 0 below which the solver stops, e.g. 0.0001, or null to run every iteration",
     )
+
+
+def _check_sharded_training(c: dict, errors: list[str]) -> None:
+    """What training on sharded iterates takes (:class:`~distinv.sharded.unrolled.ShardedUnrolledPGD`): PGD, the
+    domain-parallel denoiser (``tiling.parallel: domain``), physics differentiable on row bands (highres_blur's)."""
+    if {**TRAINING_DEFAULTS, **c["training"]}["algorithm"] != "pgd":
+        errors.append("training.algorithm: distinv-sharded trains an unrolled pgd (drs: use the distinv engine).")
+    for index, entry in enumerate(c["problems"] if isinstance(c["problems"], list) else []):
+        if not isinstance(entry, dict):
+            continue
+        tiling = {**TILING_DEFAULTS, **c["tiling"], **(entry.get("tiling") or {})}
+        if entry.get("name") not in SHARDED_TRAINING_PROBLEMS:
+            errors.append(
+                f"problems[{index}] ({entry.get('name')}): distinv-sharded trains on "
+                f"{', '.join(SHARDED_TRAINING_PROBLEMS)} (physics differentiable on row bands); train the others with "
+                "distinv."
+            )
+        elif tiling["parallel"] != "domain":
+            errors.append(
+                f"problems[{index}].tiling.parallel={tiling['parallel']!r}: distinv-sharded trains through the "
+                "domain-parallel denoiser: set tiling: {parallel: domain}."
+            )
 
 
 def _check_training(c: dict, errors: list[str]) -> None:

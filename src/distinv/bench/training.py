@@ -56,11 +56,29 @@ class StepRecord:
 @dataclass
 class Trainee:
     """What one engine trains: ``model(y, physics)``, the ``physics`` it is given, and ``measure(x, seed)``
-    giving the measurements of image ``x`` (noise seeded by ``seed``) as the model takes them."""
+    giving the measurements of image ``x`` (noise seeded by ``seed``) as the model takes them; ``place(x)`` the
+    image as the model's output is placed (replicated, or this rank's band), and ``loss(out, x)`` the loss this rank
+    back-propagates with its value (the whole loss: for sharded iterates, this rank's share and their sum)."""
 
     model: torch.nn.Module
     physics: Any
     measure: Callable[[torch.Tensor, int], Any]
+    place: Callable[[torch.Tensor], Any] = lambda x: x
+    loss: Callable[[Any, Any], tuple[torch.Tensor, float]] | None = None  # None: the replicated MSE
+    takes_physics: bool = True  # deepinv's unrolled models take (y, physics); the sharded one holds its physics
+
+    def __post_init__(self) -> None:
+        if self.loss is None:
+            self.loss = _replicated_loss
+
+    def output(self, y: Any) -> Any:
+        """The model's reconstruction from ``y``."""
+        return self.model(y, self.physics) if self.takes_physics else self.model(y)
+
+
+def _replicated_loss(out: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+    loss = torch.nn.functional.mse_loss(out, x)
+    return loss, loss.item()
 
 
 def unrolled_model(network: torch.nn.Module, training: TrainingSpec, stepsize: float) -> torch.nn.Module:
@@ -100,13 +118,18 @@ def build_trainee(
     The step size (when ``training.stepsize`` is null, ``1 / ||A||^2``, exact, the same for every engine) is
     computed on distinv's physics.
 
+    ``distinv-sharded`` trains an unrolled PGD on row bands (:func:`_sharded_trainee`).
+
     :return: the :class:`Trainee`.
-    :raises ValueError: for an engine other than ``distinv``, ``deepinv`` and ``none``.
+    :raises ValueError: for an engine other than ``distinv``, ``distinv-sharded``, ``deepinv`` and ``none``.
     """
     ours = problem.distribute(ctx)
     stepsize = training.stepsize
     if stepsize is None:
         stepsize = 1.0 / float(ours.compute_sqnorm(problem.ground_truth.to(ctx.device), verbose=False))
+    if engine == "distinv-sharded":
+        del ours
+        return _sharded_trainee(ctx, problem, network, training, stepsize)
     model = unrolled_model(network, training, stepsize)
     reused = ours if engine == "distinv" else None
     del ours  # the other engines hold their own operators
@@ -116,6 +139,36 @@ def build_trainee(
         options["checkpoint_iterations"] = training.checkpoint_iterations
     model = parts.distribute(model, **options)
     return Trainee(model, parts.physics, _measurements(engine, ctx, problem, parts.view))
+
+
+def _sharded_trainee(
+    ctx: DistributedContext, problem: Problem, network: torch.nn.Module, training: TrainingSpec, stepsize: float
+) -> Trainee:
+    """``distinv-sharded``: :class:`~distinv.sharded.unrolled.ShardedUnrolledPGD` on the problem's sharded physics
+    and the domain-parallel denoiser (``network``, trainable); images and measurements in its bands; each rank
+    back-propagates its share of the loss (:func:`~distinv.sharded.unrolled.sharded_mse`)."""
+    from distinv.domain.denoiser import DomainParallelDenoiser
+    from distinv.sharded.unrolled import ShardedUnrolledPGD, sharded_mse
+
+    network.train()
+    for p in network.parameters():
+        p.requires_grad_(True)
+    denoiser = DomainParallelDenoiser(ctx, network.to(ctx.device))
+    physics = problem.sharded(problem, ctx)
+    model = ShardedUnrolledPGD(physics, denoiser, training.iterations, stepsize, training.sigma)
+
+    def loss(out, x) -> tuple[torch.Tensor, float]:
+        share = sharded_mse(out, x)
+        return share, float(ctx.all_reduce(share.detach().reshape(1))[0])
+
+    return Trainee(
+        model,
+        physics,
+        lambda x, seed: _with_image(problem, x, seed).measure_sharded(physics, denoiser.shard(x)),
+        place=denoiser.shard,
+        loss=loss,
+        takes_physics=False,
+    )
 
 
 def _measurements(
@@ -171,14 +224,14 @@ def train(
     :param image: the ground truth of step ``s`` (the same on every rank; the problem's generator at seed
         ``problem.seed + 1 + s``, so never the validation image, which is the problem's own).
     """
-    model, physics = trainee.model, trainee.physics
+    model = trainee.model
     optimiser = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=training.lr)
     truth = problem.ground_truth.to(ctx.device)
-    y_val = trainee.measure(truth, problem.seed)
+    y_val, placed_truth = trainee.measure(truth, problem.seed), trainee.place(truth)
 
     def validate() -> float:
         with torch.no_grad():
-            return psnr(model(y_val, physics), truth, problem.data_range)
+            return psnr(trainee.output(y_val), placed_truth, problem.data_range)
 
     records: list[StepRecord] = []
     start_psnr = validate()
@@ -191,7 +244,7 @@ def train(
         with PeakMemory(ctx.device) as memory:
             with DeviceTimer(ctx.device) as forward:  # each phase synchronised: GPU work lands in its phase
                 optimiser.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.mse_loss(model(y, physics), x)
+                loss, loss_value = trainee.loss(trainee.output(y), trainee.place(x))
             with DeviceTimer(ctx.device) as backward:
                 loss.backward()
             with DeviceTimer(ctx.device) as update:
@@ -207,7 +260,7 @@ def train(
         val = validate() if last or (step + 1) % training.validate_every == 0 else None
         record = StepRecord(
             step=step + 1,
-            loss=loss.item(),
+            loss=loss_value,
             forward_s=forward.seconds,
             backward_s=backward.seconds,
             optimizer_s=update.seconds,

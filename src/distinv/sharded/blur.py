@@ -10,7 +10,8 @@ dropped). ``A^T A`` is one FFT pair with the K normal spectra summed, cached at 
 band-sized spectrum, not K image-sized ones). ``(A^T A + shift I) x = b`` (HQS's and ADMM's data step) is solved
 exactly in the Fourier domain, as the replicated engine's closed form, on a 2D transform of the bands taken sharded
 (:mod:`distinv.sharded.fourier`: each band moved once each way; each rank its block of frequency columns of the
-normal spectrum).
+normal spectrum). ``A`` and ``A^T A`` are differentiable on bands that need gradients (the halo's gradient rows go
+back to their owners), for training on sharded iterates (:mod:`distinv.sharded.unrolled`).
 
 Convention (deepinv's): ``A_i x`` is the circular cross-correlation of ``x`` with the flipped kernel ``k_i``,
 anchored at ``((kh - 1) // 2, (kw - 1) // 2)``; ``A_i^T y`` the circular cross-correlation of ``y`` with ``k_i``,
@@ -25,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from distinv.comm.context import DistributedContext
+from distinv.domain.exchange import neighbour_rows
 from distinv.numerics.linalg import SolveInfo
 from distinv.numerics.operator import NormalEquations
 from distinv.placements.row_bands import RowBands, check_bands, row_halos, with_row_halo
@@ -130,10 +132,24 @@ class ShardedBlur(NormalEquations):
         the margin, dropped)."""
         return full[:, :, margin[0] : full.shape[2] - margin[1]].to(dtype)
 
+    def _extended(self, bands: RowBands, margin: tuple[int, int]) -> torch.Tensor:
+        """This rank's band with ``margin`` rows of its neighbours' (periodically); under autograd, for a band that
+        needs gradients, through :func:`~distinv.domain.exchange.neighbour_rows`, whose backward sends the halo's
+        gradient rows back to the ranks that own them (every rank takes the same path: the same program)."""
+        if torch.is_grad_enabled() and bands.local.requires_grad and self.ctx.is_distributed:
+            if min(bands.heights) < max(margin):
+                raise ValueError(
+                    f"bands of {min(bands.heights)} rows cannot supply halos of {max(margin)} rows: use fewer ranks, "
+                    "or a smaller kernel."
+                )
+            top, bottom = neighbour_rows(self.ctx, bands.local, margin[0], margin[1], periodic=True)
+            return torch.cat([top, bands.local, bottom], dim=2)
+        return with_row_halo(bands, *margin)
+
     def A(self, x: RowBands) -> list[RowBands]:  # noqa: N802 - deepinv's name
         """The K blurred images, each sharded like ``x`` (one halo exchange and one FFT for all K)."""
         margin = self._reach(adjoint=False)
-        extended = with_row_halo(self._checked(x, margin), *margin)
+        extended = self._extended(self._checked(x, margin), margin)
         dims, size = (-2, -1), extended.shape[-2:]
         transformed = torch.fft.rfftn(extended, dim=dims)
         return [
@@ -226,7 +242,7 @@ class ShardedBlur(NormalEquations):
         """``sum_i A_i^T A_i x``: one halo exchange (the forward's and the adjoint's reach together) and one FFT
         pair, whatever K (the K normal spectra are summed once and cached)."""
         margin = self.normal_halo()
-        extended = with_row_halo(self._checked(x, margin), *margin)
+        extended = self._extended(self._checked(x, margin), margin)
         dims, size = (-2, -1), extended.shape[-2:]
         full = torch.fft.irfftn(torch.fft.rfftn(extended, dim=dims) * self._normal_spectrum(extended), s=size, dim=dims)
         return x.like(self._band(full, margin, x.local.dtype))
