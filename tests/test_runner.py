@@ -119,8 +119,9 @@ def test_a_problem_overrides_the_top_level_tiling_key_by_key(tmp_path):
     raw = _config(tmp_path, tiling={"overlap": 32, "max_batch_size": 4})
     raw["problems"].append({**TOMO, "name": "tomography_3d", "tiling": {"overlap": 8}})
     by_problem = {r.problem: asdict(r.tiling) for r in validate(raw).runs()}
-    assert by_problem["tomography_2d"] == {"patch_size": None, "overlap": 32, "max_batch_size": 4}
-    assert by_problem["tomography_3d"] == {"patch_size": None, "overlap": 8, "max_batch_size": 4}
+    common = {"patch_size": None, "max_batch_size": 4, "parallel": "windows"}
+    assert by_problem["tomography_2d"] == {**common, "overlap": 32}
+    assert by_problem["tomography_3d"] == {**common, "overlap": 8}
 
 
 def test_deepinv_gets_half_the_smallest_side_when_its_default_patch_does_not_fit():

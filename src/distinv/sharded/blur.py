@@ -20,6 +20,7 @@ anchored at ``(kh // 2, kw // 2)``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -210,7 +211,8 @@ class ShardedBlur(NormalEquations):
 
         :param shift: a number or one per sample ``(B,)`` / ``(B, 1, 1, 1)``, at least 0 (with 0, frequencies no
             blur passes divide by 0, as the closed form does).
-        :return: ``x`` sharded as ``rhs``, and ``SolveInfo("fft", 0, 0.0, True)``.
+        :return: ``x`` sharded as ``rhs``, and ``SolveInfo("fft", 0, 0.0, True)`` (``finite`` false and a NaN
+            residual when ``x`` holds a NaN or an infinity on any rank: a non-finite ``rhs`` propagates).
         """
         bands = check_bands(rhs, "rhs")
         if bands.local.ndim != 4:
@@ -235,8 +237,11 @@ class ShardedBlur(NormalEquations):
             largest = self.ctx.all_reduce(mine.reshape(1), op=dist.ReduceOp.MAX)[0]
             keep = spectrum > (torch.finfo(spectrum.dtype).eps * max(height, width)) ** 2 * largest
             inverse = torch.where(keep, 1.0 / spectrum.where(keep, torch.ones_like(spectrum)), 0.0)
-        solved = ColumnBlock(bands, block.columns, block.local * inverse)
-        return from_columns(solved), SolveInfo("fft", 0, 0.0, True)
+        x = from_columns(ColumnBlock(bands, block.columns, block.local * inverse))
+        # a NaN or an infinity anywhere reaches every band through the transform; agreed in one number all the same
+        mine = torch.isfinite(x.local).all().to(x.dtype).reshape(1)
+        finite = bool(self.ctx.all_reduce(mine, op=dist.ReduceOp.MIN)[0])
+        return x, SolveInfo("fft", 0, 0.0 if finite else math.nan, finite, finite)
 
     def A_adjoint_A(self, x: RowBands) -> RowBands:  # noqa: N802
         """``sum_i A_i^T A_i x``: one halo exchange (the forward's and the adjoint's reach together) and one FFT
