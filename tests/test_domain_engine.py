@@ -5,20 +5,15 @@ the summary, and the keys of window runs are the ones they had."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import yaml
 from deepinv.models import DnCNN
 
 from distinv.bench.config import ConfigError, load_config
-from distinv.bench.engines import build_engine
-from distinv.bench.problems import build
 from distinv.bench.results import series_of
-from distinv.bench.spec import TilingSpec
 from distinv.domain.denoiser import DomainParallelDenoiser
-from distinv.pnp import pnp
+from test_sharded_pnp import run_engine
 
 BLUR = {"size": (64, 40), "num_operators": 3, "sigma_major": 1.5, "sigma_minor": 0.5, "noise_sigma": 0.02}
 CONE = {"size": 32, "num_angles": 12, "num_operators": 3, "noise_sigma": 0.02, "geometry": "cone"}
@@ -36,24 +31,8 @@ def network_for(problem) -> torch.nn.Module:
 
 
 def run_pnp(ctx, engine_name, problem_name, params, tiling, algorithm):
-    warnings.simplefilter("ignore")
-    problem = build(problem_name, **params)
-    engine = build_engine(engine_name, ctx, problem, network_for(problem), TilingSpec(**tiling))
-    with torch.no_grad():
-        y = engine.measure(problem)
-        x0 = engine.initial(problem, y)
-        x, records = pnp(
-            algorithm, engine.physics, engine.denoiser, y, x0, sigma=0.05, iterations=3, step=0.5,
-            cg_iterations=200, ground_truth=engine.ground_truth(problem), ctx=ctx,
-        )  # fmt: skip
-        x = engine.replicated(x)
-    return {
-        "x": x,
-        "domain": isinstance(engine.denoiser, DomainParallelDenoiser),
-        "psnr": [r.psnr for r in records],
-        "received": [r.bytes_received for r in records],
-        "sent": [r.bytes_sent for r in records],
-    }
+    result = run_engine(ctx, engine_name, problem_name, params, tiling, algorithm, 0.5, model=network_for)
+    return result | {"domain": result["denoiser"] == DomainParallelDenoiser.__name__}
 
 
 def _against_one_process(ranks, world_size, engine, problem, params, algorithm):

@@ -43,10 +43,11 @@ def _model(problem):
     return SlicewiseDenoiser3D(net) if problem.ground_truth.ndim == 5 else net
 
 
-def run_engine(ctx, engine_name, problem_name, params, tiling, algorithm, step):
+def run_engine(ctx, engine_name, problem_name, params, tiling, algorithm, step, model=_model):
+    """PnP of ``engine_name`` on the problem with the network ``model(problem)``; what the tests compare."""
     warnings.simplefilter("ignore")
     problem = build(problem_name, **params)
-    engine = build_engine(engine_name, ctx, problem, _model(problem), TilingSpec(**tiling))
+    engine = build_engine(engine_name, ctx, problem, model(problem), TilingSpec(**tiling))
     with torch.no_grad():
         y = engine.measure(problem)
         x0 = engine.initial(problem, y)
@@ -63,6 +64,7 @@ def run_engine(ctx, engine_name, problem_name, params, tiling, algorithm, step):
         "received": [r.bytes_received for r in records],
         "sent": [r.bytes_sent for r in records],
         "solver": records[0].data_solver,
+        "denoiser": type(engine.denoiser).__name__,
     }
 
 
