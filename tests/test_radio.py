@@ -10,7 +10,7 @@ import torch
 from deepinv.physics import RadioInterferometry
 
 from distinv.bench.nufft import FinufftRadio, choose_backend
-from distinv.bench.uv_coverage import antenna_layout, baselines, earth_rotation_uv, uniform_weights
+from distinv.bench.uv_coverage import antenna_layout, baselines, earth_rotation_uv
 from distinv.images import radio_sky
 from distinv.testing import dot_test
 from operators import relative_error
@@ -81,10 +81,3 @@ def test_earth_rotation_draws_ellipses_and_frequency_scales_them():
     # an east-west baseline traces u^2 + (v / sin dec)^2 = (L / lambda)^2 over a full turn
     assert torch.allclose(u**2 + (v / math.sin(math.radians(-60))) ** 2, torch.full_like(u, 5000.0**2))
     assert torch.allclose(uv[:, :, 1], 2 * uv[:, :, 0])  # half the wavelength, twice the frequency
-
-
-def test_uniform_weights_flatten_the_density_of_samples():
-    omega = torch.cat([torch.zeros(2, 90), torch.full((2, 10), 1.0)], dim=1)  # 90 in one cell, 10 in another
-    w = uniform_weights(omega, (16, 16))
-    assert math.isclose(w[:90].sum().item(), w[90:].sum().item(), rel_tol=1e-5)
-    assert math.isclose(w.mean().item(), 1.0, rel_tol=1e-5)

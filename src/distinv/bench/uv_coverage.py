@@ -51,6 +51,27 @@ def baselines(positions: torch.Tensor) -> torch.Tensor:
     return positions[j] - positions[i]
 
 
+def earth_rotation_uvw(
+    baselines_enu: torch.Tensor, hour_angles_rad: torch.Tensor, latitude_deg: float, declination_deg: float
+) -> torch.Tensor:
+    """The ``(u, v, w)`` of every baseline at every hour angle, shape ``(3, T, B)`` for T hour angles and B
+    baselines, in metres (u east-west, v north-south, w towards the source).
+
+    Local (east, north, up) baselines turn into equatorial ``(X, Y, Z)`` at the site's latitude, then project
+    onto the frame facing the source at the given declination and hour angle (Thompson, Moran & Swenson, 4.1).
+    """
+    lat, dec = math.radians(latitude_deg), math.radians(declination_deg)
+    east, north, up = baselines_enu.unbind(dim=1)
+    bx = -north * math.sin(lat) + up * math.cos(lat)
+    by = east
+    bz = north * math.cos(lat) + up * math.sin(lat)
+    h = hour_angles_rad.to(torch.float64).view(-1, 1)
+    u = torch.sin(h) * bx + torch.cos(h) * by
+    v = -math.sin(dec) * torch.cos(h) * bx + math.sin(dec) * torch.sin(h) * by + math.cos(dec) * bz
+    w = math.cos(dec) * torch.cos(h) * bx - math.cos(dec) * torch.sin(h) * by + math.sin(dec) * bz
+    return torch.stack([u, v, w])
+
+
 def earth_rotation_uv(
     baselines_enu: torch.Tensor,
     hour_angles_rad: torch.Tensor,
@@ -59,32 +80,21 @@ def earth_rotation_uv(
     declination_deg: float,
 ) -> torch.Tensor:
     """The uv coordinates of every baseline at every hour angle and wavelength, shape ``(2, T, C, B)`` for T hour
-    angles, C wavelengths and B baselines, in wavelengths (rows: u east-west, v north-south).
-
-    Local (east, north, up) baselines turn into equatorial ``(X, Y, Z)`` at the site's latitude, then project
-    onto the plane facing the source at the given declination and hour angle (Thompson, Moran & Swenson, 4.1).
-    """
-    lat, dec = math.radians(latitude_deg), math.radians(declination_deg)
-    east, north, up = baselines_enu.unbind(dim=1)
-    bx = -north * math.sin(lat) + up * math.cos(lat)
-    by = east
-    bz = north * math.cos(lat) + up * math.sin(lat)
-    h = hour_angles_rad.to(torch.float64).view(-1, 1, 1)
+    angles, C wavelengths and B baselines, in wavelengths (rows: u east-west, v north-south): the ``(u, v)`` of
+    :func:`earth_rotation_uvw` over each wavelength."""
+    uvw = earth_rotation_uvw(baselines_enu, hour_angles_rad, latitude_deg, declination_deg)
     inv_lambda = 1.0 / wavelengths_m.to(torch.float64).view(1, -1, 1)
-    u = (torch.sin(h) * bx + torch.cos(h) * by) * inv_lambda
-    v = (-math.sin(dec) * torch.cos(h) * bx + math.sin(dec) * torch.sin(h) * by + math.cos(dec) * bz) * inv_lambda
-    return torch.stack([u, v])
+    return uvw[:2, :, None, :] * inv_lambda
 
 
-def uniform_weights(samples_loc: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-    """Uniform weighting: each visibility weighted by one over the number of visibilities in its cell of a
-    ``grid_size`` grid over ``[-pi, pi)^2``, then scaled to mean 1, so every sampled cell of the uv plane counts
-    the same however densely it is sampled (sharper beam, lower sidelobes, more noise than natural weighting).
-    ``samples_loc``: ``(2, M)`` in radians per pixel. Returns ``(M,)`` float32."""
-    cells = []
-    for coord, n in zip(samples_loc.to(torch.float64), grid_size, strict=True):
-        cells.append(((coord + math.pi) / (2 * math.pi) * n).floor().long().clamp(0, n - 1))
-    flat = cells[0] * grid_size[1] + cells[1]
-    counts = torch.bincount(flat, minlength=grid_size[0] * grid_size[1]).to(torch.float64)
-    weights = 1.0 / counts[flat]
-    return (weights / weights.mean()).to(torch.float32)
+def enu_to_itrf(positions_enu: torch.Tensor, latitude_deg: float, longitude_deg: float, height_m: float = 0.0):
+    """Local (east, north, up) antenna positions ``(A, 3)`` around a site at ``latitude_deg``, ``longitude_deg``
+    (on a spherical earth of radius 6371 km, ``height_m`` above it) as geocentric ITRF ``(X, Y, Z)`` metres, the
+    Measurement Set's ANTENNA ``POSITION``; differences keep the baselines' lengths."""
+    lat, lon = math.radians(latitude_deg), math.radians(longitude_deg)
+    east = torch.tensor([-math.sin(lon), math.cos(lon), 0.0], dtype=torch.float64)
+    north = torch.tensor([-math.sin(lat) * math.cos(lon), -math.sin(lat) * math.sin(lon), math.cos(lat)])
+    up = torch.tensor([math.cos(lat) * math.cos(lon), math.cos(lat) * math.sin(lon), math.sin(lat)])
+    centre = (6_371_000.0 + height_m) * up.to(torch.float64)
+    frame = torch.stack([east, north.to(torch.float64), up.to(torch.float64)])  # rows: the local axes in ITRF
+    return centre + positions_enu.to(torch.float64) @ frame

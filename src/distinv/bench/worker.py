@@ -245,11 +245,8 @@ def _reconstruct(ctx, spec: RunSpec, problem, model, output: str) -> tuple[dict,
             residual=not scored,
             callback=progress if ctx.rank == 0 else None,
         )
-        if getattr(problem, "scan", None) is not None:  # a measured scan: the volume to disk, each rank its slab
-            from distinv.bench.volume_files import write_slices
-
-            folder = Path(output) / "reconstructions" / spec.key
-            ctx.run_agreed("writing the reconstruction", lambda: write_slices(folder, x, ctx))  # a full disk: all fail
+        # measured data: the reconstruction in the field's format (TIFF slices, FITS), each rank its part
+        problem.write_results(Path(output) / "reconstructions" / spec.key, x, engine.view)
         # previews want whole images: gathered on every rank (collectives), after the timed iterations; sharded
         # ones subsampled to PREVIEW_SIDE pixels per side (the sizes they are for do not fit a rank gathered whole)
         x, x0, truth = (engine.replicated(t, PREVIEW_SIDE) for t in (x, x0, truth))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -93,6 +94,12 @@ class Problem:
 
     def initial(self, physics: DistributedStackedLinearPhysics, y_local: list[torch.Tensor]) -> torch.Tensor:
         return self.init(self, physics, y_local)
+
+    def write_results(self, folder: Path, x: Any, view: Any) -> None:
+        """Write the reconstruction ``x`` (and what goes with it) in the field's formats to ``folder``, each rank its
+        part; every rank calls it after the iterations, ``view`` holding its operators (``ctx``,
+        ``local_physics``). Problems of measured data do (a scan's TIFF slices, an observation's FITS images);
+        synthetic ones write nothing."""
 
     def psnr(self, estimate: torch.Tensor) -> float:
         return psnr(estimate.detach().cpu(), self.ground_truth, self.data_range)

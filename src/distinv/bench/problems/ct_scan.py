@@ -83,6 +83,13 @@ class ScanProblem(Problem):
         shapes = [(1, 1, op.rows, op.columns, op.views) for op in physics.operators]
         return [RowBands(x.ctx, shape, plan.owned, local) for shape, local in zip(shapes, parts, strict=True)]
 
+    def write_results(self, folder, x, view) -> None:
+        """The volume as float32 TIFF slices in ``folder``, each rank its slab (:func:`~distinv.bench.volume_files.
+        write_slices`); a full disk on one rank fails every rank."""
+        from distinv.bench.volume_files import write_slices
+
+        view.ctx.run_agreed("writing the reconstruction", lambda: write_slices(folder, x, view.ctx))
+
     def _local(self, physics) -> list[tuple[int, ConeBeam]]:
         return list(zip(physics.local_indexes, physics.local_physics, strict=True))
 

@@ -1,6 +1,7 @@
-"""Radio interferometric imaging: a synthetic sky seen by a core-plus-spiral-arms array over an earth rotation
-and several frequency channels; the visibilities split into K blocks by time or by channel, one weighted NUFFT
-operator each, with complex Gaussian noise."""
+"""Radio interferometric imaging: a synthetic sky (or a FITS sky model, ``sky: path``) seen by a core-plus-spiral-arms
+array over an earth rotation and several frequency channels; the visibilities split into K blocks by time or by
+channel, one weighted NUFFT operator each, with complex Gaussian noise. With ``ms: path``, an observation's
+visibilities instead (:mod:`distinv.bench.problems.radio_observed`)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,20 @@ import torch
 from distinv.bench.config import in_range, number_hint
 from distinv.bench.nufft import BACKENDS, radio_operator
 from distinv.bench.problems.base import Problem, check_number, check_seed, check_size, weighted_sum_of_terms
-from distinv.bench.uv_coverage import SPEED_OF_LIGHT, antenna_layout, baselines, earth_rotation_uv, uniform_weights
+from distinv.bench.radio.weighting import check_weighting, imaging_weights, weight_grid
+from distinv.bench.uv_coverage import SPEED_OF_LIGHT, antenna_layout, baselines, earth_rotation_uv
 from distinv.images import radio_sky
 
 MIN_SIZE = 16
 SPLITS = ("time", "channel")
-WEIGHTINGS = ("natural", "uniform")
+DEFAULT_NOISE = 1e-3  # per visibility, in the operators' units, of a simulated observation
+# the keys that select an observation's visibilities (radio_observed.plan), and their defaults
+SELECTION = {"data_column": "DATA", "field": 0, "spw": 0, "channels": None, "time_range_s": None, "weights": "auto"}
+# the keys that describe a synthetic observation: an observation's own array and schedule replace them
+SYNTHETIC = {
+    "num_antennas": 32, "num_times": 32, "num_channels": 4, "duration_hours": 8.0, "frequency_hz": 1.4e9,
+    "bandwidth_hz": 0.2e9, "latitude_deg": -30.7, "declination_deg": -40.0, "dynamic_range": 1e3,
+}  # fmt: skip
 
 
 def block_bounds(length: int, num_blocks: int) -> list[tuple[int, int]]:
@@ -59,14 +68,42 @@ def dirty_image(problem: Problem, physics, y_local) -> torch.Tensor:
     return g * alpha.to(g.dtype)
 
 
-def signal_shape(size: int, **params: Any) -> tuple[int, ...]:
-    """The sky's shape ``(1, 1, size, size)``, without building it (``params``: the problem's other parameters,
-    which do not change it)."""
+def signal_shape(size: int | None, **params: Any) -> tuple[int, ...]:
+    """The sky's shape ``(1, 1, N, N)`` without building it: ``size``; a FITS sky's or an observation's own (read
+    from the FITS header, or the set's plan) when ``sky`` or ``ms`` is given."""
+    if params.get("ms"):
+        from distinv.bench.problems.radio_observed import signal_shape as observed_shape
+
+        selection = {k: params.get(k, v) for k, v in SELECTION.items()}
+        return observed_shape(size, params["ms"], params.get("cell_arcsec"), params.get("uv_extent", 0.5),
+                              params.get("reference"), selection)  # fmt: skip
+    if params.get("sky"):
+        return tuple(_fits_sky(params["sky"], size)[0].shape)
     return (1, 1, size, size)
 
 
+def _fits_sky(path: str, size: int | None):
+    """A FITS sky model over its peak, and its geometry; ``size``, if given, must be its side.
+
+    :raises ValueError: for a file that is not one square sky image of positive peak, or another size.
+    """
+    from distinv.bench.radio.fits_images import read_fits_image
+
+    image, geometry, _ = read_fits_image(path)
+    height, width = geometry.shape
+    if height != width or height < MIN_SIZE or size is not None and size != height:
+        raise ValueError(
+            f"sky={path!r}: a {height}x{width} image; give a square sky of at least {MIN_SIZE} pixels, and "
+            f"size={height} or no size (the sky sets it)."
+        )
+    peak = float(image.max())
+    if not peak > 0:
+        raise ValueError(f"sky={path!r}: its peak is {peak}; give a sky with positive flux.")
+    return image.clamp(min=0) / peak, geometry
+
+
 def build(
-    size: int = 128,
+    size: int | None = 128,
     num_operators: int = 4,
     split: str = "time",
     weighting: str = "natural",
@@ -80,30 +117,62 @@ def build(
     declination_deg: float = -40.0,
     uv_extent: float = 0.5,
     dynamic_range: float = 1e3,
-    noise_sigma: float = 1e-3,
+    noise_sigma: float | None = None,
     backend: str = "auto",
     seed: int = 0,
+    robust: float = 0.0,
+    sky: str | None = None,
+    ms: str | None = None,
+    data_column: str = "DATA",
+    field: int = 0,
+    spw: int | list[int] = 0,
+    channels: list[int] | None = None,
+    time_range_s: list[float] | None = None,
+    weights: str = "auto",
+    cell_arcsec: float | None = None,
+    reference: str | None = None,
     check_only: bool = False,
 ) -> Problem | None:
     """Visibilities: ``num_antennas (num_antennas - 1) / 2`` baselines x ``num_times`` x ``num_channels``.
 
     :param split: ``"time"`` (K contiguous time ranges) or ``"channel"`` (K contiguous channel ranges).
-    :param weighting: ``"natural"`` (every visibility counts the same) or ``"uniform"`` (by uv density).
+    :param weighting: ``"natural"``, ``"uniform"`` or ``"briggs"`` with ``robust`` in [-2, 2]
+        (:mod:`distinv.bench.radio.weighting`, on the image's uv cells).
+    :param sky: a FITS sky model (:func:`~distinv.bench.radio.fits_images.read_fits_image`) as the ground truth
+        instead of a synthetic sky: its size, cells and centre (the declination observed) are the image's, and
+        the array is scaled so its longest baseline reaches ``uv_extent`` of the cells' Nyquist limit.
+    :param ms: a Measurement Set: its visibilities instead of a simulation (:func:`~distinv.bench.problems.
+        radio_observed.build_observed`; ``data_column``, ``field``, ``spw``, ``channels``, ``time_range_s`` and
+        ``weights`` select them, ``cell_arcsec`` and ``size`` set the image (default: from the set), ``reference``
+        is a FITS image to score against; the synthetic array's keys do not apply, and ``noise_sigma`` defaults
+        to the noise the data weights imply).
     :param duration_hours: the hour angles span ``[-duration/2, duration/2]`` around transit.
     :param frequency_hz, bandwidth_hz: channels evenly spread over ``frequency +- bandwidth/2``.
     :param uv_extent: the longest baseline reaches ``uv_extent * pi`` radians per pixel (1: the pixel size is
         the Nyquist limit of the longest baseline; 0.5: two pixels per finest fringe).
-    :param noise_sigma: standard deviation of the complex noise per visibility, in the operator's units.
+    :param noise_sigma: standard deviation of the complex noise per visibility, in the operator's units (default
+        1e-3).
     :param backend: the NUFFT: ``"auto"``, ``"finufft"`` (CPU) or ``"torchkbnufft"`` (deepinv's operator).
     """
-    check_size("radio", size, MIN_SIZE)
+    if size is not None:
+        check_size("radio", size, MIN_SIZE)
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: choose one of {SPLITS}.")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting={weighting!r}: choose one of {WEIGHTINGS}.")
+    check_weighting(weighting, robust)
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: choose one of {BACKENDS}.")
     check_number("num_operators", num_operators, 1, whole=True)
+    if not in_range(uv_extent, 0, 1, above=True):
+        raise ValueError(
+            f"uv_extent={uv_extent!r}: give a number in (0, 1] (1 is the Nyquist limit){number_hint(uv_extent)}."
+        )
+    given = dict(locals())
+    if ms is not None:
+        return _observed(given)
+    _refuse_observation_keys(given)
+    noise_sigma = DEFAULT_NOISE if noise_sigma is None else noise_sigma
+    if size is None and sky is None:
+        raise ValueError("size: give the sky's pixels per side (or a FITS sky, or a Measurement Set, which set it).")
     check_number("num_antennas", num_antennas, 2, whole=True)
     check_number("num_times", num_times, 1, whole=True)
     check_number("num_channels", num_channels, 1, whole=True)
@@ -115,10 +184,6 @@ def build(
     check_number("dynamic_range", dynamic_range, 1)
     check_number("noise_sigma", noise_sigma, 0)
     check_seed(seed)
-    if not in_range(uv_extent, 0, 1, above=True):
-        raise ValueError(
-            f"uv_extent={uv_extent!r}: give a number in (0, 1] (1 is the Nyquist limit){number_hint(uv_extent)}."
-        )
     if bandwidth_hz >= 2 * frequency_hz:
         raise ValueError(f"bandwidth_hz={bandwidth_hz}: it must be below 2 * frequency_hz={2 * frequency_hz}.")
     num_blocks = num_times if split == "time" else num_channels
@@ -127,24 +192,35 @@ def build(
             f"num_operators={num_operators} is larger than num_{split}s={num_blocks}: splitting by {split}, every "
             f"operator needs at least one {split} step; lower num_operators or raise num_{split}s."
         )
+    truth, geometry = (None, None) if sky is None else _fits_sky(sky, size)
     if check_only:
         return None
+    if geometry is not None:
+        size = geometry.shape[0]
+        declination_deg = math.degrees(geometry.dec_rad)
 
     hour_angles = _centred(num_times) * duration_hours * (math.pi / 12)
     wavelengths = SPEED_OF_LIGHT / (frequency_hz + bandwidth_hz * _centred(num_channels))
     layout = antenna_layout(num_antennas, seed=seed)
     uv = earth_rotation_uv(baselines(layout), hour_angles, wavelengths, latitude_deg, declination_deg)
-    omega = uv / uv.abs().max() * (math.pi * uv_extent)  # (2, T, C, B): (u, v) in radians per pixel
-    omega = torch.stack([omega[1], omega[0]]).float()  # rows follow v (north), columns u (east)
+    if geometry is None:
+        omega = uv / uv.abs().max() * (math.pi * uv_extent)  # (2, T, C, B): (u, v) in radians per pixel
+        omega = torch.stack([omega[1], omega[0]]).float()  # rows follow v (north), columns u (east)
+    else:  # the sky's own cells: l east, columns west (geometry.omega); the array scaled to them
+        scaled = uv / uv.abs().max() * (uv_extent / (2 * geometry.cell_rad))
+        omega = geometry.omega(scaled[0].reshape(-1), scaled[1].reshape(-1)).reshape(2, *uv.shape[1:])
     weight = None  # natural
-    if weighting == "uniform":
-        weight = uniform_weights(omega.reshape(2, -1), (2 * size, 2 * size)).reshape(omega.shape[1:])
+    if weighting != "natural":  # every visibility is on every rank here: the grid needs no sum over ranks
+        samples = omega.reshape(2, -1)
+        ones = torch.ones(samples.shape[1], dtype=torch.float64)
+        w = imaging_weights(weighting, samples, ones, weight_grid(samples, ones, size), robust)
+        weight = (w / w.mean()).float().reshape(omega.shape[1:])
 
     blocks = block_bounds(num_blocks, num_operators)
     per_step = omega[0].numel() // num_blocks
     return Problem(
         name="radio",
-        ground_truth=radio_sky(size, dynamic_range=dynamic_range, seed=seed),
+        ground_truth=radio_sky(size, dynamic_range=dynamic_range, seed=seed) if truth is None else truth,
         num_operators=num_operators,
         factory=_nufft,
         shared={
@@ -161,4 +237,39 @@ def build(
         init=dirty_image,
         operator_costs=[float((stop - start) * per_step) for start, stop in blocks],
         info={"visibilities": omega[0].numel(), "baselines": num_antennas * (num_antennas - 1) // 2},
+    )
+
+
+def _refuse_observation_keys(given: dict) -> None:
+    """:raises ValueError: for a key that selects an observation (or images one) given without ``ms``."""
+    for key, default in {**SELECTION, "cell_arcsec": None, "reference": None}.items():
+        if given[key] != default:
+            raise ValueError(f"{key}={given[key]!r} selects or images a Measurement Set: give ms=PATH with it.")
+
+
+def _observed(given: dict) -> Problem | None:
+    """The problem of the Measurement Set ``given["ms"]``; the synthetic array's keys refused."""
+    from distinv.bench.problems.radio_observed import build_observed
+
+    for key, default in {**SYNTHETIC, "sky": None}.items():
+        if given[key] != default:
+            raise ValueError(
+                f"{key}={given[key]!r}: the Measurement Set gives the array, schedule and sky; leave {key} out."
+            )
+    noise = given["noise_sigma"]
+    return build_observed(
+        given["ms"],
+        given["size"],
+        given["num_operators"],
+        given["split"],
+        given["weighting"],
+        given["robust"],
+        given["backend"],
+        noise,  # None: the noise the set's weights imply
+        given["seed"],
+        given["uv_extent"],
+        {key: given[key] for key in SELECTION},
+        cell_arcsec=given["cell_arcsec"],
+        reference=given["reference"],
+        check_only=given["check_only"],
     )
