@@ -8,6 +8,7 @@ the tiled denoiser (one rank, one core). TV gets an oracle: its threshold ``scal
 
     python benchmarks/quality.py                          # about 30 minutes on one core
     python benchmarks/quality.py --problems radio --radio results/training/radio-v1.ckpt
+    python benchmarks/quality.py --problems radio radio_observation   # the same sky through a Measurement Set
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Setting:
     coupling: float | None = None  # if set, DPIR steps sigma_k^2 / (coupling * noise^2) instead of ``step``
     denoiser_kwargs: dict = field(default_factory=dict)
     problem: str | None = None  # the benchmark problem, when the setting's name is not one
+    observed: bool = False  # a simulated Measurement Set of a FITS sky model (synthetic_observation.py) instead
 
 
 # DPIR's HQS: the denoiser's level decreases geometrically to (about) the noise level, and each data prox weighs
@@ -74,6 +76,11 @@ SETTINGS = {
         denoiser_kwargs={"max_window_pixels": None},
     ),  # fmt: skip
     "radio": Setting({"size": 256}, "hqs", None, 0.03, 0.001, 8, cg_iterations=20, coupling=0.23),
+    # the synthetic radio problem's array, sky and noise written as a Measurement Set and a FITS sky model, and read
+    # back through the observation path (ms: and reference:), with the same PnP
+    "radio_observation": Setting(
+        {}, "hqs", None, 0.03, 0.001, 8, cg_iterations=20, coupling=0.23, problem="radio", observed=True
+    ),
     "radio_noisy": Setting(
         {"size": 256, "noise_sigma": 0.01}, "hqs", None, 0.19, 0.01, 8, cg_iterations=20, coupling=0.23, problem="radio"
     ),
@@ -110,6 +117,14 @@ def shipped_denoiser(problem_name: str, channels: int, colour: str, grey: str, r
 
     model = load_denoiser(radio if problem_name == "radio" else colour if channels == 3 else grey)
     return SlicewiseDenoiser3D(model) if problem_name == "tomography_3d" else model
+
+
+def simulated_observation(folder: Path) -> dict:
+    """``ms`` and ``reference`` of the synthetic radio problem's observation at 256^2 (written into ``folder``)."""
+    from synthetic_observation import write_observation
+
+    sky, ms, _ = write_observation(folder, 256, 32, 32, 4, 4000.0, 1e-3, None, 0)
+    return {"ms": str(ms), "reference": str(sky)}
 
 
 def reconstruct(ctx, problem, setting: Setting, model: torch.nn.Module) -> list:
@@ -150,6 +165,9 @@ def main() -> None:
         "--ours-only", action="store_true", help="skip the no-prior and TV baselines (their columns left empty)"
     )
     parser.add_argument("--out", default="results/benchmarks/quality.json")
+    parser.add_argument(
+        "--observations", default="results/observations/quality256", help="where radio_observation's files go"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
@@ -162,7 +180,10 @@ def main() -> None:
             setting = SETTINGS[name]
             if args.iterations:
                 setting.iterations = args.iterations
-            problem = build(setting.problem or name, **setting.params)
+            params = dict(setting.params)
+            if setting.observed:
+                params.update(simulated_observation(Path(args.observations)))
+            problem = build(setting.problem or name, **params)
             channels = problem.ground_truth.shape[1]
             model = shipped_denoiser(problem.name, channels, args.colour, args.grey, args.radio)
             start = time.perf_counter()

@@ -92,7 +92,7 @@ def test_selections_pick_their_rows_and_bad_ones_are_clear_errors(measurement_se
     assert one.frequencies_hz.shape == (1, 2) and len(one.rows) < len(both.rows) // 2
     assert set(one.row_window.tolist()) == {0} and np.all(np.diff(one.rows) > 0)
     for kwargs, message in [
-        ({"column": "MODEL_DATA"}, "has no such column"),
+        ({"data_column": "MODEL_DATA"}, "has no such column"),
         ({"field": 3}, "field=3"),
         ({"spw": 5}, "spw=\\[5\\]"),
         ({"channels": [2, 9]}, "channels=\\[2, 9\\]"),
@@ -261,3 +261,104 @@ def test_a_fits_sky_model_is_the_ground_truth_observed_at_its_own_wcs(tmp_path):
     assert omega.abs().max().item() == pytest.approx(0.5 * math.pi, rel=1e-4)  # uv_extent of the cells' Nyquist
     with pytest.raises(ValueError, match="size=48 or no size"):
         build("radio", size=64, sky=str(tmp_path / "sky.fits"))
+
+
+@pytest.fixture(scope="module")
+def observed_sky(tmp_path_factory) -> tuple[Path, Path]:
+    """A 32x32 FITS sky model (Jy/pixel) and a noisy observation of it written as a Measurement Set."""
+    from distinv.bench.radio.fits_images import write_fits_image
+    from distinv.bench.radio.geometry import ImageGeometry, cell_from_baseline
+    from distinv.comm.context import DistributedContext
+    from distinv.images import radio_sky
+
+    folder = tmp_path_factory.mktemp("observed")
+    obs = observation(num_antennas=10, num_times=8, num_channels=2, max_radius_m=800, seed=2)
+    longest = float(torch.cdist(obs.antennas_enu_m, obs.antennas_enu_m).max())
+    cell = cell_from_baseline(longest, float(obs.frequencies_hz.max()), 0.5)
+    geometry = ImageGeometry((32, 32), cell, obs.ra_rad, obs.dec_rad, 1.4e9)
+    image = radio_sky(32, seed=3) * 0.05
+    with DistributedContext(env={}) as ctx:
+        sky = write_fits_image(folder / "sky.fits", image, geometry, "JY/PIXEL", ctx)
+    ms = simulate_measurement_set(folder / "sky.ms", obs, Sky(image=image, geometry=geometry), noise_jy=0.01)
+    return ms, sky
+
+
+def test_preview_of_a_measurement_set_writes_dirty_and_psf_as_png_and_fits_with_no_ground_truth(
+    tmp_path, capsys, observed_sky
+):
+    from astropy.io import fits
+    from PIL import Image
+
+    from distinv.cli import main
+
+    ms, _ = observed_sky
+    assert main(["preview", "radio", "-o", str(tmp_path), "--param", f"ms={ms}", "--size", "48"]) == 0
+    assert "no ground truth" in capsys.readouterr().out
+    assert not (tmp_path / "ground_truth.png").exists()
+    for name in ("measurement", "initial", "dirty", "psf"):
+        with Image.open(tmp_path / f"{name}.png") as picture:
+            assert picture.size == (48, 48) or name == "measurement"
+            assert picture.getextrema() != (0, 0), name
+    with fits.open(tmp_path / "psf.fits") as hdus:
+        assert hdus[0].data.shape == (1, 1, 48, 48) and hdus[0].data[0, 0, 24, 24] == pytest.approx(1.0, abs=1e-6)
+    with fits.open(tmp_path / "dirty.fits") as hdus:
+        assert hdus[0].header["BUNIT"] == "JY/BEAM" and hdus[0].header["CTYPE2"] == "DEC--SIN"
+    assert main(["preview", "radio", "-o", str(tmp_path / "own"), "--param", f"ms={ms}",
+                 "--param", "cell_arcsec=10.0"]) == 0  # fmt: skip
+    header = fits.getheader(tmp_path / "own" / "dirty.fits")
+    assert header["CDELT2"] == pytest.approx(10.0 / 3600) and header["NAXIS1"] % 16 == 0  # the size from the set
+
+
+def test_an_observation_runs_end_to_end_scored_by_its_residual_or_its_reference_with_fits_results(
+    tmp_path, observed_sky
+):
+    import yaml
+    from astropy.io import fits
+
+    from distinv.bench.config import load_config
+    from distinv.bench.report import write_report
+    from distinv.bench.results import read_rows, summarise
+    from distinv.bench.runner import run_config
+
+    ms, sky = observed_sky
+    params = {"ms": str(ms), "num_operators": 4}
+    raw = {
+        "name": "observed",
+        "output": str(tmp_path / "results"),
+        "world_sizes": [2],
+        "engines": ["distinv"],
+        "timeout_s": 300,
+        "oversubscribe": True,
+        "problems": [
+            {"name": "radio", "sizes": [32], "params": params},
+            {"name": "radio", "sizes": [32], "params": {**params, "reference": str(sky), "weighting": "briggs"}},
+        ],
+        "denoiser": {"model": "auto"},  # the shipped radio DRUNet
+        "solver": {"algorithm": "pgd", "iterations": 3, "step": None, "sigma": [0.03, 0.01]},
+    }
+    (tmp_path / "observed.yml").write_text(yaml.safe_dump(raw))
+    lines: list[str] = []
+    assert run_config(load_config(tmp_path / "observed.yml"), out=lines.append, live=False) == 0, "\n".join(lines)
+    results = tmp_path / "results"
+    rows = [r for r in read_rows(results) if r.get("status") == "ok" and r["rank"] == 0]
+    scored = [r for r in rows if r["psnr"] is not None]
+    unscored = [r for r in rows if r["psnr"] is None]
+    assert len(scored) == 3 and len(unscored) == 3, rows  # an iteration each
+    assert all(0 < r["measurement_residual"] < 1 for r in unscored)
+    assert scored[-1]["psnr"] > 20
+    summary = summarise(results)
+    assert len(summary) == 2
+    page = write_report(results).read_text()
+    assert "data residual" in page
+    for e in summary:
+        folder = results / "reconstructions" / e["run_key"]
+        with fits.open(folder / "reconstruction.fits") as hdus:
+            assert hdus[0].header["BUNIT"] == "JY/PIXEL" and hdus[0].data.shape == (1, 1, 32, 32)
+            assert np.isfinite(hdus[0].data).all() and hdus[0].data.max() > 0
+        assert (folder / "dirty.fits").is_file() and (folder / "psf.fits").is_file()
+    with_reference = next(e for e in summary if e["psnr"] is not None)
+    reconstruction = fits.getdata(results / "reconstructions" / with_reference["run_key"] / "reconstruction.fits")
+    truth = fits.getdata(sky).astype(np.float64)  # Jy/pixel both: the flux unit undone on the way out
+    peak = truth.max()
+    error = np.clip(reconstruction / peak, 0, 1) - truth / peak
+    assert 10 * math.log10(1 / (error**2).mean()) == pytest.approx(scored[-1]["psnr"], abs=0.01)

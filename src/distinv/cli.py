@@ -230,7 +230,8 @@ def _parameter(text: str) -> tuple[str, Any]:
 
 
 def preview_command(args: argparse.Namespace) -> int:
-    """Write ground truth, measurement and initial reconstruction PNGs of a benchmark problem."""
+    """Write ground truth, measurement and initial reconstruction PNGs of a benchmark problem (for ``radio`` with
+    ``--param ms=PATH``, also the dirty image and PSF as PNG and FITS)."""
     import warnings
 
     from distinv.bench.preview import describe, write_previews
@@ -490,7 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     preview = commands.add_parser("preview", help="write PNG previews of a benchmark problem")
     preview.add_argument("problem", help="highres_blur, tomography_2d, tomography_3d or radio")
     preview.add_argument("--size", type=whole_number(1), nargs="+", default=None, help="pixels per side, or H W")
-    preview.add_argument("-o", "--output", required=True, help="folder for the PNGs")
+    preview.add_argument(
+        "-o", "--output", required=True, help="folder for the PNGs (and a Measurement Set's dirty.fits and psf.fits)"
+    )
     preview.add_argument("--seed", type=int, default=0)
     preview.add_argument(
         "--param", type=_parameter, action="append", default=[], help="another problem parameter, key=value"

@@ -1,4 +1,5 @@
-"""PNG previews of a problem: its ground truth, one measurement and the initial reconstruction.
+"""PNG previews of a problem: its ground truth, one measurement and the initial reconstruction (and, for a radio
+observation, its dirty image and PSF, also as FITS).
 
 Volumes show their middle z-slice; radio images use an asinh stretch (the usual display for skies spanning
 decades of brightness) and the radio measurement is shown where it lies, on the uv plane.
@@ -78,25 +79,34 @@ def save_pictures(pictures: dict[str, torch.Tensor], out_dir: str | Path) -> dic
     return paths
 
 
-def write_previews(problem: Problem, out_dir: str | Path) -> tuple[dict[str, Path], float]:
-    """Build the problem in this process, measure, start a reconstruction and write ``ground_truth.png``,
-    ``measurement.png`` (operator 0) and ``initial.png``. Returns the paths and the start's PSNR (dB)."""
+def write_previews(problem: Problem, out_dir: str | Path) -> tuple[dict[str, Path], float | None]:
+    """Build the problem in this process, measure, start a reconstruction and write ``ground_truth.png`` (when the
+    problem has one), ``measurement.png`` (operator 0) and ``initial.png``; for an observation (``radio`` with
+    ``ms:``), also ``dirty.png`` and ``psf.png``, and the same images as ``dirty.fits`` and ``psf.fits`` with their
+    sky coordinates. Returns the paths and the start's PSNR (dB; None without a ground truth)."""
+    from distinv.bench.problems.radio_observed import ObservedRadioProblem
+
+    out = Path(out_dir)
     with DistributedContext(env={}) as ctx:
         physics = problem.distribute(ctx)
         y_local = problem.measure(physics)
         x0 = problem.initial(physics, y_local).cpu()
-        pictures = {
-            "ground_truth": image_picture(problem, problem.ground_truth),
-            "measurement": measurement_picture(problem, physics.local_physics[0], y_local[0]),
-            "initial": image_picture(problem, x0),
-        }
-    return save_pictures(pictures, out_dir), problem.psnr(x0)
+        pictures = {"ground_truth": image_picture(problem, problem.ground_truth)} if problem.has_reference else {}
+        pictures["measurement"] = measurement_picture(problem, physics.local_physics[0], y_local[0])
+        pictures["initial"] = image_picture(problem, x0)
+        fits = {}
+        if isinstance(problem, ObservedRadioProblem):
+            from distinv.bench.radio.fits_images import write_fits_image
+
+            for name, (image, bunit) in problem.sky_images(physics).items():
+                pictures[name] = _stretch(image[0].cpu(), 0.0, float(image.max()), asinh=0.02)
+                fits[f"{name}_fits"] = write_fits_image(out / f"{name}.fits", image, problem.geometry, bunit, ctx)
+    return {**save_pictures(pictures, out), **fits}, problem.psnr(x0) if problem.has_reference else None
 
 
-def describe(problem: Problem, x0_psnr: float) -> str:
-    """One line: the problem, its shape, operators, start and the start's PSNR."""
+def describe(problem: Problem, x0_psnr: float | None) -> str:
+    """One line: the problem, its shape, operators, start and the start's PSNR (when it has a ground truth)."""
     shape = "x".join(map(str, problem.ground_truth.shape[1:]))
-    return (
-        f"{problem.name}: ground truth {shape}, {problem.num_operators} operators, "
-        f"start: {problem.init_name} (PSNR {x0_psnr:.2f} dB)"
-    )
+    kind = "ground truth" if problem.has_reference else "image"
+    score = f" (PSNR {x0_psnr:.2f} dB)" if x0_psnr is not None else " (no ground truth: no PSNR)"
+    return f"{problem.name}: {kind} {shape}, {problem.num_operators} operators, start: {problem.init_name}{score}"

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from distinv.comm.context import DistributedContext
-from distinv.placements.row_bands import RowBands, band_bounds
+from distinv.placements.row_bands import RowBands, rows_of_rank
 
 
 def write_slices(folder: str | Path, x: RowBands | torch.Tensor, ctx: DistributedContext) -> list[Path]:
@@ -28,13 +28,7 @@ def write_slices(folder: str | Path, x: RowBands | torch.Tensor, ctx: Distribute
     shape = x.shape if isinstance(x, RowBands) else tuple(x.shape)
     if len(shape) != 5 or shape[0] != 1 or shape[1] != 1:
         raise ValueError(f"a volume of shape {tuple(shape)}: write_slices takes one (1, 1, D, H, W) volume.")
-    if isinstance(x, RowBands):
-        first, stop = x.rows
-        slab = x.local
-    else:
-        bounds = band_bounds(shape[2], ctx.world_size)
-        first, stop = bounds[ctx.rank], bounds[ctx.rank + 1]
-        slab = x[:, :, first:stop]
+    first, stop, slab = rows_of_rank(ctx, x)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     digits = max(4, len(str(shape[2] - 1)))

@@ -240,6 +240,19 @@ def band_bounds(height: int, world_size: int) -> tuple[int, ...]:
     return tuple(bounds)
 
 
+def rows_of_rank(ctx: DistributedContext, x: RowBands | torch.Tensor) -> tuple[int, int, torch.Tensor]:
+    """This rank's rows of ``x`` (``(B, C, N, ...)``): its band when ``x`` is sharded; when replicated, its share
+    of balanced bands (a view), so that the ranks together cover every row once (to write a result in parts).
+
+    :return: ``(first, stop, rows)``: the global rows ``first:stop`` and their values ``(B, C, stop - first, ...)``.
+    """
+    if isinstance(x, RowBands):
+        return (*x.rows, x.local)
+    bounds = band_bounds(x.shape[ROWS], ctx.world_size)
+    first, stop = bounds[ctx.rank], bounds[ctx.rank + 1]
+    return first, stop, x.narrow(ROWS, first, stop - first)
+
+
 def shard_rows(ctx: DistributedContext, x: torch.Tensor, bounds: Sequence[int] | None = None) -> RowBands:
     """This rank's band of a replicated ``(B, C, N, ...)`` tensor (a view; no communication).
 

@@ -19,8 +19,9 @@ from distinv.images import radio_sky
 
 MIN_SIZE = 16
 SPLITS = ("time", "channel")
+DEFAULT_SIZE = 128  # pixels per side of a synthetic sky when neither size nor a FITS sky gives it
 DEFAULT_NOISE = 1e-3  # per visibility, in the operators' units, of a simulated observation
-# the keys that select an observation's visibilities (radio_observed.plan), and their defaults
+# the keys that select an observation's visibilities (open_measurement_set's), and their defaults
 SELECTION = {"data_column": "DATA", "field": 0, "spw": 0, "channels": None, "time_range_s": None, "weights": "auto"}
 # the keys that describe a synthetic observation: an observation's own array and schedule replace them
 SYNTHETIC = {
@@ -103,7 +104,7 @@ def _fits_sky(path: str, size: int | None):
 
 
 def build(
-    size: int | None = 128,
+    size: int | None = None,
     num_operators: int = 4,
     split: str = "time",
     weighting: str = "natural",
@@ -134,6 +135,8 @@ def build(
     check_only: bool = False,
 ) -> Problem | None:
     """Visibilities: ``num_antennas (num_antennas - 1) / 2`` baselines x ``num_times`` x ``num_channels``.
+
+    :param size: the image's pixels per side (default: a FITS sky's or a Measurement Set's own, else 128).
 
     :param split: ``"time"`` (K contiguous time ranges) or ``"channel"`` (K contiguous channel ranges).
     :param weighting: ``"natural"``, ``"uniform"`` or ``"briggs"`` with ``robust`` in [-2, 2]
@@ -172,7 +175,7 @@ def build(
     _refuse_observation_keys(given)
     noise_sigma = DEFAULT_NOISE if noise_sigma is None else noise_sigma
     if size is None and sky is None:
-        raise ValueError("size: give the sky's pixels per side (or a FITS sky, or a Measurement Set, which set it).")
+        size = DEFAULT_SIZE
     check_number("num_antennas", num_antennas, 2, whole=True)
     check_number("num_times", num_times, 1, whole=True)
     check_number("num_channels", num_channels, 1, whole=True)

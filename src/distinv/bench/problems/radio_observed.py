@@ -56,19 +56,6 @@ SIZE_STEP = 16
 SIZE_WITHOUT_DISHES = 512
 
 
-def plan(
-    ms: str,
-    data_column: str = "DATA",
-    field: int = 0,
-    spw: int | list[int] = 0,
-    channels: list[int] | None = None,
-    time_range_s: list[float] | None = None,
-    weights: str = "auto",
-) -> MeasurementSet:
-    """The selection's plan (:func:`~distinv.bench.radio.measurement_set.open_measurement_set`)."""
-    return open_measurement_set(ms, data_column, field, spw, channels, time_range_s, weights)
-
-
 def image_geometry(ms: MeasurementSet, size: int | None, cell_arcsec: float | None, uv_extent: float) -> ImageGeometry:
     """The image's grid on the sky (see the module's docstring).
 
@@ -107,13 +94,17 @@ class ObservedRadioProblem(Problem):
     flux_unit_jy: float | None = None  # None until measure() fits it (no reference)
     estimate_noise: bool = True
     dirty: torch.Tensor | None = None  # A^T y, kept by measure()
+    measured: tuple[Any, LocalMeasurements] | None = None  # (the operators, their measurements), kept by measure()
 
     def measure(self, physics) -> LocalMeasurements:
         """This rank's weighted visibilities ``sqrt(w_k) V_k``, in the operators' units, from the blocks its
         operators read. Completes the operators first, in the same steps on every rank: their imaging weights (the
         gridded weight sums all-reduced once, then three sums for the normalisation and the noise), the flux unit
         (a reference's peak, else the dirty image's in Jy/beam: one all-reduce of the image) and,
-        unless given, the noise level. The dirty image is kept (:meth:`sky_images`)."""
+        unless given, the noise level. The dirty image is kept (:meth:`sky_images`). Measuring the same operators
+        again returns the same measurements (on every rank alike: no communication)."""
+        if self.measured is not None and self.measured[0] is physics:
+            return self.measured[1]
         ctx = physics.ctx
         device = ctx.device
         ops = list(physics.local_physics)
@@ -149,7 +140,8 @@ class ObservedRadioProblem(Problem):
         if self.estimate_noise:
             # |noise|^2 of a Stokes I visibility averages 2 / w_k; the operators' noise is sigma (n_r + i n_i) / sqrt 2
             self.noise_sigma = math.sqrt(2 * float(totals[2]) / mean / count) * unit / self.flux_unit_jy
-        return LocalMeasurements(y, physics.local_indexes, self.num_operators)
+        self.measured = (physics, LocalMeasurements(y, physics.local_indexes, self.num_operators))
+        return self.measured[1]
 
     def _adjoint_sum(self, view, terms: list[torch.Tensor]) -> torch.Tensor:
         """``sum_i A_i^T terms_i`` over every rank's operators (one all-reduce), ``(1, 1, H, W)``."""
@@ -242,7 +234,7 @@ def build_observed(
     check_only: bool = False,
 ) -> Problem | None:
     """The radio problem of the Measurement Set ``ms`` (see the module's docstring; ``selection``: the keys of
-    :func:`plan`).
+    :func:`~distinv.bench.radio.measurement_set.open_measurement_set`).
 
     :raises ValueError: naming the parameter: a bad selection, cell or reference, or more operators than blocks.
     """
@@ -251,7 +243,7 @@ def build_observed(
     check_weighting(weighting, robust)
     if noise_sigma is not None:
         check_number("noise_sigma", noise_sigma, 0, above=True)
-    observed = plan(ms, **selection)
+    observed = open_measurement_set(ms, **selection)
     num_blocks = len(observed.time_steps) if split == "time" else observed.num_channels
     if num_operators > num_blocks:
         raise ValueError(
@@ -336,9 +328,9 @@ def _reference(reference, size, cell_arcsec, observed: MeasurementSet, uv_extent
 def signal_shape(size: int | None, ms: str, cell_arcsec: float | None, uv_extent: float, reference: str | None,
                  selection: dict) -> tuple[int, ...]:  # fmt: skip
     """``(1, 1, N, N)`` of the set's image (reads the plan: the header and scalar columns)."""
-    observed = plan(ms, **selection)
+    observed = open_measurement_set(ms, **selection)
     truth, _, _ = _reference(reference, size, cell_arcsec, observed, uv_extent)
     return tuple(truth.shape)
 
 
-__all__ = ["ObservedRadioProblem", "build_observed", "image_geometry", "plan", "signal_shape"]
+__all__ = ["ObservedRadioProblem", "build_observed", "image_geometry", "signal_shape"]

@@ -19,7 +19,7 @@ import torch
 
 from distinv.bench.radio.geometry import ImageGeometry
 from distinv.comm.context import DistributedContext
-from distinv.placements.row_bands import RowBands, band_bounds
+from distinv.placements.row_bands import RowBands, rows_of_rank
 
 BLOCK = 2880  # FITS's record length: headers and data are padded to a whole number of them
 
@@ -93,13 +93,7 @@ def write_fits_image(
     if len(shape) != 4 or shape[:2] != (1, 1) or shape[2:] != tuple(geometry.shape):
         raise ValueError(f"an image of shape {shape}: a FITS sky image is (1, 1, {geometry.shape[0]}, "
                          f"{geometry.shape[1]}).")  # fmt: skip
-    if isinstance(x, RowBands):
-        first, stop = x.rows
-        rows = x.local
-    else:
-        bounds = band_bounds(shape[2], ctx.world_size)
-        first, stop = bounds[ctx.rank], bounds[ctx.rank + 1]
-        rows = x[:, :, first:stop]
+    first, _, rows = rows_of_rank(ctx, x)
     path = Path(path)
     temporary = path.with_name(f".{path.name}.partial")
     head = fits_header(geometry, bunit, extra).tostring().encode("ascii")  # padded to whole blocks

@@ -116,7 +116,7 @@ def _as_tuple(value: int | Sequence[int], name: str) -> tuple[int, ...]:
 
 def open_measurement_set(
     path: str | Path,
-    column: str = "DATA",
+    data_column: str = "DATA",
     field: int = 0,
     spw: int | Sequence[int] = 0,
     channels: Sequence[int] | None = None,
@@ -125,7 +125,7 @@ def open_measurement_set(
 ) -> MeasurementSet:
     """Plan the selection of the Measurement Set at ``path``.
 
-    :param column: the data column: ``DATA``, ``CORRECTED_DATA`` or ``MODEL_DATA``.
+    :param data_column: the data column: ``DATA``, ``CORRECTED_DATA`` or ``MODEL_DATA``.
     :param field: the ``FIELD_ID`` imaged (its ``PHASE_DIR`` is the phase centre).
     :param spw: the spectral window(s) (``SPECTRAL_WINDOW`` rows); several must share their channel count and
         correlations.
@@ -138,8 +138,8 @@ def open_measurement_set(
     """
     ct = tables()
     path = str(path)
-    if column not in DATA_COLUMNS:
-        raise ValueError(f"data_column={column!r}: choose one of {DATA_COLUMNS}.")
+    if data_column not in DATA_COLUMNS:
+        raise ValueError(f"data_column={data_column!r}: choose one of {DATA_COLUMNS}.")
     if weights not in WEIGHT_SOURCES:
         raise ValueError(f"weights={weights!r}: choose one of {WEIGHT_SOURCES}.")
     if not Path(path).is_dir() or not ct.tableexists(path):
@@ -147,9 +147,9 @@ def open_measurement_set(
     windows = _as_tuple(spw, "spw")
     with ct.table(path, ack=False) as main:
         names = set(main.colnames())
-        if column not in names:
+        if data_column not in names:
             present = [c for c in DATA_COLUMNS if c in names]
-            raise ValueError(f"data_column={column!r}: {path} has no such column; it has {present}.")
+            raise ValueError(f"data_column={data_column!r}: {path} has no such column; it has {present}.")
         weights = _weight_source(main, weights, names)
         scalars = {c: main.getcol(c) for c in ("TIME", "FIELD_ID", "DATA_DESC_ID", "ANTENNA1", "ANTENNA2")}
     with _subtable(ct, path, "FIELD") as t:
@@ -192,7 +192,7 @@ def open_measurement_set(
     longest = float(np.sqrt(((positions[:, None] - positions[None]) ** 2).sum(-1)).max())
     return MeasurementSet(
         path=path,
-        column=column,
+        column=data_column,
         weights=weights,
         field=field,
         windows=windows,

@@ -231,7 +231,7 @@ def _image_visibilities(sky: Sky, obs: Observation, u: np.ndarray, v: np.ndarray
             f"the sky image's cells ({math.degrees(geometry.cell_rad) * 3600:.3g} arcsec) are too coarse for the "
             "array's longest baseline (its fringes alias): give a finer image or a smaller array (max_radius_m)."
         )
-    op = FinufftRadio(geometry.shape, omega, eps=1e-7)
+    op = FinufftRadio(geometry.shape, omega, eps=1e-6)  # float32: finer is below its epsilon
     values = op._type2(sky.image.to(torch.float32)).reshape(u.shape).numpy().astype(np.complex128) / op.scale
     return values * np.exp(-2j * math.pi * (u * l0 + v * m0))
 
