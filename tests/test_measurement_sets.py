@@ -87,10 +87,15 @@ def test_a_block_reads_its_rows_and_channels_as_stokes_i_without_the_flagged(mea
 
 
 def test_selections_pick_their_rows_and_bad_ones_are_clear_errors(measurement_set, tmp_path):
-    one = open_measurement_set(measurement_set, spw=1, channels=[1, 3], time_range_s=[0, 3000])
     both = open_measurement_set(measurement_set, spw=[0, 1])
-    assert one.frequencies_hz.shape == (1, 2) and len(one.rows) < len(both.rows) // 2
+    steps = both.time_steps
+    step_s = float(steps[1] - steps[0])
+    one = open_measurement_set(measurement_set, spw=1, channels=[1, 3], time_range_s=[0, 1.5 * step_s])
+    assert one.frequencies_hz.shape == (1, 2) and np.allclose(one.frequencies_hz, both.frequencies_hz[1:, 1:3])
+    assert len(one.time_steps) == 2 and len(one.rows) == 2 * 66  # two integrations of spw 1's 66 baselines
     assert set(one.row_window.tolist()) == {0} and np.all(np.diff(one.rows) > 0)
+    stop_excluded = open_measurement_set(measurement_set, spw=1, time_range_s=[0, step_s])
+    assert len(stop_excluded.time_steps) == 1
     for kwargs, message in [
         ({"data_column": "MODEL_DATA"}, "has no such column"),
         ({"field": 3}, "field=3"),
@@ -113,7 +118,7 @@ def test_selections_pick_their_rows_and_bad_ones_are_clear_errors(measurement_se
         radio(measurement_set, num_operators=20)
 
 
-def images_of(ctx, path: str, weighting: str, robust: float, iterations: int, out: str | None):
+def images_of(ctx, path: str, weighting: str, robust: float, iterations: int, out: str | None, operators: int = 3):
     """On every rank: the problem measured and its dirty image, PSF, start and a few PnP iterations; FITS
     written to ``out`` when given."""
     from distinv.bench.engines import build_engine
@@ -121,7 +126,7 @@ def images_of(ctx, path: str, weighting: str, robust: float, iterations: int, ou
     from distinv.pnp import pnp
 
     warnings.simplefilter("ignore")
-    problem = radio(Path(path), weighting=weighting, robust=robust)
+    problem = radio(Path(path), weighting=weighting, robust=robust, num_operators=operators)
     engine = build_engine("distinv", ctx, problem, Positive(), TilingSpec(patch_size=None))
     with torch.no_grad():
         y = engine.measure(problem)
@@ -195,6 +200,9 @@ def test_briggs_weighting_is_natural_at_plus_two_and_uniform_at_minus_two():
         return w / w.mean()
 
     natural, uniform = normalised("natural"), normalised("uniform")
+    # uniform: every sampled cell (each sample and its Hermitian twin) sums to the same weight
+    per_cell = weight_grid(omega, imaging_weights("uniform", omega, data, grid), 32)
+    assert torch.allclose(per_cell[per_cell > 0], torch.ones(()).double(), rtol=1e-9)
     assert ((normalised("briggs", 2.0) - natural).abs() / natural).max() < 0.02
     assert ((normalised("briggs", -2.0) - uniform).abs() / uniform).max() < 0.02
     middle = normalised("briggs", 0.0)
@@ -224,6 +232,48 @@ def test_weights_images_and_reconstruction_are_the_same_at_one_two_and_three_ran
             assert torch.allclose(seen[i], w, rtol=1e-6), i
 
 
+def test_a_rank_without_operators_reaches_every_step_and_agrees_with_one_process(ranks, measurement_set):
+    [(images, _, x, *_)] = ranks(1).run(images_of, str(measurement_set), "briggs", 0.5, 2, None, 2)
+    runs = ranks(3).run(images_of, str(measurement_set), "briggs", 0.5, 2, None, 2)
+    assert sorted(len(r[3]) for r in runs) == [0, 1, 1]  # 2 operators on 3 ranks: one rank holds none
+    for other_images, _, other_x, *_ in runs:
+        assert torch.allclose(other_images["dirty"], images["dirty"], rtol=1e-5, atol=1e-6)
+        assert torch.allclose(other_x, x, rtol=1e-4, atol=1e-5 * x.abs().max())
+
+
+def test_rows_scattered_in_many_runs_read_through_a_row_selection_the_same(measurement_set, monkeypatch):
+    import distinv.bench.radio.measurement_set as module
+
+    ms = open_measurement_set(measurement_set, "CORRECTED_DATA", spw=1)  # every other run of rows
+    runs = read_block(ms, np.arange(len(ms.rows)))
+    monkeypatch.setattr(module, "MAX_RUNS", 0)
+    selected = read_block(ms, np.arange(len(ms.rows)))
+    for name in ("uvw_m", "visibilities", "weights"):
+        assert torch.equal(getattr(selected, name), getattr(runs, name)), name
+
+
+def test_auto_correlations_in_the_set_are_left_out(measurement_set, tmp_path):
+    import shutil
+
+    copy = tmp_path / "with_autos.ms"
+    shutil.copytree(measurement_set, copy)
+    with ct.table(str(copy), readonly=False, ack=False) as t:
+        first = t.nrows()
+        t.addrows(12)  # each antenna's total power at the first integration: uv = 0, huge amplitudes
+        for name in ("TIME", "FIELD_ID", "DATA_DESC_ID", "WEIGHT", "SIGMA", "WEIGHT_SPECTRUM"):
+            t.putcol(name, t.getcol(name, 0, 12), startrow=first, nrow=12)
+        t.putcol("ANTENNA1", np.arange(12, dtype=np.int32), startrow=first)
+        t.putcol("ANTENNA2", np.arange(12, dtype=np.int32), startrow=first)
+        t.putcol("UVW", np.zeros((12, 3)), startrow=first)
+        t.putcol("CORRECTED_DATA", np.full((12, 4, 2), 1e4, dtype=np.complex64), startrow=first)
+        t.putcol("FLAG", np.zeros((12, 4, 2), dtype=bool), startrow=first)
+        t.putcol("FLAG_ROW", np.zeros(12, dtype=bool), startrow=first)
+    plain = open_measurement_set(measurement_set, "CORRECTED_DATA", spw=[0, 1])
+    with_autos = open_measurement_set(copy, "CORRECTED_DATA", spw=[0, 1])
+    assert np.array_equal(with_autos.rows, plain.rows) and with_autos.longest_baseline_m == plain.longest_baseline_m
+    assert read_block(with_autos, np.arange(len(with_autos.rows))).visibilities.abs().max() < 2
+
+
 def test_fits_images_written_in_bands_by_two_ranks_read_back_whole(ranks, tmp_path):
     ranks(2).run(write_banded, str(tmp_path))
     from distinv.bench.radio.fits_images import read_fits_image
@@ -232,6 +282,44 @@ def test_fits_images_written_in_bands_by_two_ranks_read_back_whole(ranks, tmp_pa
     assert torch.equal(image, torch.arange(12 * 10, dtype=torch.float32).reshape(1, 1, 12, 10) * 2)
     assert unit == "JY/PIXEL" and geometry.shape == (12, 10) and geometry.cell_rad == pytest.approx(ARCSEC)
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_fits_skies_of_any_axis_direction_or_a_cd_matrix_read_north_up_east_left_about_the_same_centre(tmp_path):
+    from astropy.io import fits
+
+    from distinv.bench.radio.fits_images import read_fits_image, write_fits_image
+    from distinv.bench.radio.geometry import ImageGeometry
+    from distinv.comm.context import DistributedContext
+
+    values = torch.arange(12 * 10, dtype=torch.float32).reshape(1, 1, 12, 10)  # even sides: centres are off-centre
+    geometry = ImageGeometry((12, 10), 3 * ARCSEC, math.radians(350.0), math.radians(-30.0), 1.4e9)
+    with DistributedContext(env={}) as ctx:
+        write_fits_image(tmp_path / "standard.fits", values, geometry, "JY/PIXEL", ctx)
+    image, read, _ = read_fits_image(tmp_path / "standard.fits")
+    assert torch.equal(image, values)
+    assert (read.ra_rad, read.dec_rad) == pytest.approx((geometry.ra_rad, geometry.dec_rad), abs=1e-9)
+    header = fits.getheader(tmp_path / "standard.fits")
+    plane = values[0, 0].numpy()
+    celestial = {k: header[k] for k in ("CTYPE1", "CTYPE2", "CRVAL1", "CRVAL2", "CRPIX1", "CRPIX2")}
+    cell = header["CDELT2"]
+
+    def written(name: str, data: np.ndarray, **cards) -> Path:
+        path = tmp_path / name
+        fits.PrimaryHDU(np.ascontiguousarray(data), header=fits.Header({**celestial, **cards})).writeto(path)
+        return path
+
+    # RA increasing with the column, declination decreasing with the row: the same sky stored the other way round
+    turned = written("turned.fits", plane[::-1, ::-1], CDELT1=cell, CDELT2=-cell, CRPIX1=11 - header["CRPIX1"],
+                     CRPIX2=13 - header["CRPIX2"])  # fmt: skip
+    with_cd = written("cd.fits", plane, CD1_1=-cell, CD1_2=0.0, CD2_1=0.0, CD2_2=cell)
+    for path in (turned, with_cd):
+        image, read, _ = read_fits_image(path)
+        assert torch.equal(image, values), path.name
+        assert (read.ra_rad, read.dec_rad) == pytest.approx((geometry.ra_rad, geometry.dec_rad), abs=1e-9)
+        assert read.cell_rad == pytest.approx(geometry.cell_rad)
+    rotated = written("rotated.fits", plane, CD1_1=-cell, CD1_2=0.1 * cell, CD2_1=0.1 * cell, CD2_2=cell)
+    with pytest.raises(ValueError, match="reference=.*rotated grid"):
+        read_fits_image(rotated, "reference")
 
 
 def write_banded(ctx, folder: str):
@@ -272,7 +360,8 @@ def observed_sky(tmp_path_factory) -> tuple[Path, Path]:
     from distinv.images import radio_sky
 
     folder = tmp_path_factory.mktemp("observed")
-    obs = observation(num_antennas=10, num_times=8, num_channels=2, max_radius_m=800, seed=2)
+    # PHASE_DIR at RA -15 degrees, as some pipelines store it; the FITS model's RA reads 345: the same centre
+    obs = observation(num_antennas=10, num_times=8, num_channels=2, max_radius_m=800, ra_deg=-15.0, seed=2)
     longest = float(torch.cdist(obs.antennas_enu_m, obs.antennas_enu_m).max())
     cell = cell_from_baseline(longest, float(obs.frequencies_hz.max()), 0.5)
     geometry = ImageGeometry((32, 32), cell, obs.ra_rad, obs.dec_rad, 1.4e9)

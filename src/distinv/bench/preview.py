@@ -2,7 +2,8 @@
 observation, its dirty image and PSF, also as FITS).
 
 Volumes show their middle z-slice; radio images use an asinh stretch (the usual display for skies spanning
-decades of brightness) and the radio measurement is shown where it lies, on the uv plane.
+decades of brightness), north up and east left as viewers show FITS skies, and the radio measurement is shown
+where it lies, on the uv plane (v up).
 """
 
 from __future__ import annotations
@@ -55,15 +56,21 @@ def uv_plane_amplitudes(visibilities: torch.Tensor, samples_loc: torch.Tensor, s
 def image_picture(problem: Problem, x: torch.Tensor) -> torch.Tensor:
     """An image or volume of the problem (ground truth, start, reconstruction) as ``(C, H, W)`` in [0, 1]: a
     volume's middle z-slice; radio skies through an asinh stretch."""
-    asinh = 0.02 if problem.name == "radio" else None
-    return _stretch(_middle_slice(x.detach().float().cpu())[0], 0.0, problem.data_range, asinh)
+    if problem.name == "radio":
+        return north_up(_stretch(x.detach().float().cpu()[0], 0.0, problem.data_range, 0.02))
+    return _stretch(_middle_slice(x.detach().float().cpu())[0], 0.0, problem.data_range)
+
+
+def north_up(picture: torch.Tensor) -> torch.Tensor:
+    """A sky picture ``(C, H, W)`` (row 0 south, as its FITS image) turned for a PNG, whose first row is the top."""
+    return picture.flip(-2)
 
 
 def measurement_picture(problem: Problem, operator, y: torch.Tensor) -> torch.Tensor:
     """One measurement as ``(C, H, W)`` in [0, 1]: radio visibilities on the uv plane, others min-max scaled."""
     y = y.detach().cpu()
     if problem.name == "radio":
-        return uv_plane_amplitudes(y, operator.samples_loc.cpu(), problem.ground_truth.shape[-1])
+        return north_up(uv_plane_amplitudes(y, operator.samples_loc.cpu(), problem.ground_truth.shape[-1]))
     y = _middle_slice(y)[0].float()
     return _stretch(y, y.min().item(), y.max().item())
 
@@ -99,7 +106,7 @@ def write_previews(problem: Problem, out_dir: str | Path) -> tuple[dict[str, Pat
             from distinv.bench.radio.fits_images import write_fits_image
 
             for name, (image, bunit) in problem.sky_images(physics).items():
-                pictures[name] = _stretch(image[0].cpu(), 0.0, float(image.max()), asinh=0.02)
+                pictures[name] = north_up(_stretch(image[0].cpu(), 0.0, float(image.max()), asinh=0.02))
                 fits[f"{name}_fits"] = write_fits_image(out / f"{name}.fits", image, problem.geometry, bunit, ctx)
     return {**save_pictures(pictures, out), **fits}, problem.psnr(x0) if problem.has_reference else None
 

@@ -177,7 +177,8 @@ def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
         if ctx.world_size != spec.world_size:
             raise RuntimeError(f"run {spec.key} wants {spec.world_size} ranks, the launch gave {ctx.world_size}.")
         baseline = process_bytes(ctx.device)  # libraries imported, nothing of the run built yet
-        problem = build(spec.problem, size=spec.size, **spec.params)
+        # a file one rank cannot read (a scan, a Measurement Set) fails every rank here, not a later collective
+        problem = ctx.run_agreed("building the problem", lambda: build(spec.problem, size=spec.size, **spec.params))
         model = load_model(spec, problem.ground_truth.shape[1], problem.ground_truth.ndim == 5).to(ctx.device)
         run = _train if spec.training is not None else _reconstruct
         fields, rows = run(ctx, spec, problem, model, output)

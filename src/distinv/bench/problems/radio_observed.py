@@ -121,6 +121,11 @@ class ObservedRadioProblem(Problem):
             counted = data > 0
             totals += torch.stack([w.sum(), counted.sum().double(), (w[counted] / data[counted]).sum()])
         ctx.all_reduce(totals)
+        if not totals[1] > 0 or not totals[0] > 0:  # agreed: every rank holds the same sums
+            raise ValueError(
+                f"ms={str(self.shared['ms'].path)!r}: every selected visibility is flagged or has weight 0; choose "
+                "other rows (field, spw, channels, time_range_s) or weights."
+            )
         mean = float(totals[0] / totals[1])
         unit = self.operator_unit(ctx, ops)
         count = float(totals[1])
@@ -300,7 +305,7 @@ def _reference(reference, size, cell_arcsec, observed: MeasurementSet, uv_extent
         return torch.zeros((1, 1, *geometry.shape)), geometry, None
     from distinv.bench.radio.fits_images import read_fits_image
 
-    image, ref_geometry, _ = read_fits_image(reference)
+    image, ref_geometry, _ = read_fits_image(reference, "reference")
     height, width = ref_geometry.shape
     if height != width or size is not None and size != height:
         raise ValueError(
@@ -311,9 +316,8 @@ def _reference(reference, size, cell_arcsec, observed: MeasurementSet, uv_extent
     if cell_arcsec is not None and not math.isclose(cell_arcsec, cell_ref, rel_tol=1e-6):
         raise ValueError(f"cell_arcsec={cell_arcsec}: the reference's cells are {cell_ref:.6g} arcsec; leave it out.")
     geometry = image_geometry(observed, height, cell_ref, uv_extent)
-    offset = math.hypot(
-        (ref_geometry.ra_rad - geometry.ra_rad) * math.cos(geometry.dec_rad), ref_geometry.dec_rad - geometry.dec_rad
-    )
+    d_ra = (ref_geometry.ra_rad - geometry.ra_rad + math.pi) % (2 * math.pi) - math.pi  # RA wraps at 0 = 2 pi
+    offset = math.hypot(d_ra * math.cos(geometry.dec_rad), ref_geometry.dec_rad - geometry.dec_rad)
     if offset > 0.5 * geometry.cell_rad:
         raise ValueError(
             f"reference={reference!r}: its centre is {offset / ARCSEC:.3g} arcsec from the field's phase centre; give "

@@ -126,47 +126,64 @@ def write_fits_image(
     return path
 
 
-def read_fits_image(path: str | Path) -> tuple[torch.Tensor, ImageGeometry, str]:
+def read_fits_image(path: str | Path, name: str = "sky") -> tuple[torch.Tensor, ImageGeometry, str]:
     """A sky image from a FITS file (2 to 4 axes, the third and fourth of length one), e.g. a survey cutout.
 
     Its pixels are taken as the SIN grid of :mod:`distinv.bench.radio.geometry` about the pixel ``(H // 2,
-    W // 2)``: the phase centre is that pixel's world position; an image with right ascension increasing along
-    its first axis (``CDELT1 > 0``) is flipped. A TAN or other zenithal cutout agrees with that grid to the
-    third order in the field's radius (negligible over a few degrees).
+    W // 2)`` after turning the image to its orientation (right ascension decreasing with the column, declination
+    increasing with the row): the columns are reversed when right ascension increases along them, the rows when
+    declination decreases along them (read from the ``CDELT``/``PC`` or ``CD`` matrix); the phase centre is that
+    pixel's world position. A TAN or other zenithal cutout agrees with that grid to the third order in the field's
+    radius (negligible over a few degrees).
 
+    :param name: the parameter that named the file, for the errors (``sky``, ``reference``).
     :return: the image ``(1, 1, H, W)`` float32, its :class:`ImageGeometry` and its ``BUNIT`` (``""`` if none).
-    :raises ValueError: naming the file, for a missing file, a cube (more than one frequency or Stokes plane), no
-        celestial axes, or cells that are not square.
+    :raises ValueError: naming ``name`` and the file, for a missing file, a cube (more than one frequency or Stokes
+        plane), no celestial axes, declination on the first axis, a rotated grid, or cells that are not square.
     """
     from astropy.io import fits
     from astropy.wcs import WCS
 
     path = Path(path)
+    where = f"{name}={str(path)!r}"
     if not path.is_file():
-        raise ValueError(f"sky={str(path)!r}: no such FITS file.")
+        raise ValueError(f"{where}: no such FITS file.")
     with fits.open(path, memmap=False) as hdus:
         hdu = next((h for h in hdus if h.data is not None and h.data.ndim >= 2), None)
         if hdu is None:
-            raise ValueError(f"{path}: no image in the file.")
+            raise ValueError(f"{where}: no image in the file.")
         data = np.asarray(hdu.data, dtype=np.float32)
         header = hdu.header
     if data.ndim > 2 and any(n != 1 for n in data.shape[:-2]):
-        raise ValueError(f"{path}: an image of shape {data.shape}: give one plane (one frequency, Stokes I).")
+        raise ValueError(f"{where}: an image of shape {data.shape}: give one plane (one frequency, Stokes I).")
     data = data.reshape(data.shape[-2:])
     wcs = WCS(header).celestial
     if wcs.naxis != 2:
-        raise ValueError(f"{path}: no celestial axes (RA, DEC) in its header.")
-    scales = [abs(float(q.to_value("deg"))) for q in wcs.proj_plane_pixel_scales()]
-    if not np.isclose(scales[0], scales[1], rtol=1e-6):
-        raise ValueError(f"{path}: cells of {scales[0] * 3600:.4g} x {scales[1] * 3600:.4g} arcsec: give square cells.")
+        raise ValueError(f"{where}: no celestial axes (RA, DEC) in its header.")
+    if wcs.wcs.lng != 0:
+        raise ValueError(f"{where}: declination along the first axis; give right ascension first (CTYPE1 = RA---).")
+    matrix = wcs.pixel_scale_matrix  # degrees per pixel: world (RA, DEC) by pixel (column, row)
+    cell = float(abs(matrix[1, 1]))
+    if abs(matrix[0, 1]) > 1e-6 * cell or abs(matrix[1, 0]) > 1e-6 * cell:
+        raise ValueError(f"{where}: a rotated grid (CROTA, PC or CD off the diagonal); regrid it north up first.")
+    if not np.isclose(abs(matrix[0, 0]), cell, rtol=1e-6):
+        raise ValueError(
+            f"{where}: cells of {abs(matrix[0, 0]) * 3600:.4g} x {cell * 3600:.4g} arcsec: give square cells."
+        )
     height, width = data.shape
-    centre = wcs.pixel_to_world_values(width // 2, height // 2)
-    if wcs.wcs.cdelt[0] * (wcs.wcs.pc[0, 0] if wcs.wcs.has_pc() else 1.0) > 0:
+    flip_columns, flip_rows = matrix[0, 0] > 0, matrix[1, 1] < 0
+    # the pixel that lands at (H // 2, W // 2) once the image is turned
+    column = width - 1 - width // 2 if flip_columns else width // 2
+    row = height - 1 - height // 2 if flip_rows else height // 2
+    centre = wcs.pixel_to_world_values(column, row)
+    if flip_columns:
         data = data[:, ::-1]
+    if flip_rows:
+        data = data[::-1]
     frequency = float(header.get("CRVAL3", 0.0)) if str(header.get("CTYPE3", "")).startswith("FREQ") else 0.0
     geometry = ImageGeometry(
-        (height, width), math.radians(float(scales[0])), math.radians(float(centre[0])),
-        math.radians(float(centre[1])), frequency,
+        (height, width), math.radians(cell), math.radians(float(centre[0]) % 360.0), math.radians(float(centre[1])),
+        frequency,
     )  # fmt: skip
     image = torch.from_numpy(np.ascontiguousarray(np.nan_to_num(data)))[None, None]
     return image, geometry, str(header.get("BUNIT", ""))

@@ -14,8 +14,9 @@ Conventions (the Measurement Set definition, v2): ``UVW`` in metres, the baselin
 :mod:`distinv.bench.radio.geometry` for the measurement equation); ``DATA`` ``(rows, channels, correlations)``;
 Stokes I is ``(XX + YY) / 2`` or ``(RR + LL) / 2`` (or the ``I`` correlation itself), flagged where either hand or
 the row is, with the weight of the mean (``4 / (1 / w_a + 1 / w_b)``). The data weights come from
-``WEIGHT_SPECTRUM`` when the set has it, else ``WEIGHT`` (per row and correlation), else ``1 / SIGMA^2``; flagged
-visibilities get weight 0.
+``WEIGHT_SPECTRUM`` when the set has it, else ``WEIGHT`` (per row and correlation), or ``1 / SIGMA^2`` when asked
+(``weights="sigma"``); flagged visibilities get weight 0. Auto-correlations (``ANTENNA1 == ANTENNA2``: a dish's
+total power at uv = 0, which imagers skip) are never selected.
 """
 
 from __future__ import annotations
@@ -167,6 +168,10 @@ def open_measurement_set(
     with _subtable(ct, path, "DATA_DESCRIPTION") as t:
         descriptions = list(zip(t.getcol("SPECTRAL_WINDOW_ID"), t.getcol("POLARIZATION_ID"), strict=True))
     chosen = {d: windows.index(int(w)) for d, (w, _) in enumerate(descriptions) if int(w) in windows}
+    described = {int(w) for w, _ in descriptions}
+    missing = [w for w in windows if w not in described]
+    if missing:
+        raise ValueError(f"spw={list(windows)}: {path}'s DATA_DESCRIPTION has no row for window(s) {missing}.")
     with _subtable(ct, path, "POLARIZATION") as t:
         setups = {tuple(int(c) for c in t.getcell("CORR_TYPE", int(descriptions[d][1]))) for d in chosen}
     if len(setups) != 1:
@@ -175,6 +180,7 @@ def open_measurement_set(
     hands = _stokes_i_hands(corr_types, path)
 
     keep = (scalars["FIELD_ID"] == field) & np.isin(scalars["DATA_DESC_ID"], list(chosen))
+    keep &= scalars["ANTENNA1"] != scalars["ANTENNA2"]  # cross-correlations only
     times = scalars["TIME"]
     if time_range_s is not None:
         start, end = _time_range(time_range_s)
@@ -215,6 +221,8 @@ def _weight_source(main, weights: str, names: set[str]) -> str:
         return "weight_spectrum" if has_spectrum else "weight"
     if weights == "weight_spectrum" and not has_spectrum:
         raise ValueError("weights='weight_spectrum': the set has no WEIGHT_SPECTRUM; use weights='weight'.")
+    if weights == "sigma" and "SIGMA" not in names:
+        raise ValueError("weights='sigma': the set has no SIGMA column; use weights='weight' or 'auto'.")
     return weights
 
 
