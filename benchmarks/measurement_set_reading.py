@@ -1,5 +1,6 @@
-"""Reading a Measurement Set in parts: each rank plans the selection (the subtables and the five scalar columns,
-:func:`~distinv.bench.radio.measurement_set.open_measurement_set`) and reads only its block of integrations
+"""Reading a Measurement Set in parts: the ranks plan the selection together (the subtables, and each rank the five
+scalar columns of its stripe of the rows, all-gathered: :func:`~distinv.bench.radio.measurement_set.
+open_measurement_set` with the ranks' context) and each reads only its block of integrations
 (:func:`~distinv.bench.radio.measurement_set.read_block`: ``UVW``, ``DATA``, ``FLAG``, ``FLAG_ROW``, ``WEIGHT`` of
 its rows and channels), against one process reading every row the same way.
 
@@ -42,7 +43,7 @@ def read_rank(args) -> None:
         dist.barrier()
         started = time.perf_counter()
         with PeakMemory("cpu") as memory:
-            ms = open_measurement_set(args.ms)
+            ms = open_measurement_set(args.ms, ctx=ctx)
             planned = time.perf_counter()
             bounds = block_bounds(len(ms.time_steps), ctx.world_size)
             rows, channels = block_rows(ms, "time", ctx.rank, bounds)

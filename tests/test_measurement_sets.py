@@ -126,7 +126,7 @@ def images_of(ctx, path: str, weighting: str, robust: float, iterations: int, ou
     from distinv.pnp import pnp
 
     warnings.simplefilter("ignore")
-    problem = radio(Path(path), weighting=weighting, robust=robust, num_operators=operators)
+    problem = radio(Path(path), weighting=weighting, robust=robust, num_operators=operators, ctx=ctx)
     engine = build_engine("distinv", ctx, problem, Positive(), TilingSpec(patch_size=None))
     with torch.no_grad():
         y = engine.measure(problem)
@@ -241,6 +241,57 @@ def test_a_rank_without_operators_reaches_every_step_and_agrees_with_one_process
         assert torch.allclose(other_x, x, rtol=1e-4, atol=1e-5 * x.abs().max())
 
 
+def plan_of_a_stripe(ctx, path: str):
+    """On every rank: the plan read with the ranks' context, and the main-table rows of each scalar column read."""
+    import casacore.tables
+
+    reads: dict[str, list[tuple[int, int]]] = {}
+    original = casacore.tables.table.getcol
+
+    def recording(table, column, startrow=0, nrow=-1, rowincr=1):
+        if column in ("TIME", "FIELD_ID", "DATA_DESC_ID", "ANTENNA1", "ANTENNA2"):
+            reads.setdefault(column, []).append((startrow, table.nrows() if nrow < 0 else startrow + nrow))
+        return original(table, column, startrow, nrow, rowincr)
+
+    casacore.tables.table.getcol = recording
+    try:
+        ms = open_measurement_set(path, "CORRECTED_DATA", spw=[0, 1], time_range_s=[0, 3e3], ctx=ctx)
+    finally:
+        casacore.tables.table.getcol = original
+    return ms, reads
+
+
+def test_each_rank_reads_the_plan_columns_of_its_stripe_alone_and_holds_the_plan_of_one_process(ranks, measurement_set):
+    whole = open_measurement_set(measurement_set, "CORRECTED_DATA", spw=[0, 1], time_range_s=[0, 3e3])
+    with ct.table(str(measurement_set), ack=False) as t:
+        num_rows = t.nrows()
+    runs = ranks(3).run(plan_of_a_stripe, str(measurement_set))
+    for rank, (ms, reads) in enumerate(runs):
+        stripe = (rank * num_rows // 3, (rank + 1) * num_rows // 3)
+        assert sorted(reads) == ["ANTENNA1", "ANTENNA2", "DATA_DESC_ID", "FIELD_ID", "TIME"]
+        assert all(spans == [stripe] for spans in reads.values()), (rank, reads)
+        for name in ("rows", "times", "row_window", "frequencies_hz"):
+            assert np.array_equal(getattr(ms, name), getattr(whole, name)), name
+        assert ms.longest_baseline_m == whole.longest_baseline_m and ms.hands == whole.hands
+    assert 0 < len(whole.rows) < num_rows  # the time range cut some rows
+
+
+def plan_error(ctx, path: str, missing: str) -> str:
+    """The error every rank gets when rank 1 alone cannot open the set."""
+    try:
+        open_measurement_set(missing if ctx.rank == 1 else path, ctx=ctx)
+    except Exception as error:  # noqa: BLE001 - the message is the result
+        return f"{type(error).__name__}: {error}"
+    return "no error"
+
+
+def test_a_set_one_rank_cannot_open_fails_every_rank_naming_it(ranks, measurement_set, tmp_path):
+    messages = ranks(3).run(plan_error, str(measurement_set), str(tmp_path / "absent.ms"), timeout=60)
+    assert messages[1].startswith("ValueError: ms=") and "not a Measurement Set" in messages[1]
+    for message in (messages[0], messages[2]):  # the others name the rank and its cause
+        assert "rank 1" in message and "not a Measurement Set" in message, message
+
+
 def test_rows_scattered_in_many_runs_read_through_a_row_selection_the_same(measurement_set, monkeypatch):
     import distinv.bench.radio.measurement_set as module
 
@@ -272,6 +323,17 @@ def test_auto_correlations_in_the_set_are_left_out(measurement_set, tmp_path):
     with_autos = open_measurement_set(copy, "CORRECTED_DATA", spw=[0, 1])
     assert np.array_equal(with_autos.rows, plain.rows) and with_autos.longest_baseline_m == plain.longest_baseline_m
     assert read_block(with_autos, np.arange(len(with_autos.rows))).visibilities.abs().max() < 2
+
+
+def test_rows_naming_an_antenna_the_set_does_not_have_are_a_clear_error(measurement_set, tmp_path):
+    import shutil
+
+    copy = tmp_path / "bad_antenna.ms"
+    shutil.copytree(measurement_set, copy)
+    with ct.table(str(copy), readonly=False, ack=False) as t:
+        t.putcell("ANTENNA2", 5, 40)  # the ANTENNA table has 12 rows
+    with pytest.raises(ValueError, match="ANTENNA1/ANTENNA2 name antennas beyond its ANTENNA table's 12"):
+        open_measurement_set(copy, "CORRECTED_DATA", spw=[0, 1])
 
 
 def test_fits_images_written_in_bands_by_two_ranks_read_back_whole(ranks, tmp_path):

@@ -178,7 +178,9 @@ def _run_rank(spec_json: str, output: str, config_hash: str) -> int:
             raise RuntimeError(f"run {spec.key} wants {spec.world_size} ranks, the launch gave {ctx.world_size}.")
         baseline = process_bytes(ctx.device)  # libraries imported, nothing of the run built yet
         # a file one rank cannot read (a scan, a Measurement Set) fails every rank here, not a later collective
-        problem = ctx.run_agreed("building the problem", lambda: build(spec.problem, size=spec.size, **spec.params))
+        problem = ctx.run_agreed(
+            "building the problem", lambda: build(spec.problem, ctx=ctx, size=spec.size, **spec.params)
+        )
         model = load_model(spec, problem.ground_truth.shape[1], problem.ground_truth.ndim == 5).to(ctx.device)
         run = _train if spec.training is not None else _reconstruct
         fields, rows = run(ctx, spec, problem, model, output)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distinv.bench.problems import ct_scan, highres_blur, radio, tomography_2d, tomography_3d
 from distinv.bench.problems.base import Problem
+
+if TYPE_CHECKING:
+    from distinv.comm.collectives import Collectives
 
 MODULES = {
     "highres_blur": highres_blur,
@@ -18,10 +21,18 @@ MODULES = {
 BUILDERS = {name: module.build for name, module in MODULES.items()}
 
 
-def build(name: str, **params: Any) -> Problem:
+def build(name: str, ctx: Collectives | None = None, **params: Any) -> Problem:
+    """Problem ``name`` built from ``params``.
+
+    :param ctx: the ranks that build it together (default: this process alone), handed to the builders that read
+        a measured file's plan in parts (``radio`` with ``ms:``): then every rank of ``ctx`` must call this.
+    """
     if name not in BUILDERS:
         raise ValueError(f"problem={name!r}: choose one of {sorted(BUILDERS)}.")
-    return BUILDERS[name](**params)
+    builder = BUILDERS[name]
+    if ctx is not None and "ctx" in inspect.signature(builder).parameters:
+        params = {**params, "ctx": ctx}
+    return builder(**params)
 
 
 def check(name: str, **params: Any) -> None:
@@ -29,7 +40,7 @@ def check(name: str, **params: Any) -> None:
     no operator): unknown problem, unknown parameter, or a value the problem refuses."""
     if name not in BUILDERS:
         raise ValueError(f"problem={name!r}: choose one of {sorted(BUILDERS)}.")
-    accepted = [p for p in inspect.signature(BUILDERS[name]).parameters if p != "check_only"]
+    accepted = [p for p in inspect.signature(BUILDERS[name]).parameters if p not in ("check_only", "ctx")]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(f"{name} has no parameter {', '.join(map(repr, unknown))}: its parameters are {accepted}.")

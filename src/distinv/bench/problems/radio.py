@@ -6,7 +6,7 @@ visibilities instead (:mod:`distinv.bench.problems.radio_observed`)."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,6 +16,9 @@ from distinv.bench.problems.base import Problem, check_number, check_seed, check
 from distinv.bench.radio.weighting import check_weighting, imaging_weights, weight_grid
 from distinv.bench.uv_coverage import SPEED_OF_LIGHT, antenna_layout, baselines, earth_rotation_uv
 from distinv.images import radio_sky
+
+if TYPE_CHECKING:
+    from distinv.comm.collectives import Collectives
 
 MIN_SIZE = 16
 SPLITS = ("time", "channel")
@@ -133,6 +136,7 @@ def build(
     cell_arcsec: float | None = None,
     reference: str | None = None,
     check_only: bool = False,
+    ctx: Collectives | None = None,
 ) -> Problem | None:
     """Visibilities: ``num_antennas (num_antennas - 1) / 2`` baselines x ``num_times`` x ``num_channels``.
 
@@ -149,6 +153,8 @@ def build(
         ``weights`` select them, ``cell_arcsec`` and ``size`` set the image (default: from the set), ``reference``
         is a FITS image to score against; the synthetic array's keys do not apply, and ``noise_sigma`` defaults
         to the noise the data weights imply).
+    :param ctx: the ranks building the problem together (with ``ms``: each reads a stripe of the set's plan
+        columns, :func:`~distinv.bench.radio.measurement_set.open_measurement_set`); default this process alone.
     :param duration_hours: the hour angles span ``[-duration/2, duration/2]`` around transit.
     :param frequency_hz, bandwidth_hz: channels evenly spread over ``frequency +- bandwidth/2``.
     :param uv_extent: the longest baseline reaches ``uv_extent * pi`` radians per pixel (1: the pixel size is
@@ -275,4 +281,5 @@ def _observed(given: dict) -> Problem | None:
         cell_arcsec=given["cell_arcsec"],
         reference=given["reference"],
         check_only=given["check_only"],
+        ctx=given["ctx"],
     )

@@ -1,6 +1,9 @@
 """Radio interferometric imaging of an observation: the visibilities of a Measurement Set (``radio`` with ``ms:
 path``), Stokes I, imaged on the set's own geometry, written out as FITS.
 
+- **Plan**: built with the ranks' context (``ctx``, as the runner's worker does), the ranks plan the selection
+  together, each reading the scalar columns of its stripe of the main table's rows
+  (:func:`~distinv.bench.radio.measurement_set.open_measurement_set`); without it, this process reads them all.
 - **Operators**: the selected visibilities split into K blocks by time (contiguous ranges of integrations) or by
   channel (contiguous channel ranges); operator ``i`` is the NUFFT of block ``i``'s unflagged visibilities times
   the square root of their imaging weights. The rank owning it reads its rows and channels of the set alone
@@ -31,7 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -49,6 +52,9 @@ from distinv.bench.radio.measurement_set import (
 from distinv.bench.radio.weighting import check_weighting, imaging_weights, weight_grid
 from distinv.comm.gather import sum_over_ranks
 from distinv.placements.measurements import LocalMeasurements
+
+if TYPE_CHECKING:
+    from distinv.comm.collectives import Collectives
 
 MIN_SIZE = 16
 MAX_DEFAULT_SIZE = 4096
@@ -237,6 +243,7 @@ def build_observed(
     cell_arcsec: float | None = None,
     reference: str | None = None,
     check_only: bool = False,
+    ctx: Collectives | None = None,
 ) -> Problem | None:
     """The radio problem of the Measurement Set ``ms`` (see the module's docstring; ``selection``: the keys of
     :func:`~distinv.bench.radio.measurement_set.open_measurement_set`).
@@ -248,7 +255,7 @@ def build_observed(
     check_weighting(weighting, robust)
     if noise_sigma is not None:
         check_number("noise_sigma", noise_sigma, 0, above=True)
-    observed = open_measurement_set(ms, **selection)
+    observed = open_measurement_set(ms, **selection, ctx=ctx)
     num_blocks = len(observed.time_steps) if split == "time" else observed.num_channels
     if num_operators > num_blocks:
         raise ValueError(

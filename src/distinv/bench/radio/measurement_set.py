@@ -5,10 +5,12 @@ python-casacore (``pip install -e '.[radio]'``).
 channel range, a time range), the selected rows' numbers and times, the channels' frequencies, the phase centre,
 the correlations making Stokes I and the longest baseline. For that it reads the subtables and five scalar columns
 of the main table (``TIME``, ``FIELD_ID``, ``DATA_DESC_ID``, ``ANTENNA1``, ``ANTENNA2``: 24 bytes a row), never a
-visibility. :func:`read_block` then reads the big columns (``UVW``, the data column, ``FLAG``, ``FLAG_ROW``, the
-weights) of some rows and a channel range only: runs of consecutive rows with ``getcolslice(start row, count)``
-cut to the channels, or, for rows scattered in many runs (spectral windows interleaved row by row), a reference
-table of the rows (``selectrows``). A rank reads only its operators' rows and channels: no rank reads the whole set.
+visibility; given the ranks' context, each rank reads those columns of its stripe of the rows only and the
+stripes' selections are all-gathered. :func:`read_block` then reads the big columns (``UVW``, the data column,
+``FLAG``, ``FLAG_ROW``, the weights) of some rows and a channel range only: runs of consecutive rows with
+``getcolslice(start row, count)`` cut to the channels, or, for rows scattered in many runs (spectral windows
+interleaved row by row), a reference table of the rows (``selectrows``). A rank reads only its operators' rows and
+channels: no rank reads the whole set.
 
 Conventions (the Measurement Set definition, v2): ``UVW`` in metres, the baseline antenna 2 minus antenna 1 (see
 :mod:`distinv.bench.radio.geometry` for the measurement equation); ``DATA`` ``(rows, channels, correlations)``;
@@ -25,9 +27,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from distinv.comm.collectives import Collectives
 
 DATA_COLUMNS = ("DATA", "CORRECTED_DATA", "MODEL_DATA")
 WEIGHT_SOURCES = ("auto", "weight_spectrum", "weight", "sigma", "none")
@@ -115,6 +121,26 @@ def _as_tuple(value: int | Sequence[int], name: str) -> tuple[int, ...]:
     return values
 
 
+@dataclass(frozen=True)
+class _Header:
+    """What the plan takes from the main table's header and the subtables (the same on every rank)."""
+
+    path: str
+    column: str
+    weights: str
+    field: int
+    windows: tuple[int, ...]
+    channels: tuple[int, int]
+    frequencies_hz: np.ndarray  # (S, C) the selected channels of each selected window
+    window_of_description: dict[int, int]  # DATA_DESC_ID -> index into windows, for the selected windows
+    phase_centre_rad: tuple[float, float]
+    hands: tuple[int, ...]
+    num_correlations: int
+    antenna_positions_m: np.ndarray  # (A, 3) every antenna's
+    dish_diameters_m: np.ndarray  # (A,)
+    num_rows: int
+
+
 def open_measurement_set(
     path: str | Path,
     data_column: str = "DATA",
@@ -123,6 +149,7 @@ def open_measurement_set(
     channels: Sequence[int] | None = None,
     time_range_s: Sequence[float] | None = None,
     weights: str = "auto",
+    ctx: Collectives | None = None,
 ) -> MeasurementSet:
     """Plan the selection of the Measurement Set at ``path``.
 
@@ -134,11 +161,34 @@ def open_measurement_set(
     :param time_range_s: ``[start, stop)`` in seconds from the selection's first integration; default all.
     :param weights: ``auto`` (``WEIGHT_SPECTRUM`` if the set has it, else ``WEIGHT``), ``weight_spectrum``,
         ``weight``, ``sigma`` (``1 / SIGMA^2``) or ``none`` (every visibility weight 1).
+    :param ctx: the ranks sharing the plan (default: this process alone). Given, the call is a collective every
+        rank makes: each rank reads the scalar columns of its stripe of ``1 / world_size`` of the main table's
+        rows, and the stripes' selections are all-gathered (about 5 bytes a selected row), so every rank holds the
+        same plan having read a part of the columns; an error on any rank before the gather is raised on all.
     :raises ValueError: naming the parameter, for a path that is not a Measurement Set, a missing column, a field,
         window or channel out of range, correlations without Stokes I, or a selection with no rows.
     """
-    ct = tables()
     path = str(path)
+
+    def read_part(rank: int, world: int) -> tuple[_Header, _Stripe]:
+        ct = tables()
+        header = _read_header(ct, path, data_column, field, spw, channels, weights)
+        return header, _read_stripe(ct, header, rank * header.num_rows // world, (rank + 1) * header.num_rows // world)
+
+    if ctx is None or not ctx.is_distributed:
+        header, stripe = read_part(0, 1)
+        stripes = [stripe]
+    else:
+        header, stripe = ctx.run_agreed(
+            "reading the Measurement Set's plan", lambda: read_part(ctx.rank, ctx.world_size)
+        )
+        stripes = [None] * ctx.world_size
+        ctx.all_gather_object(stripes, stripe)
+    return _plan(header, stripes, time_range_s)
+
+
+def _read_header(ct, path: str, data_column: str, field: int, spw, channels, weights: str) -> _Header:
+    """The main table's columns and size and the subtables, checked against the selection."""
     if data_column not in DATA_COLUMNS:
         raise ValueError(f"data_column={data_column!r}: choose one of {DATA_COLUMNS}.")
     if weights not in WEIGHT_SOURCES:
@@ -152,7 +202,7 @@ def open_measurement_set(
             present = [c for c in DATA_COLUMNS if c in names]
             raise ValueError(f"data_column={data_column!r}: {path} has no such column; it has {present}.")
         weights = _weight_source(main, weights, names)
-        scalars = {c: main.getcol(c) for c in ("TIME", "FIELD_ID", "DATA_DESC_ID", "ANTENNA1", "ANTENNA2")}
+        num_rows = main.nrows()
     with _subtable(ct, path, "FIELD") as t:
         if not 0 <= field < t.nrows():
             raise ValueError(f"field={field}: {path} has {t.nrows()} field(s), numbered from 0.")
@@ -177,39 +227,118 @@ def open_measurement_set(
     if len(setups) != 1:
         raise ValueError(f"spw={list(windows)}: the windows have different correlations {sorted(setups)}.")
     corr_types = setups.pop()
-    hands = _stokes_i_hands(corr_types, path)
-
-    keep = (scalars["FIELD_ID"] == field) & np.isin(scalars["DATA_DESC_ID"], list(chosen))
-    keep &= scalars["ANTENNA1"] != scalars["ANTENNA2"]  # cross-correlations only
-    times = scalars["TIME"]
-    if time_range_s is not None:
-        start, end = _time_range(time_range_s)
-        first_time = times[keep].min() if keep.any() else 0.0
-        keep &= (times >= first_time + start) & (times < first_time + end)
-    rows = np.flatnonzero(keep).astype(np.int64)
-    if rows.size == 0:
-        raise ValueError(
-            f"the selection (field={field}, spw={list(windows)}, time_range_s={time_range_s}) of {path} has no rows."
-        )
-    used = np.unique(np.concatenate([scalars["ANTENNA1"][rows], scalars["ANTENNA2"][rows]]))
     with _subtable(ct, path, "ANTENNA") as t:
-        positions = np.asarray(t.getcol("POSITION"), dtype=np.float64)[used]
-        dishes = np.asarray(t.getcol("DISH_DIAMETER"), dtype=np.float64)[used]
-    longest = float(np.sqrt(((positions[:, None] - positions[None]) ** 2).sum(-1)).max())
-    return MeasurementSet(
+        positions = np.asarray(t.getcol("POSITION"), dtype=np.float64)
+        dishes = np.asarray(t.getcol("DISH_DIAMETER"), dtype=np.float64)
+    return _Header(
         path=path,
         column=data_column,
         weights=weights,
         field=field,
         windows=windows,
         channels=(first, stop),
-        rows=rows,
-        times=times[rows].astype(np.float64),
-        row_window=np.array([chosen[int(d)] for d in scalars["DATA_DESC_ID"][rows]], dtype=np.int64),
         frequencies_hz=np.stack([f[first:stop] for f in frequencies]),
+        window_of_description=chosen,
         phase_centre_rad=(ra, dec),
-        hands=hands,
+        hands=_stokes_i_hands(corr_types, path),
         num_correlations=len(corr_types),
+        antenna_positions_m=positions,
+        dish_diameters_m=dishes,
+        num_rows=num_rows,
+    )
+
+
+@dataclass
+class _Stripe:
+    """The selected rows of main-table rows ``[start, start + count)``, packed for the all-gather (about 5 bytes a
+    selected row): which rows (a bit each), their time step among the stripe's ``steps``, their window, and the
+    antennas each step uses (a bit per antenna)."""
+
+    start: int
+    count: int
+    selected: np.ndarray  # (ceil(count / 8),) uint8: np.packbits of the selection
+    steps: np.ndarray  # (T,) float64: the selected rows' distinct TIME, sorted
+    step_of_row: np.ndarray  # (R,) int32 into steps
+    row_window: np.ndarray  # (R,) the smallest integer type: index into the header's windows
+    antennas_of_step: np.ndarray  # (T, ceil(A / 8)) uint8: np.packbits of the antennas each step uses
+
+    def rows(self) -> np.ndarray:
+        return self.start + np.flatnonzero(np.unpackbits(self.selected, count=self.count)).astype(np.int64)
+
+
+def _read_stripe(ct, header: _Header, start: int, stop: int) -> _Stripe:
+    """The rows in ``[start, stop)`` of the main table in the field and windows selected (cross-correlations
+    only), from the five scalar columns of those rows alone."""
+    names = ("TIME", "FIELD_ID", "DATA_DESC_ID", "ANTENNA1", "ANTENNA2")
+    if stop <= start:  # more ranks than rows
+        scalars = {c: np.zeros(0, dtype=np.float64 if c == "TIME" else np.int32) for c in names}
+    else:
+        with ct.table(header.path, ack=False) as main:
+            scalars = {c: main.getcol(c, startrow=start, nrow=stop - start) for c in names}
+    descriptions = np.array(sorted(header.window_of_description), dtype=np.int64)
+    window_index = np.array([header.window_of_description[d] for d in descriptions], dtype=np.int64)
+    keep = (scalars["FIELD_ID"] == header.field) & np.isin(scalars["DATA_DESC_ID"], descriptions)
+    keep &= scalars["ANTENNA1"] != scalars["ANTENNA2"]  # cross-correlations only
+    antenna1, antenna2 = scalars["ANTENNA1"][keep], scalars["ANTENNA2"][keep]
+    num_antennas = len(header.antenna_positions_m)
+    pairs = np.concatenate([antenna1, antenna2])
+    if pairs.size and not (0 <= pairs.min() and pairs.max() < num_antennas):
+        raise ValueError(f"{header.path}: ANTENNA1/ANTENNA2 name antennas beyond its ANTENNA table's {num_antennas}.")
+    steps, step_of_row = np.unique(scalars["TIME"][keep].astype(np.float64), return_inverse=True)
+    used = np.zeros((len(steps), num_antennas), dtype=bool)
+    used[step_of_row, antenna1] = used[step_of_row, antenna2] = True
+    windows = window_index[np.searchsorted(descriptions, scalars["DATA_DESC_ID"][keep])]
+    return _Stripe(
+        start=start,
+        count=max(stop - start, 0),
+        selected=np.packbits(keep),
+        steps=steps,
+        step_of_row=step_of_row.astype(np.int32),
+        row_window=windows.astype(np.min_scalar_type(max(len(header.windows) - 1, 0))),
+        antennas_of_step=np.packbits(used, axis=1),
+    )
+
+
+def _plan(header: _Header, stripes: Sequence[_Stripe], time_range_s: Sequence[float] | None) -> MeasurementSet:
+    """The plan from the header and every stripe's selected rows (the stripes in row order), cut to
+    ``time_range_s``."""
+    steps = [s.steps for s in stripes if s.steps.size]
+    low, high = -np.inf, np.inf
+    if time_range_s is not None:
+        start, end = _time_range(time_range_s)
+        first_time = min(float(s[0]) for s in steps) if steps else 0.0
+        low, high = first_time + start, first_time + end
+    rows, times, row_window, antennas = [], [], [], np.zeros(len(header.antenna_positions_m), dtype=bool)
+    for stripe in stripes:
+        step_kept = (stripe.steps >= low) & (stripe.steps < high)
+        kept = step_kept[stripe.step_of_row]
+        rows.append(stripe.rows()[kept])
+        times.append(stripe.steps[stripe.step_of_row[kept]])
+        row_window.append(stripe.row_window[kept].astype(np.int64))
+        used = np.unpackbits(stripe.antennas_of_step[step_kept], axis=1, count=len(antennas)).astype(bool)
+        antennas |= used.any(axis=0)
+    rows = np.concatenate(rows)
+    if rows.size == 0:
+        raise ValueError(
+            f"the selection (field={header.field}, spw={list(header.windows)}, time_range_s={time_range_s}) of "
+            f"{header.path} has no rows."
+        )
+    positions, dishes = header.antenna_positions_m[antennas], header.dish_diameters_m[antennas]
+    longest = float(np.sqrt(((positions[:, None] - positions[None]) ** 2).sum(-1)).max())
+    return MeasurementSet(
+        path=header.path,
+        column=header.column,
+        weights=header.weights,
+        field=header.field,
+        windows=header.windows,
+        channels=header.channels,
+        rows=rows,
+        times=np.concatenate(times),
+        row_window=np.concatenate(row_window),
+        frequencies_hz=header.frequencies_hz,
+        phase_centre_rad=header.phase_centre_rad,
+        hands=header.hands,
+        num_correlations=header.num_correlations,
         longest_baseline_m=longest,
         dish_diameter_m=float(dishes[dishes > 0].min()) if (dishes > 0).any() else 0.0,
     )
